@@ -1,0 +1,68 @@
+// Typed encode/decode between protobuf messages and frames. The protobuf types come from
+// protocols/fedtl.proto (namespace fedtl::v1). Decoding checks the frame type and throws
+// ProtocolError with the message type name when the payload does not parse.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "protocols/fedtl.pb.h"
+#include "protocols/framing.h"
+
+namespace fedtl::protocols {
+
+enum class ErrorCode : uint32_t {
+  kInternal = 1,
+  kVersionMismatch = 2,
+  kUnauthorized = 3,
+  kPolicyRefused = 4,
+  kBadMessage = 5,
+  kBackboneDigest = 6,
+  kBadConfig = 7,
+};
+
+void check_frame_type(const Frame& f, MessageType expected);
+[[noreturn]] void throw_encode_failure(MessageType t);
+[[noreturn]] void throw_decode_failure(MessageType t);
+
+// The frame type that carries each message.
+template <typename M> MessageType type_of();
+template <> inline MessageType type_of<v1::Hello>() { return MessageType::kHello; }
+template <> inline MessageType type_of<v1::JobSpec>() { return MessageType::kJobSpec; }
+template <> inline MessageType type_of<v1::BackboneChunk>() { return MessageType::kBackboneChunk; }
+template <> inline MessageType type_of<v1::Ready>() { return MessageType::kReady; }
+template <> inline MessageType type_of<v1::RoundStart>() { return MessageType::kRoundStart; }
+template <> inline MessageType type_of<v1::Update>() { return MessageType::kUpdate; }
+template <> inline MessageType type_of<v1::Shutdown>() { return MessageType::kShutdown; }
+template <> inline MessageType type_of<v1::ErrorMessage>() { return MessageType::kError; }
+template <> inline MessageType type_of<v1::Heartbeat>() { return MessageType::kHeartbeat; }
+
+// Serialises `msg` into a frame of its type.
+template <typename M>
+Frame to_frame(const M& msg) {
+  Frame f;
+  f.type = type_of<M>();
+  if (!msg.SerializeToString(&f.payload)) throw_encode_failure(f.type);
+  return f;
+}
+
+// Parses a frame as M. If the frame is an ErrorMessage and M is not, throws ProtocolError
+// carrying the peer's reason; any other type mismatch or parse failure -> ProtocolError.
+template <typename M>
+M from_frame(const Frame& f) {
+  check_frame_type(f, type_of<M>());
+  M msg;
+  if (!msg.ParseFromString(f.payload)) throw_decode_failure(f.type);
+  return msg;
+}
+
+Frame error_frame(ErrorCode code, const std::string& message);
+
+// float32 <-> Tensor (little-endian; the build asserts a little-endian host).
+void pack_tensor(const std::vector<float>& values, v1::Tensor* out);
+void pack_tensor(const float* values, size_t n, v1::Tensor* out);
+// Throws ProtocolError if the byte length disagrees with count or with `expected_count`
+// (when non-zero).
+std::vector<float> unpack_tensor(const v1::Tensor& t, uint64_t expected_count = 0);
+
+}  // namespace fedtl::protocols
