@@ -9,6 +9,7 @@
 //   FedAdam : m = β1 m + (1-β1) Δ;  v = β2 v + (1-β2) Δ²;          x += lr m / (√v + τ)
 //   FedYogi : m as Adam;  v = v - (1-β2) Δ² sign(v - Δ²);           x += lr m / (√v + τ)
 // (Reddi et al. 2021, "Adaptive Federated Optimization", without bias correction.)
+// m and v both start at zero (also for Yogi); state() is {m, v}, empty before the first apply.
 // Not thread-safe; owned by the coordinator.
 #pragma once
 #include <memory>

@@ -1,0 +1,41 @@
+// Pieces every way of running a job shares (simulate now; coordinator/worker and mpi
+// later): loading the configured data, making or loading the backbone, and turning the job
+// config into the wire JobSpec and the model spec.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "common/config.h"
+#include "common/image_set.h"
+#include "common/model/transfer_model.h"
+#include "protocols/fedtl.pb.h"
+
+namespace fedtl::cli {
+
+struct TaskData {
+  common::ImageSet source_train, source_test;  // source classes relabelled 0..S-1
+  common::ImageSet target_train, target_test;  // target classes relabelled 0..T-1
+  std::vector<std::string> target_names;
+};
+
+// Reads the configured dataset and splits it into source and target tasks.
+TaskData load_task_data(const common::JobConfig& cfg);
+
+common::model::InputSpec input_spec(const common::JobConfig& cfg);
+common::model::ModelSpec model_spec(const common::JobConfig& cfg);
+common::model::ModelSpec model_spec(const v1::ModelSpec& wire);
+
+// Returns the backbone bytes from cfg.backbone.path; when absent and pretrain_if_missing,
+// pre-trains the built-in CNN on the source classes and writes it there (atomically).
+std::string ensure_backbone(const common::JobConfig& cfg, const TaskData& data);
+// Pre-trains the built-in CNN on the source task and returns its TorchScript bytes.
+std::string pretrain_backbone(const common::JobConfig& cfg, const TaskData& data);
+
+// The job as sent to sites (site_index left 0).
+v1::JobSpec make_job_spec(const common::JobConfig& cfg, const std::string& backbone_sha256, uint64_t backbone_bytes,
+                          const std::vector<common::model::ParamInfo>& layout);
+
+// Derives independent 64-bit seeds from a job seed and indices (SplitMix64 mixing).
+uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0);
+
+}  // namespace fedtl::cli

@@ -1,0 +1,47 @@
+#include "cli/site_trainer.h"
+
+#include "cli/job_setup.h"
+#include "common/errors.h"
+
+namespace fedtl::cli {
+
+uint64_t SiteTrainer::prepare(const v1::JobSpec& job, const std::string& backbone_bytes) {
+  job_ = job;
+  if (data_.size() == 0) throw DataError("this site has no training images");
+  model_ = common::model::TransferModel::create(backbone_bytes, model_spec(job.model()), job.seed());
+  if (model_->layout().size() != static_cast<size_t>(job.layout().entries_size()))
+    throw ModelError("the job's parameter layout does not match the model built here");
+  for (size_t i = 0; i < model_->layout().size(); ++i) {
+    const auto& mine = model_->layout()[i];
+    const auto& theirs = job.layout().entries(static_cast<int>(i));
+    if (mine.name != theirs.name() || mine.shape != std::vector<int64_t>(theirs.shape().begin(), theirs.shape().end()))
+      throw ModelError("parameter '" + theirs.name() + "' in the job does not match '" + mine.name + "' here");
+  }
+  features_ = model_->features(data_);
+  return static_cast<uint64_t>(data_.size());
+}
+
+worker::LocalUpdate SiteTrainer::train_round(uint32_t round, const std::vector<float>& global) {
+  model_->set_params(global);
+  const auto& t = job_.training();
+  common::model::TrainOptions opt;
+  opt.optimizer = t.optimizer();
+  opt.lr = t.lr();
+  opt.momentum = t.momentum();
+  opt.weight_decay = t.weight_decay();
+  opt.epochs = t.epochs();
+  opt.batch_size = t.batch_size();
+  opt.prox_mu = t.prox_mu();
+  opt.seed = derive_seed(job_.seed(), 1000 + job_.site_index(), round);
+  const auto st = model_->train(*features_, opt);
+  worker::LocalUpdate up;
+  up.delta = model_->params();
+  for (size_t i = 0; i < up.delta.size(); ++i) up.delta[i] -= global[i];
+  up.num_samples = static_cast<uint64_t>(data_.size());
+  up.train_loss = st.loss;
+  up.train_accuracy = st.accuracy;
+  up.train_seconds = st.seconds;
+  return up;
+}
+
+}  // namespace fedtl::cli

@@ -1,0 +1,247 @@
+#include "common/config.h"
+
+#include <set>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "common/errors.h"
+
+namespace fedtl::common {
+namespace {
+
+// Reads typed values out of one TOML table and remembers which keys were consumed, so the
+// leftovers can be reported as unknown.
+class Section {
+ public:
+  Section(const toml::table* t, std::string name) : t_(t), name_(std::move(name)) {}
+
+  template <typename T>
+  void get(const char* key, T& out) {
+    if (!t_) return;
+    seen_.insert(key);
+    const toml::node* n = t_->get(key);
+    if (!n) return;
+    if constexpr (std::is_same_v<T, bool>) {
+      if (!n->is_boolean()) fail(key, "a boolean");
+      out = *n->value<bool>();
+    } else if constexpr (std::is_integral_v<T>) {
+      if (!n->is_integer()) fail(key, "an integer");
+      out = static_cast<T>(*n->value<int64_t>());
+    } else if constexpr (std::is_floating_point_v<T>) {
+      if (!n->is_number()) fail(key, "a number");
+      out = *n->value<double>();
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      if (!n->is_string()) fail(key, "a string");
+      out = *n->value<std::string>();
+    } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>>) {
+      using E = typename T::value_type;
+      const toml::array* a = n->as_array();
+      if (!a) fail(key, "an array");
+      out.clear();
+      for (const auto& e : *a) {
+        if constexpr (std::is_same_v<E, int64_t>) {
+          if (!e.is_integer()) fail(key, "an array of integers");
+          out.push_back(*e.value<int64_t>());
+        } else {
+          if (!e.is_number()) fail(key, "an array of numbers");
+          out.push_back(*e.value<double>());
+        }
+      }
+    }
+  }
+
+  void reject_unknown() const {
+    if (!t_) return;
+    for (const auto& [k, v] : *t_) {
+      if (!seen_.count(std::string(k.str())))
+        throw ConfigError("unknown key '" + qualified(std::string(k.str())) + "' in job config");
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(const char* key, const char* what) const {
+    throw ConfigError("config key '" + qualified(key) + "' must be " + what);
+  }
+  std::string qualified(const std::string& key) const { return name_.empty() ? key : name_ + "." + key; }
+
+  const toml::table* t_;
+  std::string name_;
+  std::set<std::string> seen_;
+};
+
+const toml::table* subtable(const toml::table& root, const char* name) {
+  const toml::node* n = root.get(name);
+  if (!n) return nullptr;
+  if (!n->is_table()) throw ConfigError(std::string("config key '") + name + "' must be a table ([" + name + "])");
+  return n->as_table();
+}
+
+JobConfig from_table(const toml::table& root) {
+  JobConfig c;
+  static const std::set<std::string> kSections = {"job", "data", "partition", "backbone", "pretrain",
+                                                  "head", "train", "server", "baselines"};
+  for (const auto& [k, v] : root) {
+    if (!kSections.count(std::string(k.str())))
+      throw ConfigError("unknown section or key '" + std::string(k.str()) + "' in job config");
+  }
+  Section job(subtable(root, "job"), "job");
+  job.get("name", c.name);
+  job.get("seed", c.seed);
+  job.get("rounds", c.rounds);
+  job.get("sites", c.partition.sites);
+  job.get("out", c.out);
+  job.get("threads", c.threads);
+  job.get("round_timeout_s", c.round_timeout_s);
+  job.get("min_sites", c.min_sites);
+  job.reject_unknown();
+
+  Section data(subtable(root, "data"), "data");
+  data.get("source", c.data.source);
+  data.get("dir", c.data.dir);
+  data.get("test_dir", c.data.test_dir);
+  data.get("source_classes", c.data.source_classes);
+  data.get("target_classes", c.data.target_classes);
+  data.reject_unknown();
+
+  Section part(subtable(root, "partition"), "partition");
+  std::string scheme = "dirichlet";
+  part.get("scheme", scheme);
+  c.partition.scheme = parse_partition_scheme(scheme);
+  part.get("alpha", c.partition.alpha);
+  part.get("samples_per_site", c.partition.samples_per_site);
+  part.get("max_per_class", c.partition.max_per_class);
+  part.get("quantity_sigma", c.partition.quantity_sigma);
+  part.reject_unknown();
+
+  Section bb(subtable(root, "backbone"), "backbone");
+  bb.get("path", c.backbone.path);
+  bb.get("pretrain_if_missing", c.backbone.pretrain_if_missing);
+  bb.get("channels", c.backbone.channels);
+  bb.get("height", c.backbone.height);
+  bb.get("width", c.backbone.width);
+  bb.get("mean", c.backbone.mean);
+  bb.get("std", c.backbone.std);
+  bb.get("freeze", c.backbone.freeze);
+  bb.get("unfrozen", c.backbone.unfrozen);
+  bb.reject_unknown();
+
+  Section pre(subtable(root, "pretrain"), "pretrain");
+  pre.get("epochs", c.pretrain.epochs);
+  pre.get("batch_size", c.pretrain.batch_size);
+  pre.get("lr", c.pretrain.lr);
+  pre.reject_unknown();
+
+  Section head(subtable(root, "head"), "head");
+  head.get("type", c.head.type);
+  head.get("hidden", c.head.hidden);
+  head.reject_unknown();
+
+  Section tr(subtable(root, "train"), "train");
+  tr.get("optimizer", c.train.optimizer);
+  tr.get("lr", c.train.lr);
+  tr.get("momentum", c.train.momentum);
+  tr.get("weight_decay", c.train.weight_decay);
+  tr.get("epochs", c.train.epochs);
+  tr.get("batch_size", c.train.batch_size);
+  tr.reject_unknown();
+
+  Section sv(subtable(root, "server"), "server");
+  sv.get("strategy", c.server.name);
+  sv.get("lr", c.server.server_lr);
+  sv.get("beta1", c.server.beta1);
+  sv.get("beta2", c.server.beta2);
+  sv.get("tau", c.server.tau);
+  sv.get("mu", c.server.prox_mu);
+  sv.reject_unknown();
+
+  Section bl(subtable(root, "baselines"), "baselines");
+  bl.get("enabled", c.baselines.enabled);
+  bl.get("epochs", c.baselines.epochs);
+  bl.reject_unknown();
+  return c;
+}
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw ConfigError(msg);
+}
+
+}  // namespace
+
+JobConfig parse_job_config(const std::string& text, const std::string& origin) {
+  toml::table root;
+  try {
+    root = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << origin << ":" << e.source().begin.line << ":" << e.source().begin.column << ": " << e.description();
+    throw ConfigError(os.str());
+  }
+  JobConfig c = from_table(root);
+  validate(c);
+  return c;
+}
+
+JobConfig load_job_config(const std::string& path) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    if (e.source().begin.line == 0 || !e.source().path)
+      os << "cannot read job config '" << path << "': " << e.description();
+    else
+      os << path << ":" << e.source().begin.line << ":" << e.source().begin.column << ": " << e.description();
+    throw ConfigError(os.str());
+  }
+  JobConfig c = from_table(root);
+  validate(c);
+  return c;
+}
+
+void validate(const JobConfig& c) {
+  require(c.rounds >= 1, "job.rounds must be >= 1 (got " + std::to_string(c.rounds) + ")");
+  require(c.partition.sites >= 1, "job.sites must be >= 1 (got " + std::to_string(c.partition.sites) + ")");
+  require(c.threads >= 1, "job.threads must be >= 1");
+  require(c.round_timeout_s > 0, "job.round_timeout_s must be > 0");
+  require(c.min_sites >= 1 && c.min_sites <= c.partition.sites,
+          "job.min_sites must be between 1 and job.sites (got " + std::to_string(c.min_sites) + ")");
+  require(!c.out.empty(), "job.out must not be empty");
+  require(c.data.source == "fashion-mnist" || c.data.source == "folder",
+          "data.source must be \"fashion-mnist\" or \"folder\" (got \"" + c.data.source + "\")");
+  if (c.data.source == "folder") require(!c.data.dir.empty(), "data.dir is required when data.source = \"folder\"");
+  require(c.data.target_classes.size() >= 2, "data.target_classes needs at least 2 classes");
+  std::set<int64_t> tgt(c.data.target_classes.begin(), c.data.target_classes.end());
+  require(tgt.size() == c.data.target_classes.size(), "data.target_classes has duplicates");
+  for (int64_t k : c.data.source_classes)
+    require(!tgt.count(k), "class " + std::to_string(k) + " is in both data.source_classes and data.target_classes");
+  require(c.partition.alpha > 0, "partition.alpha must be > 0");
+  require(c.partition.samples_per_site >= 0, "partition.samples_per_site must be >= 0");
+  require(c.partition.max_per_class >= 0, "partition.max_per_class must be >= 0");
+  require(c.partition.quantity_sigma > 0, "partition.quantity_sigma must be > 0");
+  require(c.backbone.channels == 1 || c.backbone.channels == 3, "backbone.channels must be 1 or 3");
+  require(c.backbone.height >= 1 && c.backbone.width >= 1, "backbone.height and backbone.width must be >= 1");
+  require(c.backbone.mean.size() == static_cast<size_t>(c.backbone.channels) &&
+              c.backbone.std.size() == static_cast<size_t>(c.backbone.channels),
+          "backbone.mean and backbone.std need one value per backbone channel");
+  for (double s : c.backbone.std) require(s > 0, "backbone.std values must be > 0");
+  require(c.backbone.freeze == "all" || c.backbone.freeze == "all_but_last" || c.backbone.freeze == "none",
+          "backbone.freeze must be \"all\", \"all_but_last\" or \"none\" (got \"" + c.backbone.freeze + "\")");
+  require(c.backbone.unfrozen >= 1 || c.backbone.freeze != "all_but_last", "backbone.unfrozen must be >= 1");
+  require(c.pretrain.epochs >= 1 && c.pretrain.batch_size >= 1 && c.pretrain.lr > 0,
+          "pretrain.epochs, pretrain.batch_size and pretrain.lr must be positive");
+  require(c.head.type == "linear" || c.head.type == "mlp",
+          "head.type must be \"linear\" or \"mlp\" (got \"" + c.head.type + "\")");
+  require(c.head.hidden >= 1, "head.hidden must be >= 1");
+  require(c.train.optimizer == "sgd" || c.train.optimizer == "adam",
+          "train.optimizer must be \"sgd\" or \"adam\" (got \"" + c.train.optimizer + "\")");
+  require(c.train.lr > 0, "train.lr must be > 0 (got " + std::to_string(c.train.lr) + ")");
+  require(c.train.momentum >= 0 && c.train.momentum < 1, "train.momentum must be in [0, 1)");
+  require(c.train.weight_decay >= 0, "train.weight_decay must be >= 0");
+  require(c.train.epochs >= 1, "train.epochs must be >= 1");
+  require(c.train.batch_size >= 1, "train.batch_size must be >= 1");
+  require(c.baselines.epochs >= 1, "baselines.epochs must be >= 1");
+  // The [server] section is validated by protocols::make_strategy when the coordinator
+  // builds its strategy (common/ does not link protocols/).
+}
+
+}  // namespace fedtl::common

@@ -1,0 +1,557 @@
+// LibTorch implementation of the model layer (see transfer_model.h for the contract).
+#include "common/model/transfer_model.h"
+
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+#include "common/errors.h"
+#include "common/files.h"
+#include "common/sha256.h"
+
+namespace fedtl::common::model {
+namespace {
+
+using torch::Tensor;
+using Clock = std::chrono::steady_clock;
+
+// Runs `fn`, turning LibTorch exceptions into ModelError with `context`.
+template <typename F>
+auto guarded(const std::string& context, F&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const fedtl::Error&) {
+    throw;
+  } catch (const c10::Error& e) {
+    std::string msg = e.what_without_backtrace();
+    auto nl = msg.find('\n');
+    throw ModelError(context + ": " + (nl == std::string::npos ? msg : msg.substr(0, nl)));
+  } catch (const std::exception& e) {
+    throw ModelError(context + ": " + e.what());
+  }
+}
+
+// Uniform(-bound, bound) from an explicit generator: LibTorch's default init uses the
+// process-wide generator, which threads would race on.
+Tensor seeded_uniform(std::vector<int64_t> shape, double bound, std::mt19937_64& rng) {
+  Tensor t = torch::empty(shape, torch::kFloat32);
+  std::uniform_real_distribution<float> dist(static_cast<float>(-bound), static_cast<float>(bound));
+  float* p = t.data_ptr<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = dist(rng);
+  return t;
+}
+
+// Images -> float tensor in the backbone's input convention.
+Tensor preprocess(const ImageSet& images, const InputSpec& in) {
+  const int64_t n = images.size();
+  Tensor x = torch::from_blob(const_cast<uint8_t*>(images.pixels.data()),
+                              {n, images.channels, images.height, images.width}, torch::kUInt8)
+                 .to(torch::kFloat32)
+                 .div_(255.0);
+  if (images.channels == 1 && in.channels == 3) {
+    x = x.repeat({1, 3, 1, 1});
+  } else if (images.channels == 3 && in.channels == 1) {
+    x = (x.select(1, 0) * 0.299 + x.select(1, 1) * 0.587 + x.select(1, 2) * 0.114).unsqueeze(1);
+  } else if (images.channels != in.channels) {
+    throw ModelError("images have " + std::to_string(images.channels) + " channels; the backbone takes " +
+                     std::to_string(in.channels));
+  }
+  if (images.height != in.height || images.width != in.width)
+    x = at::upsample_bilinear2d(x, {in.height, in.width}, /*align_corners=*/false);
+  Tensor mean = torch::tensor(std::vector<float>(in.mean.begin(), in.mean.end())).view({1, -1, 1, 1});
+  Tensor stdv = torch::tensor(std::vector<float>(in.std.begin(), in.std.end())).view({1, -1, 1, 1});
+  return ((x - mean) / stdv).contiguous();
+}
+
+Tensor labels_tensor(const ImageSet& images) {
+  return torch::tensor(images.labels, torch::kInt64);
+}
+
+// A 4-D feature map becomes a vector per sample (global average pooling).
+Tensor pool_flatten(const Tensor& f) {
+  if (f.dim() == 4) return torch::flatten(torch::adaptive_avg_pool2d(f, {1, 1}), 1);
+  if (f.dim() > 2) return torch::flatten(f, 1);
+  return f;
+}
+
+// A child whose own "weight" is a matrix is a Linear layer: give it a flat input.
+bool wants_flat_input(const torch::jit::Module& child) {
+  if (!child.hasattr("weight")) return false;
+  auto w = child.attr("weight");
+  return w.isTensor() && w.toTensor().dim() == 2;
+}
+
+Tensor run_children(const std::vector<torch::jit::Module>& children, Tensor x) {
+  for (const auto& c : children) {
+    if (x.dim() > 2 && wants_flat_input(c)) x = torch::flatten(x, 1);
+    x = const_cast<torch::jit::Module&>(c).forward({x}).toTensor();
+  }
+  return x;
+}
+
+std::string save_module(const torch::jit::Module& m) {
+  std::ostringstream os;
+  m.save(os);
+  return os.str();
+}
+
+torch::jit::Module load_module(const std::string& bytes) {
+  std::istringstream is(bytes);
+  return torch::jit::load(is, torch::kCPU);
+}
+
+}  // namespace
+
+int64_t ParamInfo::numel() const {
+  return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
+}
+
+struct FeatureSet::Impl {
+  Tensor features;  // [N, ...] output of the frozen prefix
+  Tensor labels;    // [N] int64
+  Tensor inputs;    // [N, C, H, W] preprocessed images, only when kept
+};
+
+FeatureSet::FeatureSet(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+FeatureSet::~FeatureSet() = default;
+int64_t FeatureSet::size() const { return impl_->labels.size(0); }
+int64_t FeatureSet::bytes() const {
+  return impl_->features.numel() * impl_->features.element_size() +
+         (impl_->inputs.defined() ? impl_->inputs.numel() * impl_->inputs.element_size() : 0);
+}
+
+struct TransferModel::Impl {
+  ModelSpec spec;
+  torch::jit::Module backbone;
+  bool whole_frozen = false;                     // freeze = "all": prefix is backbone.forward
+  std::vector<torch::jit::Module> frozen;        // frozen children, in order
+  std::vector<torch::jit::Module> trainable;     // trained children, in order
+  std::vector<Tensor> head;                      // w1, b1[, w2, b2]
+  std::vector<Tensor> params;                    // trainable backbone params, then head
+  std::vector<ParamInfo> layout;
+  int64_t feature_dim = 0;
+  int64_t num_params = 0;
+
+  Tensor frozen_forward(const Tensor& x) const {
+    if (whole_frozen) return const_cast<torch::jit::Module&>(backbone).forward({x}).toTensor();
+    return run_children(frozen, x);
+  }
+  Tensor head_forward(const Tensor& f) const {
+    if (head.size() == 2) return torch::addmm(head[1], f, head[0].t());
+    return torch::addmm(head[3], torch::relu(torch::addmm(head[1], f, head[0].t())), head[2].t());
+  }
+  Tensor trainable_forward(const Tensor& cached) const {
+    return head_forward(pool_flatten(run_children(trainable, cached)));
+  }
+};
+
+TransferModel::TransferModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+TransferModel::~TransferModel() = default;
+
+std::unique_ptr<TransferModel> TransferModel::create(const std::string& backbone_bytes, const ModelSpec& spec,
+                                                     uint64_t init_seed) {
+  return guarded("backbone", [&] {
+    torch::NoGradGuard no_grad;
+    auto impl = std::make_unique<Impl>();
+    impl->spec = spec;
+    try {
+      impl->backbone = load_module(backbone_bytes);
+    } catch (const c10::Error& e) {
+      throw ModelError("not a TorchScript file (torch.jit.save format) or unreadable: " +
+                       std::string(e.what_without_backtrace()).substr(0, 200));
+    }
+    impl->backbone.eval();  // BatchNorm/Dropout use inference behaviour; see docs/architecture.md
+    std::vector<torch::jit::Module> children;
+    std::vector<std::string> child_names;
+    for (const auto& c : impl->backbone.named_children()) {
+      children.push_back(c.value);
+      child_names.push_back(c.name);
+    }
+
+    // Probe batch: two deterministic images in the backbone's input convention.
+    Tensor probe = torch::linspace(-1, 1, 2 * spec.input.channels * spec.input.height * spec.input.width)
+                       .view({2, spec.input.channels, spec.input.height, spec.input.width});
+    Tensor full;
+    try {
+      full = impl->backbone.forward({probe}).toTensor();
+    } catch (const c10::Error& e) {
+      std::string msg = e.what_without_backtrace();
+      throw ModelError("backbone rejects input of shape [N, " + std::to_string(spec.input.channels) + ", " +
+                       std::to_string(spec.input.height) + ", " + std::to_string(spec.input.width) +
+                       "] (check backbone.channels/height/width): " + msg.substr(0, msg.find('\n')));
+    }
+    Tensor full_flat = pool_flatten(full);
+
+    size_t n_trainable = 0;
+    if (spec.freeze == "all") {
+      impl->whole_frozen = true;
+    } else {
+      n_trainable = spec.freeze == "none" ? children.size() : static_cast<size_t>(spec.unfrozen);
+      if (children.empty() || n_trainable > children.size())
+        throw ModelError("backbone has " + std::to_string(children.size()) + " top-level children; cannot train the last " +
+                         std::to_string(n_trainable));
+      impl->frozen.assign(children.begin(), children.end() - static_cast<long>(n_trainable));
+      impl->trainable.assign(children.end() - static_cast<long>(n_trainable), children.end());
+      Tensor seq = pool_flatten(run_children(children, probe));
+      if (!seq.sizes().equals(full_flat.sizes()) || !torch::allclose(seq, full_flat, 1e-4, 1e-5))
+        throw ModelError("backbone's forward() is not its top-level children run in order; set backbone.freeze = \"all\"");
+    }
+    impl->feature_dim = full_flat.size(1);
+
+    for (size_t i = 0; i < impl->trainable.size(); ++i) {
+      const std::string child = child_names[children.size() - impl->trainable.size() + i];
+      for (const auto& p : impl->trainable[i].named_parameters(/*recurse=*/true)) {
+        impl->params.push_back(p.value);
+        impl->layout.push_back({"backbone." + child + "." + p.name, p.value.sizes().vec()});
+      }
+    }
+    std::mt19937_64 rng(init_seed ^ 0x9e3779b97f4a7c15ULL);
+    auto add_linear = [&](const std::string& name, int64_t in, int64_t out) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+      impl->head.push_back(seeded_uniform({out, in}, bound, rng));
+      impl->head.push_back(seeded_uniform({out}, bound, rng));
+      impl->layout.push_back({"head." + name + ".weight", {out, in}});
+      impl->layout.push_back({"head." + name + ".bias", {out}});
+    };
+    if (spec.head == "linear") {
+      add_linear("fc", impl->feature_dim, spec.num_classes);
+    } else if (spec.head == "mlp") {
+      add_linear("fc1", impl->feature_dim, spec.hidden);
+      add_linear("fc2", spec.hidden, spec.num_classes);
+    } else {
+      throw ModelError("unknown head type '" + spec.head + "'");
+    }
+    for (auto& t : impl->head) impl->params.push_back(t);
+    for (auto& p : impl->params) impl->num_params += p.numel();
+    // Only the trainable tensors take gradients.
+    for (auto p : impl->backbone.parameters()) p.set_requires_grad(false);
+    return std::unique_ptr<TransferModel>(new TransferModel(std::move(impl)));
+  });
+}
+
+const std::vector<ParamInfo>& TransferModel::layout() const { return impl_->layout; }
+int64_t TransferModel::num_params() const { return impl_->num_params; }
+int64_t TransferModel::feature_dim() const { return impl_->feature_dim; }
+
+std::vector<float> TransferModel::params() const {
+  std::vector<float> out(static_cast<size_t>(impl_->num_params));
+  size_t off = 0;
+  for (const auto& p : impl_->params) {
+    Tensor c = p.detach().contiguous();
+    std::memcpy(out.data() + off, c.data_ptr<float>(), static_cast<size_t>(c.numel()) * sizeof(float));
+    off += static_cast<size_t>(c.numel());
+  }
+  return out;
+}
+
+void TransferModel::set_params(const std::vector<float>& flat) {
+  if (static_cast<int64_t>(flat.size()) != impl_->num_params)
+    throw ModelError("parameter vector has " + std::to_string(flat.size()) + " values; the model has " +
+                     std::to_string(impl_->num_params));
+  torch::NoGradGuard no_grad;
+  size_t off = 0;
+  for (auto& p : impl_->params) {
+    Tensor src = torch::from_blob(const_cast<float*>(flat.data() + off), p.sizes(), torch::kFloat32);
+    p.copy_(src);
+    off += static_cast<size_t>(p.numel());
+  }
+}
+
+std::unique_ptr<FeatureSet> TransferModel::features(const ImageSet& images, bool keep_inputs, int64_t batch) const {
+  return guarded("computing features", [&] {
+    torch::NoGradGuard no_grad;
+    auto fs = std::make_unique<FeatureSet::Impl>();
+    fs->labels = labels_tensor(images);
+    const int64_t n = images.size();
+    std::vector<Tensor> parts;
+    std::vector<Tensor> inputs;
+    for (int64_t s = 0; s < n; s += batch) {
+      std::vector<int64_t> idx(static_cast<size_t>(std::min(batch, n - s)));
+      std::iota(idx.begin(), idx.end(), s);
+      Tensor x = preprocess(images.subset(idx), impl_->spec.input);
+      parts.push_back(impl_->frozen_forward(x));
+      if (keep_inputs) inputs.push_back(x);
+    }
+    if (parts.empty()) throw ModelError("no images to compute features for");
+    fs->features = torch::cat(parts).contiguous();
+    if (keep_inputs) fs->inputs = torch::cat(inputs).contiguous();
+    return std::make_unique<FeatureSet>(std::move(fs));
+  });
+}
+
+TrainStats TransferModel::train(const FeatureSet& data, const TrainOptions& opt) {
+  return guarded("local training", [&] {
+    const auto& d = data.impl();
+    if (opt.recompute_features && !d.inputs.defined())
+      throw ModelError("recompute_features needs a FeatureSet made with keep_inputs");
+    const auto t0 = Clock::now();
+    for (auto& p : impl_->params) p.set_requires_grad(true);
+    std::unique_ptr<torch::optim::Optimizer> optim;
+    if (opt.optimizer == "adam") {
+      optim = std::make_unique<torch::optim::Adam>(
+          impl_->params, torch::optim::AdamOptions(opt.lr).weight_decay(opt.weight_decay));
+    } else {
+      optim = std::make_unique<torch::optim::SGD>(
+          impl_->params, torch::optim::SGDOptions(opt.lr).momentum(opt.momentum).weight_decay(opt.weight_decay));
+    }
+    std::vector<Tensor> anchor;
+    if (opt.prox_mu > 0)
+      for (const auto& p : impl_->params) anchor.push_back(p.detach().clone());
+
+    const int64_t n = data.size();
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(opt.seed);
+    TrainStats st;
+    st.samples = n;
+    for (int64_t e = 0; e < opt.epochs; ++e) {
+      std::shuffle(order.begin(), order.end(), rng);
+      Tensor perm = torch::from_blob(order.data(), {n}, torch::kInt64);
+      double loss_sum = 0;
+      int64_t correct = 0;
+      for (int64_t s = 0; s < n; s += opt.batch_size) {
+        Tensor idx = perm.slice(0, s, std::min(n, s + opt.batch_size));
+        Tensor x;
+        if (opt.recompute_features) {
+          torch::NoGradGuard ng;
+          x = impl_->frozen_forward(d.inputs.index_select(0, idx));
+        } else {
+          x = d.features.index_select(0, idx);
+        }
+        Tensor y = d.labels.index_select(0, idx);
+        Tensor logits = impl_->trainable_forward(x);
+        Tensor loss = torch::nn::functional::cross_entropy(logits, y);
+        optim->zero_grad();
+        loss.backward();
+        if (opt.prox_mu > 0) {
+          torch::NoGradGuard ng;
+          for (size_t i = 0; i < impl_->params.size(); ++i)
+            impl_->params[i].mutable_grad().add_(impl_->params[i] - anchor[i], opt.prox_mu);
+        }
+        optim->step();
+        ++st.steps;
+        loss_sum += loss.item<double>() * static_cast<double>(idx.size(0));
+        correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+      }
+      st.loss = loss_sum / static_cast<double>(n);
+      st.accuracy = static_cast<double>(correct) / static_cast<double>(n);
+    }
+    for (auto& p : impl_->params) p.set_requires_grad(false);
+    st.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    return st;
+  });
+}
+
+EvalResult TransferModel::evaluate(const FeatureSet& data, int64_t batch) const {
+  return guarded("evaluation", [&] {
+    torch::NoGradGuard no_grad;
+    const auto& d = data.impl();
+    const int64_t n = data.size(), k = impl_->spec.num_classes;
+    EvalResult r;
+    r.samples = n;
+    r.confusion.assign(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k), 0));
+    double loss_sum = 0;
+    int64_t correct = 0;
+    for (int64_t s = 0; s < n; s += batch) {
+      Tensor x = d.features.slice(0, s, std::min(n, s + batch));
+      Tensor y = d.labels.slice(0, s, std::min(n, s + batch));
+      Tensor logits = impl_->trainable_forward(x);
+      loss_sum += torch::nn::functional::cross_entropy(
+                      logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                      .item<double>();
+      Tensor pred = logits.argmax(1);
+      correct += pred.eq(y).sum().item<int64_t>();
+      auto pa = pred.accessor<int64_t, 1>();
+      auto ya = y.accessor<int64_t, 1>();
+      for (int64_t i = 0; i < pred.size(0); ++i) {
+        if (ya[i] >= 0 && ya[i] < k) ++r.confusion[static_cast<size_t>(ya[i])][static_cast<size_t>(pa[i])];
+      }
+    }
+    r.accuracy = n ? static_cast<double>(correct) / static_cast<double>(n) : 0.0;
+    r.loss = n ? loss_sum / static_cast<double>(n) : 0.0;
+    return r;
+  });
+}
+
+std::vector<float> TransferModel::logits(const ImageSet& images) const {
+  return guarded("inference", [&] {
+    torch::NoGradGuard no_grad;
+    Tensor x = preprocess(images, impl_->spec.input);
+    Tensor out = impl_->trainable_forward(impl_->frozen_forward(x)).contiguous();
+    return std::vector<float>(out.data_ptr<float>(), out.data_ptr<float>() + out.numel());
+  });
+}
+
+std::string TransferModel::digest() const {
+  return guarded("digest", [&] {
+    Sha256 h;
+    auto add = [&](const Tensor& t) {
+      Tensor c = t.detach().to(torch::kFloat32).contiguous();
+      h.update(c.data_ptr<float>(), static_cast<size_t>(c.numel()) * sizeof(float));
+    };
+    for (const auto& p : impl_->backbone.parameters()) add(p);
+    for (const auto& b : impl_->backbone.buffers())
+      if (b.is_floating_point()) add(b);
+    for (const auto& t : impl_->head) add(t);
+    return h.hex_digest();
+  });
+}
+
+void TransferModel::export_torchscript(const std::string& path) const {
+  guarded("exporting TorchScript to " + path, [&] {
+    const auto& in = impl_->spec.input;
+    torch::jit::Module head("FedtlHead");
+    const bool mlp = impl_->head.size() == 4;
+    head.register_parameter("w1", impl_->head[0].detach().clone(), false);
+    head.register_parameter("b1", impl_->head[1].detach().clone(), false);
+    if (mlp) {
+      head.register_parameter("w2", impl_->head[2].detach().clone(), false);
+      head.register_parameter("b2", impl_->head[3].detach().clone(), false);
+      head.define(R"(
+def forward(self, x):
+    h = torch.relu(torch.addmm(self.b1, x, self.w1.t()))
+    return torch.addmm(self.b2, h, self.w2.t())
+)");
+    } else {
+      head.define(R"(
+def forward(self, x):
+    return torch.addmm(self.b1, x, self.w1.t())
+)");
+    }
+    torch::jit::Module m("FedtlModel");
+    m.register_module("backbone", impl_->backbone.clone());
+    m.register_module("head", head);
+    m.register_buffer("mean", torch::tensor(std::vector<float>(in.mean.begin(), in.mean.end())).view({1, -1, 1, 1}));
+    m.register_buffer("std", torch::tensor(std::vector<float>(in.std.begin(), in.std.end())).view({1, -1, 1, 1}));
+    std::ostringstream src;
+    src << "def forward(self, x):\n"
+        << "    c = x.size(1)\n"
+        << "    if c == 1 and " << in.channels << " == 3:\n"
+        << "        x = x.repeat([1, 3, 1, 1])\n"
+        << "    if c == 3 and " << in.channels << " == 1:\n"
+        << "        x = (x.select(1, 0) * 0.299 + x.select(1, 1) * 0.587 + x.select(1, 2) * 0.114).unsqueeze(1)\n"
+        << "    if x.size(2) != " << in.height << " or x.size(3) != " << in.width << ":\n"
+        << "        x = torch.upsample_bilinear2d(x, [" << in.height << ", " << in.width << "], False)\n"
+        << "    x = (x - self.mean) / self.std\n"
+        << "    f = self.backbone(x)\n"
+        << "    if f.dim() == 4:\n"
+        << "        f = torch.flatten(torch.adaptive_avg_pool2d(f, [1, 1]), 1)\n"
+        << "    elif f.dim() > 2:\n"
+        << "        f = torch.flatten(f, 1)\n"
+        << "    return self.head(f)\n";
+    m.define(src.str());
+    m.eval();
+    write_file_atomic(path, save_module(m));
+  });
+}
+
+// --- built-in CNN ---------------------------------------------------------------------------
+
+std::string builtin_cnn(const InputSpec& input, uint64_t seed) {
+  return guarded("building the built-in CNN", [&] {
+    if (input.height % 4 != 0 || input.width % 4 != 0)
+      throw ModelError("the built-in CNN needs height and width divisible by 4");
+    std::mt19937_64 rng(seed);
+    auto conv = [&](const char* name, int64_t cin, int64_t cout) {
+      torch::jit::Module b(name);
+      const double bound = 1.0 / std::sqrt(static_cast<double>(cin * 9));
+      b.register_parameter("weight", seeded_uniform({cout, cin, 3, 3}, bound, rng), false);
+      b.register_parameter("bias", seeded_uniform({cout}, bound, rng), false);
+      b.define(R"(
+def forward(self, x):
+    return torch.max_pool2d(torch.relu(torch.conv2d(x, self.weight, self.bias, [1, 1], [1, 1])), [2, 2])
+)");
+      return b;
+    };
+    const int64_t flat = 64 * (input.height / 4) * (input.width / 4);
+    torch::jit::Module fc("FcBlock");
+    const double bound = 1.0 / std::sqrt(static_cast<double>(flat));
+    fc.register_parameter("weight", seeded_uniform({128, flat}, bound, rng), false);
+    fc.register_parameter("bias", seeded_uniform({128}, bound, rng), false);
+    fc.define(R"(
+def forward(self, x):
+    return torch.relu(torch.addmm(self.bias, torch.flatten(x, 1), self.weight.t()))
+)");
+    torch::jit::Module m("FedtlCnn");
+    m.register_module("block1", conv("ConvBlock1", input.channels, 32));
+    m.register_module("block2", conv("ConvBlock2", 32, 64));
+    m.register_module("fc", fc);
+    m.define(R"(
+def forward(self, x):
+    return self.fc(self.block2(self.block1(x)))
+)");
+    return save_module(m);
+  });
+}
+
+std::string pretrain_builtin_cnn(const ImageSet& train, const ImageSet& test, const InputSpec& input,
+                                 const PretrainOptions& opt) {
+  return guarded("pre-training", [&] {
+    torch::jit::Module m = load_module(builtin_cnn(input, opt.seed));
+    m.train();
+    const int64_t k = *std::max_element(train.labels.begin(), train.labels.end()) + 1;
+    std::mt19937_64 rng(opt.seed + 1);
+    Tensor cw = seeded_uniform({k, 128}, 1.0 / std::sqrt(128.0), rng);
+    Tensor cb = seeded_uniform({k}, 1.0 / std::sqrt(128.0), rng);
+    std::vector<Tensor> params;
+    for (auto p : m.parameters()) {
+      p.set_requires_grad(true);
+      params.push_back(p);
+    }
+    cw.set_requires_grad(true);
+    cb.set_requires_grad(true);
+    params.push_back(cw);
+    params.push_back(cb);
+    torch::optim::Adam optim(params, torch::optim::AdamOptions(opt.lr));
+    Tensor x_all = preprocess(train, input);
+    Tensor y_all = labels_tensor(train);
+    Tensor x_test = preprocess(test, input);
+    Tensor y_test = labels_tensor(test);
+    const int64_t n = train.size();
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    for (int64_t e = 1; e <= opt.epochs; ++e) {
+      std::shuffle(order.begin(), order.end(), rng);
+      Tensor perm = torch::from_blob(order.data(), {n}, torch::kInt64);
+      double loss_sum = 0;
+      for (int64_t s = 0; s < n; s += opt.batch_size) {
+        Tensor idx = perm.slice(0, s, std::min(n, s + opt.batch_size));
+        Tensor f = m.forward({x_all.index_select(0, idx)}).toTensor();
+        Tensor loss = torch::nn::functional::cross_entropy(torch::addmm(cb, f, cw.t()), y_all.index_select(0, idx));
+        optim.zero_grad();
+        loss.backward();
+        optim.step();
+        loss_sum += loss.item<double>() * static_cast<double>(idx.size(0));
+      }
+      int64_t correct = 0;
+      {
+        torch::NoGradGuard ng;
+        for (int64_t s = 0; s < test.size(); s += 1000) {
+          Tensor f = m.forward({x_test.slice(0, s, std::min(test.size(), s + 1000))}).toTensor();
+          correct += torch::addmm(cb, f, cw.t()).argmax(1).eq(y_test.slice(0, s, std::min(test.size(), s + 1000)))
+                         .sum()
+                         .item<int64_t>();
+        }
+      }
+      if (opt.on_epoch)
+        opt.on_epoch(e, loss_sum / static_cast<double>(n),
+                     test.size() ? static_cast<double>(correct) / static_cast<double>(test.size()) : 0.0);
+    }
+    for (auto p : m.parameters()) p.set_requires_grad(false);
+    m.eval();
+    return save_module(m);
+  });
+}
+
+void set_torch_threads(int n) {
+  torch::set_num_threads(n);
+}
+
+}  // namespace fedtl::common::model

@@ -1,0 +1,147 @@
+// The model layer: a TorchScript backbone, a frozen prefix whose outputs are cached, the
+// trainable rest (last backbone children + a new head), local training, evaluation and
+// export. This header is the only door to LibTorch: it includes no torch headers, so the
+// rest of fedtl compiles without them. All LibTorch errors (c10::Error) are caught inside and
+// re-thrown as fedtl::ModelError with context.
+//
+// Parameters cross this boundary as flat float32 vectors in layout() order: the trainable
+// backbone children's parameters (in named_parameters order), then the head's.
+//
+// Thread safety: a TransferModel and its FeatureSets are used by one thread at a time.
+// Distinct instances may train concurrently (each site of a simulation owns one).
+// Determinism: no global RNG is used; initialisation and shuffling derive from explicit seeds.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/image_set.h"
+
+namespace fedtl::common::model {
+
+// What the backbone takes. Images of another channel count are converted (grey replicated
+// to RGB, RGB to luma) and other sizes resized bilinearly; then (x/255 - mean) / std.
+struct InputSpec {
+  int64_t channels = 1, height = 28, width = 28;
+  std::vector<double> mean{0.2860}, std{0.3530};
+};
+
+struct ModelSpec {
+  InputSpec input;
+  std::string freeze = "all_but_last";  // "all" | "all_but_last" | "none" (top-level children)
+  int64_t unfrozen = 1;                 // trained backbone children for "all_but_last"
+  std::string head = "linear";          // "linear" | "mlp"
+  int64_t hidden = 128;
+  int64_t num_classes = 5;
+};
+
+struct ParamInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t numel() const;
+};
+
+struct TrainOptions {
+  std::string optimizer = "sgd";  // "sgd" | "adam"
+  double lr = 0.05, momentum = 0.0, weight_decay = 0.0;
+  int64_t epochs = 1, batch_size = 32;
+  double prox_mu = 0.0;           // FedProx: adds mu*(w - w_start) to every gradient
+  uint64_t seed = 0;              // shuffling
+  bool recompute_features = false;  // ignore the cache: run the frozen prefix every step
+};
+
+struct TrainStats {
+  double loss = 0, accuracy = 0;  // over the last epoch
+  int64_t samples = 0, steps = 0;
+  double seconds = 0;
+};
+
+struct EvalResult {
+  double accuracy = 0, loss = 0;
+  int64_t samples = 0;
+  std::vector<std::vector<int64_t>> confusion;  // [true class][predicted class]
+};
+
+// Outputs of the frozen prefix for a set of images, with their labels. Opaque.
+class FeatureSet {
+ public:
+  struct Impl;
+  explicit FeatureSet(std::unique_ptr<Impl> impl);
+  ~FeatureSet();
+  int64_t size() const;
+  int64_t bytes() const;  // memory held by the cached features
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+class TransferModel {
+ public:
+  // Loads a TorchScript backbone (the bytes of a torch.jit.save file), splits it per `spec`,
+  // and creates a head initialised from `init_seed`. Runs a probe batch to find the feature
+  // width and, when the backbone is split, checks that running its top-level children in
+  // order reproduces its forward(). Throws ModelError (input shape the backbone rejects, a
+  // non-sequential backbone with freeze != "all", too few children for `unfrozen`).
+  static std::unique_ptr<TransferModel> create(const std::string& backbone_bytes, const ModelSpec& spec,
+                                               uint64_t init_seed);
+  ~TransferModel();
+
+  const std::vector<ParamInfo>& layout() const;
+  int64_t num_params() const;       // trainable floats
+  int64_t feature_dim() const;      // width of the backbone's (pooled, flattened) output
+  std::vector<float> params() const;
+  void set_params(const std::vector<float>& flat);  // throws ModelError on size mismatch
+
+  // Runs the frozen prefix over `images` in batches of `batch` (no autograd) and returns the
+  // cache. keep_inputs also keeps the preprocessed images (needed for recompute_features).
+  std::unique_ptr<FeatureSet> features(const ImageSet& images, bool keep_inputs = false,
+                                       int64_t batch = 256) const;
+
+  // Local training of the trainable part on cached features (a fresh optimiser per call).
+  TrainStats train(const FeatureSet& data, const TrainOptions& opt);
+  EvalResult evaluate(const FeatureSet& data, int64_t batch = 1024) const;
+  // Full pipeline from raw pixels to logits [N x num_classes], row-major.
+  std::vector<float> logits(const ImageSet& images) const;
+
+  // SHA-256 over every backbone parameter and buffer and every head parameter (float32 LE,
+  // in module order): identifies the model independently of file formats.
+  std::string digest() const;
+  // Writes backbone + head (+ the input conversion and normalisation) as one TorchScript
+  // module whose forward takes float images in [0, 1], N x C x H x W, and returns logits.
+  // Loadable with torch.jit.load in Python. Written atomically.
+  void export_torchscript(const std::string& path) const;
+
+ private:
+  struct Impl;
+  explicit TransferModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// --- the built-in backbone --------------------------------------------------------------
+// A small CNN as a TorchScript module with three top-level children:
+//   block1: conv3x3(C->32) + ReLU + maxpool2   block2: conv3x3(32->64) + ReLU + maxpool2
+//   fc:     flatten + linear(64*(H/4)*(W/4) -> 128) + ReLU
+// Returns the bytes of torch.jit.save. Parameters are initialised from `seed`.
+std::string builtin_cnn(const InputSpec& input, uint64_t seed);
+
+struct PretrainOptions {
+  int64_t epochs = 3, batch_size = 128;
+  double lr = 1e-3;  // Adam
+  uint64_t seed = 1;
+  // Called after each epoch: epoch (1-based), mean training loss, test accuracy.
+  std::function<void(int64_t, double, double)> on_epoch;
+};
+
+// Trains the built-in CNN with a temporary linear classifier on `train` (labels 0..K-1),
+// reports source-test accuracy per epoch, and returns the backbone (classifier dropped) as
+// TorchScript bytes.
+std::string pretrain_builtin_cnn(const ImageSet& train, const ImageSet& test, const InputSpec& input,
+                                 const PretrainOptions& opt);
+
+// LibTorch intra-op threads for this process (1 keeps results bit-reproducible).
+void set_torch_threads(int n);
+
+}  // namespace fedtl::common::model

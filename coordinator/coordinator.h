@@ -1,0 +1,98 @@
+// The coordinator's round state machine: plain code over the transport interface (it never
+// sees Asio, TLS or MPI). One Coordinator runs one job:
+//
+//   handshake: <- Hello   -> JobSpec (+ BackboneChunk* unless the site holds the digest)
+//              <- Ready(num_samples)
+//   round r:   -> RoundStart(global params) to every active site
+//              <- Update(delta) from each until the round deadline, in site order
+//              aggregate (weighted by samples, in site order => deterministic), apply the
+//              server strategy, evaluate, report a RoundRecord
+//   end:       -> Shutdown
+//
+// A site that fails (closed connection, malformed or invalid update) is dropped and the job
+// goes on; a site that misses the deadline is left out of that round only. Fewer than
+// min_sites reports abandon the round (the global model is unchanged).
+// Not thread-safe: run() blocks the calling thread until the job ends.
+#pragma once
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/transport.h"
+#include "protocols/fedtl.pb.h"
+#include "protocols/strategy.h"
+
+namespace fedtl::coordinator {
+
+struct RoundEval {
+  double accuracy = 0, loss = 0;
+};
+
+// Evaluates global parameters on the coordinator's held-out data.
+class Evaluator {
+ public:
+  virtual ~Evaluator() = default;
+  virtual RoundEval evaluate(const std::vector<float>& params) = 0;
+};
+
+struct CoordinatorOptions {
+  v1::JobSpec job;            // sent to every site (site_index filled per site)
+  std::string backbone;       // the backbone file's bytes; digest/size must match job
+  size_t chunk_bytes = 1u << 20;
+  std::chrono::milliseconds handshake_timeout{std::chrono::minutes(10)};
+  std::chrono::milliseconds round_timeout{std::chrono::minutes(10)};
+  size_t min_sites = 1;
+};
+
+struct RoundRecord {
+  uint32_t round = 0;
+  double accuracy = 0, loss = 0;   // global model after this round, on the evaluation set
+  double train_loss = 0;           // sample-weighted mean of the sites' local losses
+  size_t sites_reported = 0, sites_active = 0;
+  bool applied = false;            // false: quorum missed, round abandoned
+  uint64_t bytes_up = 0, bytes_down = 0;  // this round, all sites, framing included
+  double seconds = 0;
+};
+
+struct SiteInfo {
+  std::string name;
+  uint32_t index = 0;
+  uint64_t num_samples = 0;
+  bool active = false;
+  std::string dropped_reason;
+};
+
+class Coordinator {
+ public:
+  Coordinator(CoordinatorOptions options, std::unique_ptr<protocols::Strategy> strategy, Evaluator& evaluator,
+              std::vector<float> initial_params);
+  ~Coordinator();
+  // Adds a connected site before run(). Sites are indexed in the order they are added.
+  void add_site(std::unique_ptr<common::Connection> conn);
+
+  struct Result {
+    std::vector<float> params;
+    std::vector<RoundRecord> rounds;
+    std::vector<SiteInfo> sites;
+    uint64_t handshake_bytes_down = 0, handshake_bytes_up = 0;
+  };
+  // Runs the whole job; `on_round` is called after every round. Throws fedtl::Error when
+  // fewer than min_sites complete the handshake.
+  Result run(const std::function<void(const RoundRecord&)>& on_round);
+
+ private:
+  struct Site;
+  void handshake();
+  void drop(Site& s, const std::string& reason);
+  RoundRecord run_round(uint32_t round);
+
+  CoordinatorOptions opt_;
+  std::unique_ptr<protocols::Strategy> strategy_;
+  Evaluator& evaluator_;
+  std::vector<float> params_;
+  std::vector<std::unique_ptr<Site>> sites_;
+};
+
+}  // namespace fedtl::coordinator

@@ -1,0 +1,235 @@
+#include "protocols/messages.h"
+
+#include <google/protobuf/util/message_differencer.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "common/errors.h"
+
+namespace fedtl::protocols {
+namespace {
+
+using google::protobuf::util::MessageDifferencer;
+
+// Encodes through the real wire framing and back.
+template <typename M>
+M round_trip(const M& msg) {
+  const Frame f = to_frame(msg);
+  EXPECT_EQ(f.type, type_of<M>());
+  return from_frame<M>(decode_frame(encode_frame(f)));
+}
+
+v1::Tensor tensor_of(const std::vector<float>& v) {
+  v1::Tensor t;
+  pack_tensor(v, &t);
+  return t;
+}
+
+TEST(Messages, Hello) {
+  v1::Hello m;
+  m.set_protocol_version(1);
+  m.set_site_name("hospital-a");
+  m.add_backbone_sha256("aa11");
+  m.add_backbone_sha256("bb22");
+  m.set_fedtl_version("0.1.0");
+  const v1::Hello back = round_trip(m);
+  EXPECT_TRUE(MessageDifferencer::Equals(m, back));
+  EXPECT_EQ(back.site_name(), "hospital-a");
+  ASSERT_EQ(back.backbone_sha256_size(), 2);
+  EXPECT_EQ(back.backbone_sha256(1), "bb22");
+}
+
+TEST(Messages, JobSpecWithNestedMessages) {
+  v1::JobSpec m;
+  m.set_job_name("fmnist");
+  m.set_seed(0xDEADBEEFCAFEull);
+  m.set_rounds(20);
+  m.set_backbone_sha256("ff00");
+  m.set_backbone_bytes(123456789);
+  auto* model = m.mutable_model();
+  model->set_head("mlp");
+  model->set_hidden(128);
+  model->set_num_classes(10);
+  model->set_freeze("all_but_last");
+  model->set_unfrozen(2);
+  model->set_in_channels(1);
+  model->set_in_height(28);
+  model->set_in_width(28);
+  model->add_mean(0.2860);
+  model->add_std(0.3530);
+  auto* tr = m.mutable_training();
+  tr->set_optimizer("adam");
+  tr->set_lr(0.001);
+  tr->set_momentum(0.9);
+  tr->set_weight_decay(1e-4);
+  tr->set_epochs(2);
+  tr->set_batch_size(64);
+  tr->set_prox_mu(0.01);
+  auto* e = m.mutable_layout()->add_entries();
+  e->set_name("head.weight");
+  e->add_shape(10);
+  e->add_shape(128);
+  m.add_target_classes(3);
+  m.add_target_classes(-1);
+  m.set_site_index(4);
+  m.set_min_sites(3);
+  m.set_secure_aggregation(true);
+  const v1::JobSpec back = round_trip(m);
+  EXPECT_TRUE(MessageDifferencer::Equals(m, back));
+  EXPECT_EQ(back.model().freeze(), "all_but_last");
+  EXPECT_DOUBLE_EQ(back.training().prox_mu(), 0.01);
+  EXPECT_EQ(back.layout().entries(0).shape(1), 128);
+  EXPECT_EQ(back.target_classes(1), -1);
+  EXPECT_TRUE(back.secure_aggregation());
+}
+
+TEST(Messages, BackboneChunk) {
+  v1::BackboneChunk m;
+  m.set_offset(1u << 30);
+  m.set_data(std::string("\0\x01\xff binary", 10));
+  m.set_last(true);
+  const auto back = round_trip(m);
+  EXPECT_TRUE(MessageDifferencer::Equals(m, back));
+  EXPECT_EQ(back.data().size(), 10u);
+}
+
+TEST(Messages, Ready) {
+  v1::Ready m;
+  m.set_num_samples(6000);
+  m.set_backbone_sha256("abcd");
+  m.set_feature_seconds(1.25);
+  const auto back = round_trip(m);
+  EXPECT_TRUE(MessageDifferencer::Equals(m, back));
+  EXPECT_EQ(back.num_samples(), 6000u);
+}
+
+TEST(Messages, RoundStart) {
+  v1::RoundStart m;
+  m.set_round(3);
+  *m.mutable_params() = tensor_of({1.0f, -2.5f, 3.25f});
+  m.set_deadline_seconds(60.0);
+  const auto back = round_trip(m);
+  EXPECT_TRUE(MessageDifferencer::Equals(m, back));
+  EXPECT_EQ(unpack_tensor(back.params(), 3), (std::vector<float>{1.0f, -2.5f, 3.25f}));
+}
+
+TEST(Messages, Update) {
+  v1::Update m;
+  m.set_round(7);
+  m.set_num_samples(512);
+  *m.mutable_delta() = tensor_of({0.5f, -0.125f});
+  m.set_train_loss(0.42);
+  m.set_train_accuracy(0.87);
+  m.set_train_seconds(3.5);
+  const auto back = round_trip(m);
+  EXPECT_TRUE(MessageDifferencer::Equals(m, back));
+  EXPECT_EQ(unpack_tensor(back.delta()), (std::vector<float>{0.5f, -0.125f}));
+}
+
+TEST(Messages, Shutdown) {
+  v1::Shutdown m;
+  m.set_reason("job finished");
+  m.set_success(true);
+  const auto back = round_trip(m);
+  EXPECT_TRUE(MessageDifferencer::Equals(m, back));
+}
+
+TEST(Messages, ErrorMessage) {
+  const Frame f = error_frame(ErrorCode::kBackboneDigest, "digest mismatch");
+  EXPECT_EQ(f.type, MessageType::kError);
+  const auto back = from_frame<v1::ErrorMessage>(decode_frame(encode_frame(f)));
+  EXPECT_EQ(back.code(), static_cast<uint32_t>(ErrorCode::kBackboneDigest));
+  EXPECT_EQ(back.message(), "digest mismatch");
+}
+
+TEST(Messages, Heartbeat) {
+  v1::Heartbeat m;
+  m.set_round(2);
+  m.set_progress(0.75);
+  const auto back = round_trip(m);
+  EXPECT_TRUE(MessageDifferencer::Equals(m, back));
+}
+
+TEST(Messages, TypeMismatchNamesBothTypes) {
+  v1::Ready r;
+  r.set_num_samples(1);
+  const Frame f = to_frame(r);
+  try {
+    from_frame<v1::Update>(f);
+    FAIL() << "expected ProtocolError";
+  } catch (const ProtocolError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("Update"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("Ready"), std::string::npos) << msg;
+  }
+}
+
+TEST(Messages, ErrorFrameBecomesPeerRefused) {
+  const Frame f = error_frame(ErrorCode::kUnauthorized, "site not in allow-list");
+  try {
+    from_frame<v1::JobSpec>(f);
+    FAIL() << "expected ProtocolError";
+  } catch (const ProtocolError& e) {
+    EXPECT_STREQ(e.what(), "peer refused: site not in allow-list");
+  }
+  EXPECT_NO_THROW(check_frame_type(f, MessageType::kError));
+}
+
+TEST(Messages, CorruptPayloadThrows) {
+  Frame f;
+  f.type = MessageType::kHello;
+  f.payload = std::string("\x0a\xff\xff\xff\xff\x0f", 6);  // field 1 length-delimited, huge length
+  try {
+    from_frame<v1::Hello>(f);
+    FAIL() << "expected ProtocolError";
+  } catch (const ProtocolError& e) {
+    EXPECT_NE(std::string(e.what()).find("Hello"), std::string::npos) << e.what();
+  }
+  // A truncated serialization of a real message also fails.
+  v1::Shutdown s;
+  s.set_reason("a long enough reason");
+  Frame g = to_frame(s);
+  g.payload.resize(g.payload.size() - 3);
+  EXPECT_THROW(from_frame<v1::Shutdown>(g), ProtocolError);
+}
+
+TEST(Tensor, PackIsLittleEndianFloat32) {
+  v1::Tensor t = tensor_of({1.0f, -2.0f});
+  ASSERT_EQ(t.count(), 2u);
+  ASSERT_EQ(t.f32_le().size(), 8u);
+  const auto* b = reinterpret_cast<const uint8_t*>(t.f32_le().data());
+  // 1.0f = 0x3F800000, -2.0f = 0xC0000000
+  EXPECT_EQ(b[0], 0x00); EXPECT_EQ(b[1], 0x00); EXPECT_EQ(b[2], 0x80); EXPECT_EQ(b[3], 0x3F);
+  EXPECT_EQ(b[4], 0x00); EXPECT_EQ(b[5], 0x00); EXPECT_EQ(b[6], 0x00); EXPECT_EQ(b[7], 0xC0);
+}
+
+TEST(Tensor, RoundTripKeepsSpecialValues) {
+  const std::vector<float> v = {0.0f, -0.0f, std::numeric_limits<float>::infinity(),
+                                std::numeric_limits<float>::denorm_min(), 3.14159f};
+  v1::Tensor t;
+  pack_tensor(v.data(), v.size(), &t);
+  const auto back = unpack_tensor(t, v.size());
+  ASSERT_EQ(back.size(), v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    EXPECT_EQ(std::signbit(back[i]), std::signbit(v[i]));
+    EXPECT_EQ(back[i], v[i]);
+  }
+  EXPECT_TRUE(unpack_tensor(tensor_of({})).empty());
+}
+
+TEST(Tensor, UnpackValidatesSizes) {
+  v1::Tensor t = tensor_of({1.0f, 2.0f, 3.0f});
+  EXPECT_THROW(unpack_tensor(t, 4), ProtocolError);  // wrong expected count
+  v1::Tensor bad_count = t;
+  bad_count.set_count(2);
+  EXPECT_THROW(unpack_tensor(bad_count), ProtocolError);
+  v1::Tensor ragged = t;
+  ragged.mutable_f32_le()->push_back('\0');  // 13 bytes
+  ragged.set_count(3);
+  EXPECT_THROW(unpack_tensor(ragged), ProtocolError);
+}
+
+}  // namespace
+}  // namespace fedtl::protocols

@@ -1,0 +1,55 @@
+// The site side of the round protocol, over one Connection:
+//
+//   -> Hello(version, site name, backbone digests held)
+//   <- JobSpec                     (or Error: refused)
+//   <- BackboneChunk*              (skipped when the site already holds the digest)
+//   -> Ready(num_samples)          after verifying SHA-256 and caching features
+//   repeat: <- RoundStart(params)  -> Update(delta)
+//   <- Shutdown
+//
+// Blocking; run it on its own thread. Only updates and aggregate metrics leave the site.
+#pragma once
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "common/transport.h"
+#include "worker/site_runtime.h"
+
+namespace fedtl::worker {
+
+struct WorkerOptions {
+  std::string site_name;
+  // Backbones this site already holds, by SHA-256 hex digest (the download is skipped).
+  std::map<std::string, std::string> backbone_cache;
+  // How long to wait for the next coordinator message before giving up.
+  std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
+  // Called with the verified backbone after a download (e.g. to store it on disk).
+  std::function<void(const std::string& sha256, const std::string& bytes)> on_backbone;
+};
+
+struct WorkerResult {
+  uint32_t rounds_trained = 0;
+  std::string shutdown_reason;
+  bool success = false;
+};
+
+class Worker {
+ public:
+  // Does not own the connection or the runtime; both must outlive run().
+  Worker(common::Connection& conn, SiteRuntime& runtime, WorkerOptions options);
+  // Runs until Shutdown. Throws ProtocolError/TransportError/fedtl::Error on failure; a
+  // refusal or a failure to prepare is first reported to the coordinator as an Error frame.
+  WorkerResult run();
+
+ private:
+  std::string receive_backbone(const v1::JobSpec& job);
+
+  common::Connection& conn_;
+  SiteRuntime& runtime_;
+  WorkerOptions opt_;
+};
+
+}  // namespace fedtl::worker
