@@ -107,8 +107,10 @@ SimulateResult run_simulate(const common::JobConfig& cfg) {
   const int64_t k = static_cast<int64_t>(cfg.data.target_classes.size());
   auto parts = common::partition(data.target_train.labels, k, pspec);
   auto counts = common::class_counts(data.target_train.labels, k, parts);
-  spdlog::info("partition: {} sites, scheme {}, alpha {}, {} per site\n{}", cfg.partition.sites,
-               static_cast<int>(cfg.partition.scheme), cfg.partition.alpha, cfg.partition.samples_per_site,
+  static const char* scheme_names[] = {"iid", "dirichlet", "quantity"};
+  spdlog::info("partition: {} sites, scheme {}, alpha {}, {} labels per site (0 = split all)\n{}",
+               cfg.partition.sites, scheme_names[static_cast<int>(cfg.partition.scheme)], cfg.partition.alpha,
+               cfg.partition.samples_per_site,
                common::format_class_table(counts, data.target_names));
 
   // The coordinator's own model: initial parameters and evaluation on the global test set.
@@ -131,7 +133,7 @@ SimulateResult run_simulate(const common::JobConfig& cfg) {
   const int n = static_cast<int>(cfg.partition.sites);
   std::vector<std::unique_ptr<common::Connection>> worker_ends;
   for (int i = 0; i < n; ++i) {
-    auto [coord_end, worker_end] = common::make_inproc_pair("site-" + std::to_string(i), "coordinator");
+    auto [coord_end, worker_end] = common::make_inproc_pair("coordinator", "site-" + std::to_string(i));
     coord.add_site(std::move(coord_end));
     worker_ends.push_back(std::move(worker_end));
   }
