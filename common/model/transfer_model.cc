@@ -51,7 +51,11 @@ auto guarded(const std::string& context, F&& fn) -> decltype(fn()) {
   } catch (const c10::Error& e) {
     throw ModelError(context + ": " + one_line(e.what_without_backtrace()));
   } catch (const std::exception& e) {
-    throw ModelError(context + ": " + e.what());
+    // TorchScript interpreter errors end with the underlying reason on the last line.
+    std::string msg = e.what();
+    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    const auto last = msg.find_last_of('\n');
+    throw ModelError(context + ": " + one_line(last == std::string::npos ? msg : msg.substr(last + 1)));
   }
 }
 
@@ -105,8 +109,16 @@ bool wants_flat_input(const torch::jit::Module& child) {
   return w.isTensor() && w.toTensor().dim() == 2;
 }
 
+// A traced module keeps children its trace never called (torchvision's Identity classifier)
+// with a forward() that takes no input; they are not part of the computation.
+bool takes_input(const torch::jit::Module& child) {
+  auto m = child.find_method("forward");
+  return m && m->function().getSchema().arguments().size() >= 2;
+}
+
 Tensor run_children(const std::vector<torch::jit::Module>& children, Tensor x) {
   for (const auto& c : children) {
+    if (!takes_input(c)) continue;
     if (x.dim() > 2 && wants_flat_input(c)) x = torch::flatten(x, 1);
     x = const_cast<torch::jit::Module&>(c).forward({x}).toTensor();
   }
@@ -198,11 +210,13 @@ std::unique_ptr<TransferModel> TransferModel::create(const std::string& backbone
     Tensor full;
     try {
       full = impl->backbone.forward({probe}).toTensor();
-    } catch (const c10::Error& e) {
-      std::string msg = e.what_without_backtrace();
+    } catch (const std::exception& e) {  // c10::Error or torch::jit::JITException
+      std::string msg = e.what();
+      const auto last = msg.find_last_of('\n', msg.size() > 1 ? msg.size() - 2 : 0);
       throw ModelError("backbone rejects input of shape [N, " + std::to_string(spec.input.channels) + ", " +
                        std::to_string(spec.input.height) + ", " + std::to_string(spec.input.width) +
-                       "] (check backbone.channels/height/width): " + msg.substr(0, msg.find('\n')));
+                       "] (check backbone.channels/height/width): " +
+                       one_line(last == std::string::npos ? msg : msg.substr(last + 1)));
     }
     Tensor full_flat = pool_flatten(full);
 
@@ -564,6 +578,20 @@ std::string pretrain_builtin_cnn(const ImageSet& train, const ImageSet& test, co
     for (auto p : m.parameters()) p.set_requires_grad(false);
     m.eval();
     return save_module(m);
+  });
+}
+
+std::vector<float> run_exported_model(const std::string& path, const ImageSet& images) {
+  return guarded("running " + path, [&] {
+    torch::NoGradGuard no_grad;
+    torch::jit::Module m = torch::jit::load(path, torch::kCPU);
+    m.eval();
+    Tensor x = torch::from_blob(const_cast<uint8_t*>(images.pixels.data()),
+                                {images.size(), images.channels, images.height, images.width}, torch::kUInt8)
+                   .to(torch::kFloat32)
+                   .div_(255.0);
+    Tensor out = m.forward({x}).toTensor().contiguous();
+    return std::vector<float>(out.data_ptr<float>(), out.data_ptr<float>() + out.numel());
   });
 }
 

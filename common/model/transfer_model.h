@@ -141,6 +141,10 @@ struct PretrainOptions {
 std::string pretrain_builtin_cnn(const ImageSet& train, const ImageSet& test, const InputSpec& input,
                                  const PretrainOptions& opt);
 
+// Runs an exported model file (export_torchscript's format) on raw images: pixels/255 as
+// float N x C x H x W. Returns logits row-major. For deployment checks and tests.
+std::vector<float> run_exported_model(const std::string& path, const ImageSet& images);
+
 // LibTorch intra-op threads for this process (1 keeps results bit-reproducible).
 void set_torch_threads(int n);
 
