@@ -10,87 +10,182 @@
 namespace fedtl::coordinator {
 
 using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
 using protocols::from_frame;
 using protocols::MessageType;
 using protocols::to_frame;
 
+namespace {
+milliseconds until(Clock::time_point deadline) {
+  return std::max(std::chrono::duration_cast<milliseconds>(deadline - Clock::now()), milliseconds(1));
+}
+}  // namespace
+
 struct Coordinator::Site {
-  std::unique_ptr<common::Connection> conn;
+  std::unique_ptr<common::Connection> conn;  // null until the site connects
   SiteInfo info;
+  bool admitted = false;  // job (and backbone) sent; Ready pending
+  uint64_t bytes_sent_before = 0, bytes_received_before = 0;  // of replaced connections
+  uint64_t sent() const { return bytes_sent_before + (conn ? conn->bytes_sent() : 0); }
+  uint64_t received() const { return bytes_received_before + (conn ? conn->bytes_received() : 0); }
 };
 
 Coordinator::Coordinator(CoordinatorOptions options, std::unique_ptr<protocols::Strategy> strategy,
                          Evaluator& evaluator, std::vector<float> initial_params)
     : opt_(std::move(options)), strategy_(std::move(strategy)), evaluator_(evaluator),
-      params_(std::move(initial_params)) {}
+      params_(std::move(initial_params)) {
+  for (size_t i = 0; i < opt_.site_names.size(); ++i) {
+    auto s = std::make_unique<Site>();
+    s->info.index = static_cast<uint32_t>(i);
+    s->info.name = opt_.site_names[i];
+    s->info.dropped_reason = "never connected";
+    sites_.push_back(std::move(s));
+  }
+}
 
 Coordinator::~Coordinator() = default;
 
-void Coordinator::add_site(std::unique_ptr<common::Connection> conn) {
-  auto s = std::make_unique<Site>();
-  s->info.index = static_cast<uint32_t>(sites_.size());
-  s->info.name = conn->peer_name();
-  s->conn = std::move(conn);
-  sites_.push_back(std::move(s));
+Coordinator::Site* Coordinator::attach(std::unique_ptr<common::Connection> conn) {
+  const std::string name = conn->peer_name();
+  Site* slot = nullptr;
+  if (opt_.site_names.empty()) {
+    sites_.push_back(std::make_unique<Site>());
+    slot = sites_.back().get();
+    slot->info.index = static_cast<uint32_t>(sites_.size() - 1);
+    slot->info.name = name;
+  } else {
+    for (auto& s : sites_)
+      if (s->info.name == name) slot = s.get();
+    if (!slot) {
+      spdlog::warn("refused '{}': not on the job's list of sites", name);
+      try {
+        conn->send(protocols::error_frame(protocols::ErrorCode::kUnauthorized,
+                                          "site '" + name + "' is not on this job's list of sites"));
+      } catch (const fedtl::Error&) {
+      }
+      conn->close();
+      return nullptr;
+    }
+  }
+  if (slot->conn) {  // a reconnect replaces a connection the site has given up on
+    slot->conn->close();
+    slot->bytes_sent_before += slot->conn->bytes_sent();
+    slot->bytes_received_before += slot->conn->bytes_received();
+  }
+  slot->conn = std::move(conn);
+  slot->info.active = false;
+  slot->admitted = false;
+  slot->info.dropped_reason.clear();
+  return slot;
 }
 
+void Coordinator::add_site(std::unique_ptr<common::Connection> conn) { attach(std::move(conn)); }
+
 void Coordinator::drop(Site& s, const std::string& reason) {
-  if (!s.info.active && !s.info.dropped_reason.empty()) return;
+  if (!s.conn || (!s.info.active && !s.admitted && !s.info.dropped_reason.empty())) return;
   s.info.active = false;
+  s.admitted = false;
   s.info.dropped_reason = reason;
   spdlog::warn("site '{}' dropped: {}", s.info.name, reason);
   s.conn->close();
 }
 
-void Coordinator::handshake() {
-  // Phase 1: hello, job and backbone to everyone, so sites cache features in parallel.
-  for (auto& sp : sites_) {
-    Site& s = *sp;
-    try {
-      auto hello = from_frame<v1::Hello>(s.conn->recv(opt_.handshake_timeout));
-      if (hello.protocol_version() != protocols::kProtocolVersion) {
-        const std::string why = "site speaks protocol version " + std::to_string(hello.protocol_version()) +
-                                ", coordinator speaks " + std::to_string(protocols::kProtocolVersion);
-        s.conn->send(protocols::error_frame(protocols::ErrorCode::kVersionMismatch, why));
-        s.info.active = true;
-        drop(s, why);
+bool Coordinator::admit(Site& s) {
+  try {
+    auto hello = from_frame<v1::Hello>(s.conn->recv(opt_.handshake_timeout));
+    if (hello.protocol_version() != protocols::kProtocolVersion) {
+      const std::string why = "site speaks protocol version " + std::to_string(hello.protocol_version()) +
+                              ", coordinator speaks " + std::to_string(protocols::kProtocolVersion);
+      s.conn->send(protocols::error_frame(protocols::ErrorCode::kVersionMismatch, why));
+      s.admitted = true;
+      drop(s, why);
+      return false;
+    }
+    v1::JobSpec job = opt_.job;
+    job.set_site_index(s.info.index);
+    s.conn->send(to_frame(job));
+    const auto& held = hello.backbone_sha256();
+    if (std::find(held.begin(), held.end(), job.backbone_sha256()) == held.end()) {
+      for (size_t off = 0;; off += opt_.chunk_bytes) {
+        v1::BackboneChunk c;
+        c.set_offset(off);
+        c.set_data(opt_.backbone.substr(std::min(off, opt_.backbone.size()), opt_.chunk_bytes));
+        c.set_last(off + opt_.chunk_bytes >= opt_.backbone.size());
+        s.conn->send(to_frame(c));
+        if (c.last()) break;
+      }
+    } else {
+      spdlog::info("site '{}' already holds backbone {}: download skipped", s.info.name,
+                   job.backbone_sha256().substr(0, 12));
+    }
+    s.admitted = true;
+    return true;
+  } catch (const fedtl::Error& e) {
+    s.admitted = true;
+    drop(s, std::string("handshake failed: ") + e.what());
+    return false;
+  }
+}
+
+bool Coordinator::await_ready(Site& s, Clock::time_point deadline) {
+  try {
+    auto ready = from_frame<v1::Ready>(s.conn->recv(until(deadline)));
+    if (ready.num_samples() == 0) throw ProtocolError("site reports 0 training samples");
+    s.info.num_samples = ready.num_samples();
+    s.info.active = true;
+    s.admitted = false;
+    spdlog::info("site '{}' (index {}) ready: {} samples", s.info.name, s.info.index, s.info.num_samples);
+    return true;
+  } catch (const fedtl::Error& e) {
+    drop(s, std::string("not ready: ") + e.what());
+    return false;
+  }
+}
+
+void Coordinator::join_phase() {
+  // Job and backbone go to every site first, so sites cache features in parallel.
+  if (listener_) {
+    const auto deadline = Clock::now() + opt_.join_timeout;
+    auto connected = [&] {
+      size_t n = 0;
+      for (auto& s : sites_) n += (s->conn && s->admitted) ? 1 : 0;
+      return n;
+    };
+    spdlog::info("waiting for {} sites to connect (quorum {}, up to {} s)", sites_.size(), opt_.min_sites,
+                 std::chrono::duration_cast<std::chrono::seconds>(opt_.join_timeout).count());
+    while (connected() < sites_.size() && Clock::now() < deadline) {
+      std::unique_ptr<common::Connection> conn;
+      try {
+        conn = listener_->accept(std::min(until(deadline), milliseconds(1000)));
+      } catch (const TimeoutError&) {
         continue;
       }
-      if (!hello.site_name().empty() && s.info.name.empty()) s.info.name = hello.site_name();
-      v1::JobSpec job = opt_.job;
-      job.set_site_index(s.info.index);
-      s.conn->send(to_frame(job));
-      const auto& held = hello.backbone_sha256();
-      if (std::find(held.begin(), held.end(), job.backbone_sha256()) == held.end()) {
-        for (size_t off = 0; off < opt_.backbone.size() || off == 0; off += opt_.chunk_bytes) {
-          v1::BackboneChunk c;
-          c.set_offset(off);
-          c.set_data(opt_.backbone.substr(off, opt_.chunk_bytes));
-          c.set_last(off + opt_.chunk_bytes >= opt_.backbone.size());
-          s.conn->send(to_frame(c));
-          if (c.last()) break;
-        }
-      }
-      s.info.active = true;
-    } catch (const fedtl::Error& e) {
-      s.info.active = true;
-      drop(s, std::string("handshake failed: ") + e.what());
+      spdlog::info("'{}' connected", conn->peer_name());
+      if (Site* s = attach(std::move(conn))) admit(*s);
     }
+  } else {
+    for (auto& s : sites_)
+      if (s->conn) admit(*s);
   }
-  // Phase 2: wait for each site to be ready.
   const auto deadline = Clock::now() + opt_.handshake_timeout;
-  for (auto& sp : sites_) {
-    Site& s = *sp;
-    if (!s.info.active) continue;
+  for (auto& s : sites_)
+    if (s->conn && s->admitted) await_ready(*s, deadline);
+}
+
+void Coordinator::accept_rejoiners() {
+  if (!listener_) return;
+  for (;;) {
+    std::unique_ptr<common::Connection> conn;
     try {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      auto ready = from_frame<v1::Ready>(s.conn->recv(std::max(left, std::chrono::milliseconds(1))));
-      if (ready.num_samples() == 0) throw ProtocolError("site reports 0 training samples");
-      s.info.num_samples = ready.num_samples();
-      spdlog::info("site '{}' ready: {} samples", s.info.name, s.info.num_samples);
-    } catch (const fedtl::Error& e) {
-      drop(s, std::string("not ready: ") + e.what());
+      conn = listener_->accept(milliseconds(0));
+    } catch (const TimeoutError&) {
+      return;
+    } catch (const TransportError&) {
+      return;
     }
+    spdlog::info("'{}' (re)connected", conn->peer_name());
+    if (Site* s = attach(std::move(conn)))
+      if (admit(*s)) await_ready(*s, Clock::now() + opt_.handshake_timeout);
   }
 }
 
@@ -100,8 +195,8 @@ RoundRecord Coordinator::run_round(uint32_t round) {
   rec.round = round;
   uint64_t up0 = 0, down0 = 0;
   for (auto& s : sites_) {
-    up0 += s->conn->bytes_received();
-    down0 += s->conn->bytes_sent();
+    up0 += s->received();
+    down0 += s->sent();
   }
   v1::RoundStart start;
   start.set_round(round);
@@ -121,17 +216,17 @@ RoundRecord Coordinator::run_round(uint32_t round) {
   const auto deadline = t0 + opt_.round_timeout;
   protocols::WeightedMean mean(params_.size());
   double loss_sum = 0;
-  for (auto& s : sites_) {
+  for (auto& s : sites_) {  // site-index order: the sum does not depend on arrival order
     if (!s->info.active) continue;
     try {
       for (;;) {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        common::Frame f = s->conn->recv(std::max(left, std::chrono::milliseconds(1)));
+        common::Frame f = s->conn->recv(until(deadline));
         if (f.type == MessageType::kHeartbeat) continue;
         auto up = from_frame<v1::Update>(f);
         if (up.round() < round) continue;  // late update from a round that already closed
-        if (up.round() != round) throw ProtocolError("update for round " + std::to_string(up.round()) +
-                                                     " during round " + std::to_string(round));
+        if (up.round() != round)
+          throw ProtocolError("update for round " + std::to_string(up.round()) + " during round " +
+                              std::to_string(round));
         if (up.num_samples() == 0) throw ProtocolError("update with 0 samples");
         mean.add(protocols::unpack_tensor(up.delta(), params_.size()), static_cast<double>(up.num_samples()));
         loss_sum += up.train_loss() * static_cast<double>(up.num_samples());
@@ -156,8 +251,8 @@ RoundRecord Coordinator::run_round(uint32_t round) {
   rec.accuracy = ev.accuracy;
   rec.loss = ev.loss;
   for (auto& s : sites_) {
-    rec.bytes_up += s->conn->bytes_received();
-    rec.bytes_down += s->conn->bytes_sent();
+    rec.bytes_up += s->received();
+    rec.bytes_down += s->sent();
   }
   rec.bytes_up -= up0;
   rec.bytes_down -= down0;
@@ -167,17 +262,18 @@ RoundRecord Coordinator::run_round(uint32_t round) {
 
 Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&)>& on_round) {
   Result res;
-  handshake();
+  join_phase();
   size_t ready = 0;
   for (auto& s : sites_) {
     ready += s->info.active ? 1 : 0;
-    res.handshake_bytes_down += s->conn->bytes_sent();
-    res.handshake_bytes_up += s->conn->bytes_received();
+    res.handshake_bytes_down += s->sent();
+    res.handshake_bytes_up += s->received();
   }
   if (ready < opt_.min_sites)
     throw Error("only " + std::to_string(ready) + " sites completed the handshake; the job needs " +
                 std::to_string(opt_.min_sites));
   for (uint32_t r = 1; r <= opt_.job.rounds(); ++r) {
+    if (r > 1) accept_rejoiners();
     RoundRecord rec = run_round(r);
     if (on_round) on_round(rec);
     res.rounds.push_back(rec);

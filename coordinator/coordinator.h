@@ -9,9 +9,14 @@
 //              server strategy, evaluate, report a RoundRecord
 //   end:       -> Shutdown
 //
-// A site that fails (closed connection, malformed or invalid update) is dropped and the job
-// goes on; a site that misses the deadline is left out of that round only. Fewer than
-// min_sites reports abandon the round (the global model is unchanged).
+// Sites are slots named by the job (CoordinatorOptions::site_names; a connection's
+// peer_name() — the certificate's CN over TLS — picks its slot, whose position is the site
+// index). With a Listener, sites join while the coordinator waits for them and rejoin
+// before any later round after a lost connection. A site that fails (closed connection,
+// malformed or invalid update, refusal) is dropped and the job goes on; a site that misses
+// the deadline is left out of that round only. Fewer than min_sites reports abandon the
+// round (the global model is unchanged). Aggregation runs in site-index order, so arrival
+// order never changes the result.
 // Not thread-safe: run() blocks the calling thread until the job ends.
 #pragma once
 #include <chrono>
@@ -44,6 +49,11 @@ struct CoordinatorOptions {
   std::chrono::milliseconds handshake_timeout{std::chrono::minutes(10)};
   std::chrono::milliseconds round_timeout{std::chrono::minutes(10)};
   size_t min_sites = 1;
+  // The federation's sites in index order. Empty: add_site() appends whoever connects.
+  std::vector<std::string> site_names;
+  // With a listener: how long to wait for every listed site before starting with at least
+  // min_sites of them.
+  std::chrono::milliseconds join_timeout{std::chrono::minutes(10)};
 };
 
 struct RoundRecord {
@@ -69,8 +79,11 @@ class Coordinator {
   Coordinator(CoordinatorOptions options, std::unique_ptr<protocols::Strategy> strategy, Evaluator& evaluator,
               std::vector<float> initial_params);
   ~Coordinator();
-  // Adds a connected site before run(). Sites are indexed in the order they are added.
+  // Attaches a connected site before run(): to the slot named by conn->peer_name(), or
+  // (no site_names) a new slot. A name not on the list is refused and closed.
   void add_site(std::unique_ptr<common::Connection> conn);
+  // Sites connect (and reconnect) through `listener` (not owned; must outlive run()).
+  void set_listener(common::Listener* listener) { listener_ = listener; }
 
   struct Result {
     std::vector<float> params;
@@ -84,7 +97,11 @@ class Coordinator {
 
  private:
   struct Site;
-  void handshake();
+  Site* attach(std::unique_ptr<common::Connection> conn);
+  bool admit(Site& s);                        // Hello -> JobSpec -> backbone
+  bool await_ready(Site& s, std::chrono::steady_clock::time_point deadline);
+  void join_phase();
+  void accept_rejoiners();
   void drop(Site& s, const std::string& reason);
   RoundRecord run_round(uint32_t round);
 
@@ -93,6 +110,7 @@ class Coordinator {
   Evaluator& evaluator_;
   std::vector<float> params_;
   std::vector<std::unique_ptr<Site>> sites_;
+  common::Listener* listener_ = nullptr;
 };
 
 }  // namespace fedtl::coordinator

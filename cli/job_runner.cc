@@ -1,0 +1,123 @@
+#include "cli/job_runner.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "common/files.h"
+#include "common/sha256.h"
+
+namespace fedtl::cli {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+class CoordinatorJob::Evaluator : public coordinator::Evaluator {
+ public:
+  Evaluator(common::model::TransferModel& model, const common::model::FeatureSet& test) : model_(model), test_(test) {}
+  coordinator::RoundEval evaluate(const std::vector<float>& params) override {
+    model_.set_params(params);
+    const auto r = model_.evaluate(test_);
+    return {r.accuracy, r.loss};
+  }
+
+ private:
+  common::model::TransferModel& model_;
+  const common::model::FeatureSet& test_;
+};
+
+CoordinatorJob::CoordinatorJob(const common::JobConfig& cfg) : cfg_(cfg), start_(Clock::now()) {
+  common::model::set_torch_threads(static_cast<int>(cfg_.threads));
+  (void)protocols::make_strategy(cfg_.server);  // validates [server] before any work
+  data_ = load_task_data(cfg_);
+  spdlog::info("target task: {} classes, {} training and {} test images", cfg_.data.target_classes.size(),
+               data_.target_train.size(), data_.target_test.size());
+  backbone_ = ensure_backbone(cfg_, data_);
+  backbone_sha_ = common::sha256_hex(backbone_);
+  model_ = common::model::TransferModel::create(backbone_, model_spec(cfg_), cfg_.seed);
+  test_features_ = model_->features(data_.target_test);
+  spdlog::info("model: {} trainable parameters ({} feature dims into a {} head); test features cached ({:.1f} MB)",
+               model_->num_params(), model_->feature_dim(), cfg_.head.type, test_features_->bytes() / 1e6);
+  evaluator_ = std::make_unique<Evaluator>(*model_, *test_features_);
+}
+
+CoordinatorJob::~CoordinatorJob() = default;
+
+std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const std::vector<std::string>& names) {
+  coordinator::CoordinatorOptions copt;
+  copt.job = make_job_spec(cfg_, backbone_sha_, backbone_.size(), model_->layout());
+  copt.backbone = backbone_;
+  copt.min_sites = static_cast<size_t>(cfg_.min_sites);
+  copt.round_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.round_timeout_s * 1000));
+  copt.site_names = names;
+  return std::make_unique<coordinator::Coordinator>(copt, protocols::make_strategy(cfg_.server), *evaluator_,
+                                                    model_->params());
+}
+
+JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::string& transport) {
+  std::filesystem::create_directories(cfg_.out);
+  common::JsonlWriter metrics(cfg_.out + "/metrics.jsonl");
+  JobOutcome o;
+  const auto t_sites = Clock::now();
+  o.result = coord.run([&](const coordinator::RoundRecord& r) {
+    if (r.round == 1)
+      spdlog::info("sites connected and ready in {:.2f} s",
+                   std::chrono::duration<double>(Clock::now() - t_sites).count() - r.seconds);
+    spdlog::info("round {:>3}/{}: accuracy {:.2f}%  loss {:.4f}  train loss {:.4f}  sites {}/{}  up {:.2f} MB  down {:.2f} MB  {:.2f} s",
+                 r.round, cfg_.rounds, 100 * r.accuracy, r.loss, r.train_loss, r.sites_reported, r.sites_active,
+                 r.bytes_up / 1e6, r.bytes_down / 1e6, r.seconds);
+    metrics.write({{"round", r.round}, {"accuracy", r.accuracy}, {"loss", r.loss}, {"train_loss", r.train_loss},
+                   {"sites_reported", r.sites_reported}, {"applied", r.applied}, {"bytes_up", r.bytes_up},
+                   {"bytes_down", r.bytes_down}, {"seconds", r.seconds}, {"transport", transport}});
+    o.curve.emplace_back(r.round, r.accuracy);
+  });
+  model_->set_params(o.result.params);
+  o.final_eval = model_->evaluate(*test_features_);
+  o.model_sha256 = model_->digest();
+  model_->export_torchscript(cfg_.out + "/model.pt");
+  spdlog::info("federated model: accuracy {:.2f}% on {} test images; sha256 {}", 100 * o.final_eval.accuracy,
+               o.final_eval.samples, o.model_sha256);
+  spdlog::info("confusion matrix:\n{}", common::format_confusion(o.final_eval.confusion, data_.target_names));
+  return o;
+}
+
+void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& transport, const json& extra,
+                                   const std::vector<common::PlotLine>& baselines) {
+  json s;
+  s["job"] = cfg_.name;
+  s["sites"] = o.result.sites.size();
+  s["rounds"] = cfg_.rounds;
+  s["seed"] = cfg_.seed;
+  s["strategy"] = cfg_.server.name;
+  s["transport"] = transport;
+  s["secure_aggregation"] = false;
+  s["federated_accuracy"] = o.final_eval.accuracy;
+  s["federated_loss"] = o.final_eval.loss;
+  s["centralized_accuracy"] = nullptr;
+  s["local_only_mean_accuracy"] = nullptr;
+  s["scratch_accuracy"] = nullptr;
+  s["model_sha256"] = o.model_sha256;
+  s["backbone_sha256"] = backbone_sha_;
+  s["trainable_parameters"] = model_->num_params();
+  s["confusion_matrix"] = o.final_eval.confusion;
+  s["class_names"] = data_.target_names;
+  s["handshake_bytes_down"] = o.result.handshake_bytes_down;
+  uint64_t up = 0, down = 0;
+  for (const auto& r : o.result.rounds) {
+    up += r.bytes_up;
+    down += r.bytes_down;
+  }
+  s["round_bytes_up"] = up;
+  s["round_bytes_down"] = down;
+  for (const auto& [k, v] : extra.items()) s[k] = v;
+  s["seconds"] = std::chrono::duration<double>(Clock::now() - start_).count();
+  common::write_accuracy_plot(cfg_.out + "/accuracy.svg",
+                              cfg_.name + ": global test accuracy per round (" + std::to_string(o.result.sites.size()) +
+                                  " sites, " + cfg_.server.name + ", " + transport + ")",
+                              {{"federated (" + cfg_.server.name + ")", o.curve}}, baselines);
+  common::write_file_atomic(cfg_.out + "/summary.json", s.dump(2) + "\n");
+  spdlog::info("done in {:.1f} s; outputs in {}/ (metrics.jsonl, summary.json, model.pt, accuracy.svg)",
+               s["seconds"].get<double>(), cfg_.out);
+}
+
+}  // namespace fedtl::cli

@@ -1,0 +1,61 @@
+// The coordinator's side of a job, shared by every way of running it (simulate, the TLS
+// coordinator, mpi): data and backbone set-up, the global model and its evaluation, the
+// Coordinator, and the outputs (metrics.jsonl, summary.json, model.pt, accuracy.svg).
+#pragma once
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cli/job_setup.h"
+#include "common/config.h"
+#include "common/model/transfer_model.h"
+#include "common/report.h"
+#include "coordinator/coordinator.h"
+
+namespace fedtl::cli {
+
+struct JobOutcome {
+  coordinator::Coordinator::Result result;
+  common::model::EvalResult final_eval;
+  std::string model_sha256;
+  std::vector<std::pair<double, double>> curve;  // (round, accuracy)
+  double seconds = 0;
+};
+
+class CoordinatorJob {
+ public:
+  // Loads the data (test set for evaluation; training sets for simulations), the backbone
+  // (pre-training it when configured and absent) and builds the global model. Throws
+  // fedtl::Error on bad configuration or data.
+  explicit CoordinatorJob(const common::JobConfig& cfg);
+  ~CoordinatorJob();
+
+  const common::JobConfig& config() const { return cfg_; }
+  const TaskData& data() const { return data_; }
+  const std::string& backbone() const { return backbone_; }
+  const std::string& backbone_sha256() const { return backbone_sha_; }
+  common::model::TransferModel& model() { return *model_; }
+  const common::model::FeatureSet& test_features() const { return *test_features_; }
+
+  // A coordinator for this job; site_names: the federation in index order (may be empty).
+  std::unique_ptr<coordinator::Coordinator> make_coordinator(const std::vector<std::string>& site_names);
+  // Runs the rounds, logging progress and appending metrics.jsonl; then evaluates, exports
+  // model.pt and computes the digest.
+  JobOutcome run(coordinator::Coordinator& coord, const std::string& transport);
+  // Writes summary.json (the standard keys + `extra`) and accuracy.svg with `baselines`.
+  void write_summary(const JobOutcome& o, const std::string& transport, const nlohmann::json& extra,
+                     const std::vector<common::PlotLine>& baselines);
+
+ private:
+  class Evaluator;
+  common::JobConfig cfg_;
+  TaskData data_;
+  std::string backbone_, backbone_sha_;
+  std::unique_ptr<common::model::TransferModel> model_;
+  std::unique_ptr<common::model::FeatureSet> test_features_;
+  std::unique_ptr<Evaluator> evaluator_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace fedtl::cli
