@@ -31,4 +31,22 @@ SimulateResult run_simulate(const common::JobConfig& cfg);
 // (TorchScript) to `out_path` (default cfg.backbone.path).
 void run_pretrain(const common::JobConfig& cfg, const std::string& out_path);
 
+// `fedtl coordinator`: serves the job over mutual TLS to the sites listed in [federation];
+// writes the same outputs as simulate. `overrides` as for simulate (sites is ignored).
+SimulateResult run_coordinator(const common::JobConfig& cfg);
+
+// `fedtl worker`: one site. Connects (and reconnects with backoff) to the coordinator,
+// verifies it, checks the job against the site policy, trains. Returns the process exit
+// status (0 when the job finished).
+int run_worker(const common::SiteConfig& site);
+
+// `fedtl ca init|issue`: the federation's certificate authority and its kits.
+void run_ca_init(const std::string& dir, const std::string& federation);
+void run_ca_issue(const std::string& dir, const std::string& name, const std::string& role,
+                  const std::string& coordinator_address, const std::string& coordinator_name);
+
+// The sites' partition of the target training set, as simulate makes it.
+struct TaskData;
+std::vector<std::vector<int64_t>> site_partition(const common::JobConfig& cfg, const TaskData& data);
+
 }  // namespace fedtl::cli

@@ -50,6 +50,8 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
   copt.min_sites = static_cast<size_t>(cfg_.min_sites);
   copt.round_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.round_timeout_s * 1000));
   copt.site_names = names;
+  copt.join_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.join_timeout_s * 1000));
+  copt.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.handshake_timeout_s * 1000));
   return std::make_unique<coordinator::Coordinator>(copt, protocols::make_strategy(cfg_.server), *evaluator_,
                                                     model_->params());
 }

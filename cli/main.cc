@@ -37,6 +37,34 @@ int main(int argc, char** argv) {
   pre->add_option("--config,-c", pre_config, "job file (TOML)")->required();
   pre->add_option("--out,-o", pre_out, "backbone file to write (default: the job's backbone.path)");
 
+  // fedtl coordinator
+  auto* co = app.add_subcommand("coordinator", "serve a job over mutual TLS to the sites listed in its [federation]");
+  std::string co_config;
+  fedtl::cli::SimulateOverrides co_ov;
+  co->add_option("--config,-c", co_config, "job file (TOML) with a [federation] section")->required();
+  co->add_option("--rounds", co_ov.rounds, "federated rounds (overrides job.rounds)");
+  co->add_option("--seed", co_ov.seed, "seed (overrides job.seed)");
+  co->add_option("--out", co_ov.out, "output directory (overrides job.out)");
+
+  // fedtl worker
+  auto* wk = app.add_subcommand("worker", "run one site: connect to the coordinator, train on local data");
+  std::string wk_config;
+  wk->add_option("--config,-c", wk_config, "site file (TOML): kit, coordinator address, data, policy")->required();
+
+  // fedtl ca init | issue
+  auto* ca = app.add_subcommand("ca", "federation certificate authority and startup kits");
+  ca->require_subcommand(1);
+  auto* ca_init = ca->add_subcommand("init", "create the federation CA in --dir");
+  auto* ca_issue = ca->add_subcommand("issue", "issue a kit (key, certificate, CA certificate, kit.toml) for a party");
+  std::string ca_dir, ca_fed = "fedtl", ca_name, ca_role = "worker", ca_coord, ca_coord_name;
+  ca_init->add_option("--dir", ca_dir, "PKI directory")->required();
+  ca_init->add_option("--federation", ca_fed, "federation name (the CA's common name)")->capture_default_str();
+  ca_issue->add_option("--dir", ca_dir, "PKI directory made by `fedtl ca init`")->required();
+  ca_issue->add_option("--name", ca_name, "party name: the certificate's CN (what federation.sites lists)")->required();
+  ca_issue->add_option("--role", ca_role, "worker | coordinator")->capture_default_str();
+  ca_issue->add_option("--coordinator", ca_coord, "worker kits: the coordinator's host:port");
+  ca_issue->add_option("--coordinator-name", ca_coord_name, "worker kits: the coordinator's certificate name");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -50,6 +78,17 @@ int main(int argc, char** argv) {
       auto r = fedtl::cli::run_simulate(cfg);
       std::cout << "federated_accuracy " << r.federated_accuracy << "\nmodel_sha256 " << r.model_sha256 << "\nout "
                 << r.out_dir << "\n";
+    } else if (*co) {
+      auto cfg = fedtl::cli::apply_overrides(fedtl::common::load_job_config(co_config), co_ov);
+      auto r = fedtl::cli::run_coordinator(cfg);
+      std::cout << "federated_accuracy " << r.federated_accuracy << "\nmodel_sha256 " << r.model_sha256 << "\nout "
+                << r.out_dir << "\n";
+    } else if (*wk) {
+      return fedtl::cli::run_worker(fedtl::common::load_site_config(wk_config));
+    } else if (*ca_init) {
+      fedtl::cli::run_ca_init(ca_dir, ca_fed);
+    } else if (*ca_issue) {
+      fedtl::cli::run_ca_issue(ca_dir, ca_name, ca_role, ca_coord, ca_coord_name);
     } else if (*pre) {
       auto cfg = fedtl::common::load_job_config(pre_config);
       fedtl::cli::run_pretrain(cfg, pre_out.empty() ? cfg.backbone.path : pre_out);

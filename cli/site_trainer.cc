@@ -6,7 +6,16 @@
 namespace fedtl::cli {
 
 uint64_t SiteTrainer::prepare(const v1::JobSpec& job, const std::string& backbone_bytes) {
+  // After a reconnect to the same job the model and the feature cache are still valid.
+  const bool same_job = model_ && job.backbone_sha256() == job_.backbone_sha256() &&
+                        job.model().SerializeAsString() == job_.model().SerializeAsString() &&
+                        job.layout().SerializeAsString() == job_.layout().SerializeAsString();
   job_ = job;
+  if (same_job) return static_cast<uint64_t>(data_.size());
+  if (!loaded_) {
+    data_ = loader_(job);
+    loaded_ = true;
+  }
   if (data_.size() == 0) throw DataError("this site has no training images");
   model_ = common::model::TransferModel::create(backbone_bytes, model_spec(job.model()), job.seed());
   if (model_->layout().size() != static_cast<size_t>(job.layout().entries_size()))

@@ -1,5 +1,6 @@
 #include "common/config.h"
 
+#include <filesystem>
 #include <set>
 #include <sstream>
 #include <toml++/toml.h>
@@ -33,6 +34,14 @@ class Section {
     } else if constexpr (std::is_same_v<T, std::string>) {
       if (!n->is_string()) fail(key, "a string");
       out = *n->value<std::string>();
+    } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+      const toml::array* a = n->as_array();
+      if (!a) fail(key, "an array of strings");
+      out.clear();
+      for (const auto& e : *a) {
+        if (!e.is_string()) fail(key, "an array of strings");
+        out.push_back(*e.value<std::string>());
+      }
     } else if constexpr (std::is_same_v<T, std::vector<int64_t>> || std::is_same_v<T, std::vector<double>>) {
       using E = typename T::value_type;
       const toml::array* a = n->as_array();
@@ -78,8 +87,8 @@ const toml::table* subtable(const toml::table& root, const char* name) {
 
 JobConfig from_table(const toml::table& root) {
   JobConfig c;
-  static const std::set<std::string> kSections = {"job", "data", "partition", "backbone", "pretrain",
-                                                  "head", "train", "server", "baselines"};
+  static const std::set<std::string> kSections = {"job",  "data",  "partition", "backbone",  "pretrain",
+                                                  "head", "train", "server",    "baselines", "federation"};
   for (const auto& [k, v] : root) {
     if (!kSections.count(std::string(k.str())))
       throw ConfigError("unknown section or key '" + std::string(k.str()) + "' in job config");
@@ -158,6 +167,17 @@ JobConfig from_table(const toml::table& root) {
   bl.get("enabled", c.baselines.enabled);
   bl.get("epochs", c.baselines.epochs);
   bl.reject_unknown();
+
+  Section fed(subtable(root, "federation"), "federation");
+  fed.get("listen", c.federation.listen);
+  fed.get("sites", c.federation.sites);
+  fed.get("ca_cert", c.federation.ca_cert);
+  fed.get("cert", c.federation.cert);
+  fed.get("key", c.federation.key);
+  fed.get("join_timeout_s", c.federation.join_timeout_s);
+  fed.get("handshake_timeout_s", c.federation.handshake_timeout_s);
+  fed.get("max_frame_mb", c.federation.max_frame_mb);
+  fed.reject_unknown();
   return c;
 }
 
@@ -240,8 +260,78 @@ void validate(const JobConfig& c) {
   require(c.train.epochs >= 1, "train.epochs must be >= 1");
   require(c.train.batch_size >= 1, "train.batch_size must be >= 1");
   require(c.baselines.epochs >= 1, "baselines.epochs must be >= 1");
+  require(c.federation.join_timeout_s > 0 && c.federation.handshake_timeout_s > 0,
+          "federation.join_timeout_s and federation.handshake_timeout_s must be > 0");
+  require(c.federation.max_frame_mb >= 1 && c.federation.max_frame_mb <= 4095,
+          "federation.max_frame_mb must be between 1 and 4095");
+  std::set<std::string> names(c.federation.sites.begin(), c.federation.sites.end());
+  require(names.size() == c.federation.sites.size(), "federation.sites has duplicate names");
   // The [server] section is validated by protocols::make_strategy when the coordinator
   // builds its strategy (common/ does not link protocols/).
+}
+
+namespace {
+std::string resolve(const std::string& base_dir, const std::string& p) {
+  if (p.empty() || p.front() == '/') return p;
+  return (std::filesystem::path(base_dir) / p).lexically_normal().string();
+}
+}  // namespace
+
+SiteConfig load_site_config(const std::string& path) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream os;
+    os << path << ":" << e.source().begin.line << ":" << e.source().begin.column << ": " << e.description();
+    throw ConfigError(os.str());
+  }
+  for (const auto& [k, v] : root) {
+    const std::string key(k.str());
+    if (key != "site" && key != "data" && key != "policy")
+      throw ConfigError("unknown section or key '" + key + "' in site config " + path);
+  }
+  SiteConfig c;
+  Section site(subtable(root, "site"), "site");
+  site.get("name", c.name);
+  site.get("coordinator", c.coordinator);
+  site.get("coordinator_name", c.coordinator_name);
+  site.get("ca_cert", c.ca_cert);
+  site.get("cert", c.cert);
+  site.get("key", c.key);
+  site.get("cache_dir", c.cache_dir);
+  site.get("connect_timeout_s", c.connect_timeout_s);
+  site.get("max_backoff_s", c.max_backoff_s);
+  site.get("give_up_after_s", c.give_up_after_s);
+  site.reject_unknown();
+  Section data(subtable(root, "data"), "data");
+  data.get("source", c.data_source);
+  data.get("dir", c.data_dir);
+  data.get("job", c.data_job);
+  data.get("partition_index", c.partition_index);
+  data.reject_unknown();
+  Section pol(subtable(root, "policy"), "policy");
+  pol.get("backbone_sha256", c.policy.backbone_sha256);
+  pol.get("min_sites", c.policy.min_sites);
+  pol.get("require_secure_aggregation", c.policy.require_secure_aggregation);
+  pol.get("max_rounds", c.policy.max_rounds);
+  pol.get("max_local_epochs", c.policy.max_local_epochs);
+  pol.get("share_training_metrics", c.policy.share_training_metrics);
+  pol.reject_unknown();
+
+  const std::string base = std::filesystem::path(path).parent_path().string();
+  for (std::string* p : {&c.ca_cert, &c.cert, &c.key, &c.cache_dir, &c.data_dir, &c.data_job}) *p = resolve(base, *p);
+  require(!c.name.empty(), "site.name is required (the name on the site's certificate)");
+  require(c.coordinator.find(':') != std::string::npos, "site.coordinator must be host:port");
+  require(!c.ca_cert.empty() && !c.cert.empty() && !c.key.empty(), "site.ca_cert, site.cert and site.key are required");
+  require(c.data_source == "folder" || c.data_source == "job-partition",
+          "data.source must be \"folder\" or \"job-partition\"");
+  if (c.data_source == "folder") require(!c.data_dir.empty(), "data.dir is required for data.source = \"folder\"");
+  if (c.data_source == "job-partition")
+    require(!c.data_job.empty() && c.partition_index >= 0, "data.job and data.partition_index are required for \"job-partition\"");
+  require(c.connect_timeout_s > 0 && c.max_backoff_s > 0 && c.give_up_after_s > 0, "site timeouts must be > 0");
+  if (c.cache_dir.empty()) c.cache_dir = "runs/site-" + c.name;
+  return c;
 }
 
 }  // namespace fedtl::common

@@ -54,6 +54,16 @@ struct BaselineConfig {
   int64_t epochs = 40;       // epochs for local-only / centralised / scratch training
 };
 
+// [federation]: the coordinator's side of a cross-institution job (fedtl coordinator).
+struct FederationConfig {
+  std::string listen = "0.0.0.0:7443";  // host:port to listen on
+  std::vector<std::string> sites;        // certificate names admitted, in site-index order
+  std::string ca_cert, cert, key;        // the coordinator's kit (PEM files)
+  double join_timeout_s = 600;           // wait this long for every listed site at start
+  double handshake_timeout_s = 30;       // TLS handshake + Hello
+  int64_t max_frame_mb = 256;            // largest frame accepted
+};
+
 struct JobConfig {
   std::string name = "job";
   uint64_t seed = 1;
@@ -70,7 +80,39 @@ struct JobConfig {
   TrainConfig train;
   protocols::StrategySpec server;
   BaselineConfig baselines;
+  FederationConfig federation;
 };
+
+// What a hospital accepts to run on its data (site.toml [policy]).
+struct SitePolicy {
+  std::vector<std::string> backbone_sha256;  // allowed backbone digests; empty = any
+  int64_t min_sites = 1;                     // refuse jobs whose quorum is smaller
+  bool require_secure_aggregation = false;
+  int64_t max_rounds = 100000;
+  int64_t max_local_epochs = 1000;
+  bool share_training_metrics = true;        // false: only updates leave the site
+};
+
+// site.toml: one site's kit, data and policy (fedtl worker).
+struct SiteConfig {
+  std::string name;                 // must equal the certificate's CN
+  std::string coordinator;          // host:port
+  std::string coordinator_name;     // CN the coordinator's certificate must have ("" = any from the CA)
+  std::string ca_cert, cert, key;   // the site's kit (PEM files)
+  std::string cache_dir;            // backbones kept by digest (default runs/site-<name>)
+  // [data] source = "folder": dir is a folder of class sub-folders; "job-partition": the
+  // site's slice (partition_index) of the partition `job` (a job.toml) defines — what
+  // `fedtl simulate` gives that site, for demos and equivalence checks.
+  std::string data_source = "folder";
+  std::string data_dir, data_job;
+  int64_t partition_index = -1;
+  double connect_timeout_s = 30, max_backoff_s = 30, give_up_after_s = 3600;
+  SitePolicy policy;
+};
+
+// Parses site.toml; relative paths are resolved against the file's directory. Throws
+// ConfigError naming unknown keys and bad values.
+SiteConfig load_site_config(const std::string& path);
 
 // Parses a TOML file. Relative paths inside stay as written (resolved against the current
 // directory by the caller). Throws ConfigError.

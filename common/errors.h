@@ -25,6 +25,8 @@ class ProtocolError : public Error { using Error::Error; };
 class TransportError : public Error { using Error::Error; };
 // A timeout specifically (a subclass so callers can treat deadlines differently).
 class TimeoutError : public TransportError { using TransportError::TransportError; };
+// A site refused the job under its policy (or the coordinator refused the site).
+class PolicyError : public Error { using Error::Error; };
 // File-system failures writing outputs/checkpoints.
 class IoError : public Error { using Error::Error; };
 

@@ -121,8 +121,21 @@ bool Coordinator::admit(Site& s) {
     s.admitted = true;
     return true;
   } catch (const fedtl::Error& e) {
+    // A site that refuses the job closes while the backbone is still streaming: its Error
+    // frame, if it arrived, says why better than the broken pipe does.
+    std::string why = std::string("handshake failed: ") + e.what();
+    try {
+      for (;;) {
+        common::Frame f = s.conn->recv(milliseconds(200));
+        if (f.type == MessageType::kError) {
+          why = "refused: " + from_frame<v1::ErrorMessage>(f).message();
+          break;
+        }
+      }
+    } catch (const fedtl::Error&) {
+    }
     s.admitted = true;
-    drop(s, std::string("handshake failed: ") + e.what());
+    drop(s, why);
     return false;
   }
 }
@@ -143,30 +156,46 @@ bool Coordinator::await_ready(Site& s, Clock::time_point deadline) {
 }
 
 void Coordinator::join_phase() {
-  // Job and backbone go to every site first, so sites cache features in parallel.
+  // Job and backbone go to each site as it connects, so sites cache features in parallel.
   if (listener_) {
     const auto deadline = Clock::now() + opt_.join_timeout;
-    auto connected = [&] {
+    auto count = [&](bool ready) {
       size_t n = 0;
-      for (auto& s : sites_) n += (s->conn && s->admitted) ? 1 : 0;
+      for (auto& s : sites_) n += (ready ? s->info.active : (s->conn && s->admitted)) ? 1 : 0;
       return n;
     };
     spdlog::info("waiting for {} sites to connect (quorum {}, up to {} s)", sites_.size(), opt_.min_sites,
                  std::chrono::duration_cast<std::chrono::seconds>(opt_.join_timeout).count());
-    while (connected() < sites_.size() && Clock::now() < deadline) {
-      std::unique_ptr<common::Connection> conn;
+    while (count(true) < sites_.size() && Clock::now() < deadline) {
       try {
-        conn = listener_->accept(std::min(until(deadline), milliseconds(1000)));
+        auto conn = listener_->accept(std::min(until(deadline), milliseconds(200)));
+        spdlog::info("'{}' connected", conn->peer_name());
+        if (Site* s = attach(std::move(conn))) admit(*s);
       } catch (const TimeoutError&) {
-        continue;
       }
-      spdlog::info("'{}' connected", conn->peer_name());
-      if (Site* s = attach(std::move(conn))) admit(*s);
+      // Collect Ready (or a refusal) from admitted sites without blocking on any one.
+      for (auto& s : sites_) {
+        if (!s->conn || !s->admitted) continue;
+        try {
+          common::Frame f = s->conn->recv(milliseconds(1));
+          auto ready = from_frame<v1::Ready>(f);
+          if (ready.num_samples() == 0) throw ProtocolError("site reports 0 training samples");
+          s->info.num_samples = ready.num_samples();
+          s->info.active = true;
+          s->admitted = false;
+          spdlog::info("site '{}' (index {}) ready: {} samples", s->info.name, s->info.index, s->info.num_samples);
+        } catch (const TimeoutError&) {
+        } catch (const fedtl::Error& e) {
+          drop(*s, std::string("not ready: ") + e.what());
+        }
+      }
     }
-  } else {
     for (auto& s : sites_)
-      if (s->conn) admit(*s);
+      if (s->conn && s->admitted) drop(*s, "not ready before the join deadline");
+    return;
   }
+  for (auto& s : sites_)
+    if (s->conn) admit(*s);
   const auto deadline = Clock::now() + opt_.handshake_timeout;
   for (auto& s : sites_)
     if (s->conn && s->admitted) await_ready(*s, deadline);

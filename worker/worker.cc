@@ -51,6 +51,14 @@ WorkerResult Worker::run() {
   const auto job = from_frame<v1::JobSpec>(conn_.recv(opt_.idle_timeout));
   spdlog::debug("[{}] job '{}': {} rounds, backbone {}", opt_.site_name, job.job_name(), job.rounds(),
                 job.backbone_sha256().substr(0, 12));
+  if (opt_.check_job) {
+    const std::string why = opt_.check_job(job);
+    if (!why.empty()) {
+      spdlog::error("[{}] job '{}' refused by site policy: {}", opt_.site_name, job.job_name(), why);
+      conn_.send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + why));
+      throw PolicyError("job '" + job.job_name() + "' refused by site policy: " + why);
+    }
+  }
   const std::string backbone = receive_backbone(job);
 
   v1::Ready ready;
@@ -80,9 +88,11 @@ WorkerResult Worker::run() {
     msg.set_round(start.round());
     msg.set_num_samples(up.num_samples);
     protocols::pack_tensor(up.delta, msg.mutable_delta());
-    msg.set_train_loss(up.train_loss);
-    msg.set_train_accuracy(up.train_accuracy);
-    msg.set_train_seconds(up.train_seconds);
+    if (opt_.share_training_metrics) {
+      msg.set_train_loss(up.train_loss);
+      msg.set_train_accuracy(up.train_accuracy);
+      msg.set_train_seconds(up.train_seconds);
+    }
     conn_.send(to_frame(msg));
     ++result.rounds_trained;
   }

@@ -28,6 +28,10 @@ struct WorkerOptions {
   std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
   // Called with the verified backbone after a download (e.g. to store it on disk).
   std::function<void(const std::string& sha256, const std::string& bytes)> on_backbone;
+  // Site policy: returns why the job is refused, or "" to accept it (see site_policy.h).
+  std::function<std::string(const v1::JobSpec&)> check_job;
+  // false: Update carries only the delta and sample count (no local loss/accuracy).
+  bool share_training_metrics = true;
 };
 
 struct WorkerResult {
@@ -42,6 +46,7 @@ class Worker {
   Worker(common::Connection& conn, SiteRuntime& runtime, WorkerOptions options);
   // Runs until Shutdown. Throws ProtocolError/TransportError/fedtl::Error on failure; a
   // refusal or a failure to prepare is first reported to the coordinator as an Error frame.
+  // A job outside the site's policy: PolicyError (after telling the coordinator why).
   WorkerResult run();
 
  private:

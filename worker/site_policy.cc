@@ -1,0 +1,25 @@
+#include "worker/site_policy.h"
+
+#include <algorithm>
+
+namespace fedtl::worker {
+
+std::string policy_violation(const common::SitePolicy& p, const v1::JobSpec& job) {
+  if (!p.backbone_sha256.empty() &&
+      std::find(p.backbone_sha256.begin(), p.backbone_sha256.end(), job.backbone_sha256()) == p.backbone_sha256.end())
+    return "backbone " + job.backbone_sha256() + " is not among the digests this site accepts";
+  if (static_cast<int64_t>(job.min_sites()) < p.min_sites)
+    return "the job aggregates as few as " + std::to_string(job.min_sites()) + " sites; this site requires at least " +
+           std::to_string(p.min_sites);
+  if (p.require_secure_aggregation && !job.secure_aggregation())
+    return "this site requires secure aggregation and the job does not use it";
+  if (static_cast<int64_t>(job.rounds()) > p.max_rounds)
+    return "the job runs " + std::to_string(job.rounds()) + " rounds; this site allows at most " +
+           std::to_string(p.max_rounds);
+  if (static_cast<int64_t>(job.training().epochs()) > p.max_local_epochs)
+    return "the job asks for " + std::to_string(job.training().epochs()) + " local epochs; this site allows at most " +
+           std::to_string(p.max_local_epochs);
+  return "";
+}
+
+}  // namespace fedtl::worker
