@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/privacy.h"
 #include "common/errors.h"
 
 int main(int argc, char** argv) {
@@ -64,6 +65,8 @@ int main(int argc, char** argv) {
   ca_issue->add_option("--role", ca_role, "worker | coordinator")->capture_default_str();
   ca_issue->add_option("--coordinator", ca_coord, "worker kits: the coordinator's host:port");
   ca_issue->add_option("--coordinator-name", ca_coord_name, "worker kits: the coordinator's certificate name");
+
+  fedtl::cli::add_privacy_command(app);  // fedtl privacy epsilon | noise
 
   try {
     app.parse(argc, argv);

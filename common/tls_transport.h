@@ -11,6 +11,9 @@
 // only block on queues, so Connection's contract holds: one thread may send while another
 // receives, and recv(timeout) / accept(timeout) honour their timeouts.
 //
+// Counters: bytes_sent()/bytes_received() count framed application bytes (16-byte header +
+// payload); TLS record overhead (about 22 bytes per 16 KiB record) is not included.
+//
 // Close: close() shuts the TCP connection down without a TLS close_notify. The peer sees
 // the end of the stream; an end in the middle of a frame is reported as a truncated frame,
 // so truncation can never be mistaken for a complete message. Protocols that must tell a

@@ -25,6 +25,7 @@ struct Coordinator::Site {
   std::unique_ptr<common::Connection> conn;  // null until the site connects
   SiteInfo info;
   bool admitted = false;  // job (and backbone) sent; Ready pending
+  bool refused = false;   // the site refused the job (policy): it will not come back for it
   uint64_t bytes_sent_before = 0, bytes_received_before = 0;  // of replaced connections
   uint64_t sent() const { return bytes_sent_before + (conn ? conn->bytes_sent() : 0); }
   uint64_t received() const { return bytes_received_before + (conn ? conn->bytes_received() : 0); }
@@ -86,6 +87,7 @@ void Coordinator::drop(Site& s, const std::string& reason) {
   s.info.active = false;
   s.admitted = false;
   s.info.dropped_reason = reason;
+  s.refused = reason.find("refused") != std::string::npos;
   spdlog::warn("site '{}' dropped: {}", s.info.name, reason);
   s.conn->close();
 }
@@ -166,7 +168,12 @@ void Coordinator::join_phase() {
     };
     spdlog::info("waiting for {} sites to connect (quorum {}, up to {} s)", sites_.size(), opt_.min_sites,
                  std::chrono::duration_cast<std::chrono::seconds>(opt_.join_timeout).count());
-    while (count(true) < sites_.size() && Clock::now() < deadline) {
+    auto refused = [&] {
+      size_t n = 0;
+      for (auto& s : sites_) n += s->refused ? 1 : 0;
+      return n;
+    };
+    while (count(true) + refused() < sites_.size() && Clock::now() < deadline) {
       try {
         auto conn = listener_->accept(std::min(until(deadline), milliseconds(200)));
         spdlog::info("'{}' connected", conn->peer_name());

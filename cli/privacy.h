@@ -1,0 +1,41 @@
+// `fedtl privacy`: the RDP accountant from the command line (no job, no data).
+//
+//   fedtl privacy epsilon --noise-multiplier σ --sampling-rate q --steps T --delta δ
+//       prints "epsilon E", "delta δ", "order α" (the optimal RDP order), "conversion C"
+//   fedtl privacy noise --target-epsilon ε --sampling-rate q --steps T --delta δ
+//       prints "noise_multiplier σ" (the smallest σ with ε(σ) ≤ target), then "epsilon",
+//       "delta", "order" reached with it
+// Both take --orders default|tf-privacy|opacus and --conversion improved|classic (see
+// protocols/dp/accountant.h) to reproduce other accountants' published numbers.
+#pragma once
+#include <CLI/CLI.hpp>
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+namespace fedtl::cli {
+
+struct PrivacyArgs {
+  double noise_multiplier = 0;  // epsilon: σ
+  double target_epsilon = 0;    // noise: ε
+  double sampling_rate = 0;     // q
+  int64_t steps = 0;            // T
+  double delta = 0;             // δ
+  std::string orders = "default";       // default | tf-privacy | opacus
+  std::string conversion = "improved";  // improved | classic
+};
+
+// The two actions, writing "key value" lines to `out`. Throw fedtl::ConfigError (one line) for
+// bad values or an unreachable target.
+void run_privacy_epsilon(const PrivacyArgs& args, std::ostream& out);
+void run_privacy_noise(const PrivacyArgs& args, std::ostream& out);
+
+// Registers `privacy` with its `epsilon` and `noise` subcommands on `app`. The actions run from
+// the subcommands' callbacks, i.e. inside app.parse(): a fedtl::Error there is printed as
+// "fedtl: error: <message>" on stderr (main's format) and rethrown as CLI::RuntimeError(1),
+// which app.exit() turns into exit status 1 without printing anything more. So main needs only
+// this one call before app.parse().
+void add_privacy_command(CLI::App& app);
+
+}  // namespace fedtl::cli
