@@ -132,13 +132,15 @@ SimulateResult run_simulate(const common::JobConfig& cfg) {
     coord->add_site(std::move(coord_end));
     worker_ends.push_back(std::move(worker_end));
   }
+  // As many sites compute at once as there are cores; the rest wait their turn.
+  common::ComputeSlots slots(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   std::vector<std::string> worker_errors(static_cast<size_t>(n));
   std::vector<std::thread> threads;
   for (int i = 0; i < n; ++i) {
     threads.emplace_back([&, i] {
       const auto idx = static_cast<size_t>(i);
       try {
-        SiteTrainer trainer(data.target_train.subset(parts[idx]));
+        SiteTrainer trainer(data.target_train.subset(parts[idx]), &slots);
         worker::WorkerOptions wopt;
         wopt.site_name = names[idx];
         worker::Worker(*worker_ends[idx], trainer, wopt).run();

@@ -26,11 +26,13 @@ uint64_t SiteTrainer::prepare(const v1::JobSpec& job, const std::string& backbon
     if (mine.name != theirs.name() || mine.shape != std::vector<int64_t>(theirs.shape().begin(), theirs.shape().end()))
       throw ModelError("parameter '" + theirs.name() + "' in the job does not match '" + mine.name + "' here");
   }
-  features_ = model_->features(data_);
+  features_.reset();
   return static_cast<uint64_t>(data_.size());
 }
 
 worker::LocalUpdate SiteTrainer::train_round(uint32_t round, const std::vector<float>& global) {
+  common::ComputeSlots::Guard slot(slots_);
+  if (!features_) features_ = model_->features(data_);
   model_->set_params(global);
   const auto& t = job_.training();
   common::model::TrainOptions opt;

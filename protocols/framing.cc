@@ -40,13 +40,21 @@ const char* message_type_name(MessageType t) {
     case MessageType::kShutdown: return "Shutdown";
     case MessageType::kError: return "Error";
     case MessageType::kHeartbeat: return "Heartbeat";
+    case MessageType::kSecAggKeys: return "SecAggKeys";
+    case MessageType::kSecAggKeyList: return "SecAggKeyList";
+    case MessageType::kSecAggShares: return "SecAggShares";
+    case MessageType::kSecAggShareList: return "SecAggShareList";
+    case MessageType::kSecAggMasked: return "SecAggMasked";
+    case MessageType::kSecAggUnmaskRequest: return "SecAggUnmaskRequest";
+    case MessageType::kSecAggUnmaskShares: return "SecAggUnmaskShares";
+    case MessageType::kSecAggAbort: return "SecAggAbort";
   }
   return "Unknown";
 }
 
 bool is_known_message_type(uint16_t t) {
-  return t >= static_cast<uint16_t>(MessageType::kHello) &&
-         t <= static_cast<uint16_t>(MessageType::kHeartbeat);
+  return (t >= static_cast<uint16_t>(MessageType::kHello) && t <= static_cast<uint16_t>(MessageType::kHeartbeat)) ||
+         (t >= static_cast<uint16_t>(MessageType::kSecAggKeys) && t <= static_cast<uint16_t>(MessageType::kSecAggAbort));
 }
 
 void encode_frame(const Frame& frame, std::string& out) {

@@ -33,7 +33,16 @@ enum class MessageType : uint16_t {
   kShutdown = 7,       // coordinator -> worker: job finished (or aborted) with a reason
   kError = 8,          // either way: a refusal or failure with a reason, then close
   kHeartbeat = 9,      // either way: liveness while a long step runs
-  // 16.. reserved for secure aggregation, 32.. for cluster/MPI control.
+  // Secure aggregation (protocols/secagg.proto; protocols/secagg/wire.h), 16..31:
+  kSecAggKeys = 16,           // site -> coordinator: public keys (step 1)
+  kSecAggKeyList = 17,        // coordinator -> sites: everyone's public keys
+  kSecAggShares = 18,         // site -> coordinator: encrypted shares for its neighbours (step 2)
+  kSecAggShareList = 19,      // coordinator -> site: the shares addressed to it
+  kSecAggMasked = 20,         // site -> coordinator: masked input (step 3)
+  kSecAggUnmaskRequest = 21,  // coordinator -> sites: survivors and dropouts (step 4)
+  kSecAggUnmaskShares = 22,   // site -> coordinator: revealed shares
+  kSecAggAbort = 23,          // coordinator -> sites: round abandoned (below threshold)
+  // 32.. reserved for cluster/MPI control.
 };
 
 const char* message_type_name(MessageType t);

@@ -72,7 +72,10 @@ TEST(Framing, RoundTripEveryType) {
 TEST(Framing, KnownTypesAndNames) {
   EXPECT_FALSE(is_known_message_type(0));
   EXPECT_FALSE(is_known_message_type(10));
-  EXPECT_FALSE(is_known_message_type(16));
+  EXPECT_TRUE(is_known_message_type(16));   // secure aggregation: 16..23
+  EXPECT_TRUE(is_known_message_type(23));
+  EXPECT_FALSE(is_known_message_type(24));
+  EXPECT_STREQ(message_type_name(MessageType::kSecAggMasked), "SecAggMasked");
   EXPECT_STREQ(message_type_name(MessageType::kJobSpec), "JobSpec");
   EXPECT_STREQ(message_type_name(MessageType::kError), "Error");
   EXPECT_STREQ(message_type_name(static_cast<MessageType>(99)), "Unknown");

@@ -1,0 +1,170 @@
+// Feature cache: one site's local training over ROUNDS rounds of EPOCHS local epochs with the
+// built-in CNN (freeze = "all_but_last", unfrozen = 1, linear head), once training on the
+// cached outputs of the frozen prefix (TrainOptions.recompute_features = false, fedtl's
+// default) and once running the frozen prefix on every step (recompute_features = true, the
+// FeatureSet made with keep_inputs = true). Each round starts from the previous round's
+// parameters, as a single-site FedAvg would.
+//
+// Timed: cache = building the FeatureSet (the frozen prefix over every image, once) + all
+// rounds of training; recompute = all rounds of training (a framework without a cache only
+// preprocesses the images up front; TransferModel::features computes the features in both
+// modes, so that call is left out of the recompute time, which favours the baseline slightly).
+// Reported: medians over REPS repetitions, speedup = recompute / cache, speedup_steady (the
+// training alone, i.e. the limit for many rounds), the throughputs that bound the speedup
+// (1 + prefix cost / trainable cost per sample), and the largest absolute difference between
+// the final parameters of the two modes (the cache must not change the result).
+//
+// Data: the first SITE images of the Fashion-MNIST target classes {1,3,4,6,9} (Debian package
+// dataset-fashion-mnist); synthetic images when the package is absent. The backbone weights
+// are the built-in CNN's seeded initialisation (timings do not depend on them).
+//
+// Usage: bench_feature_cache [--reps N] [--site N] [--rounds N] [--epochs N]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/datasets.h"
+#include "common/image_set.h"
+#include "common/model/transfer_model.h"
+
+namespace {
+
+using fedtl::common::ImageSet;
+using namespace fedtl::common::model;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct RunResult {
+  double train_seconds = 0, feature_seconds = 0;
+  std::vector<float> params;
+};
+
+RunResult run(const std::string& backbone, const ModelSpec& spec, const ImageSet& site, bool recompute,
+              int64_t rounds, int64_t epochs) {
+  auto model = TransferModel::create(backbone, spec, 11);
+  RunResult r;
+  const auto t0 = Clock::now();
+  auto fs = model->features(site, /*keep_inputs=*/recompute);
+  r.feature_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::vector<float> global = model->params();
+  const auto t1 = Clock::now();
+  for (int64_t round = 1; round <= rounds; ++round) {
+    model->set_params(global);
+    TrainOptions opt;
+    opt.optimizer = "sgd";
+    opt.lr = 0.05;
+    opt.batch_size = 32;
+    opt.epochs = epochs;
+    opt.seed = 1000 + static_cast<uint64_t>(round);
+    opt.recompute_features = recompute;
+    model->train(*fs, opt);
+    global = model->params();
+  }
+  r.train_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
+  r.params = std::move(global);
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 5;
+  int64_t site_n = 300, rounds = 10, epochs = 5;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> int64_t {
+      if (i + 1 >= argc) throw std::runtime_error("missing value after " + a);
+      return std::atoll(argv[++i]);
+    };
+    try {
+      if (a == "--reps") reps = static_cast<int>(std::max<int64_t>(1, next()));
+      else if (a == "--site") site_n = next();
+      else if (a == "--rounds") rounds = next();
+      else if (a == "--epochs") epochs = next();
+      else throw std::runtime_error("unknown option " + a);
+    } catch (const std::exception& e) {
+      std::cerr << "bench_feature_cache: " << e.what()
+                << "\nusage: bench_feature_cache [--reps N] [--site N] [--rounds N] [--epochs N]\n";
+      return 2;
+    }
+  }
+  try {
+    set_torch_threads(1);
+    ImageSet site;
+    std::string data_source = "fashion-mnist";
+    try {
+      ImageSet target = fedtl::common::read_fashion_mnist("train").select_classes({1, 3, 4, 6, 9});
+      std::vector<int64_t> idx(static_cast<size_t>(std::min<int64_t>(site_n, target.size())));
+      for (size_t i = 0; i < idx.size(); ++i) idx[i] = static_cast<int64_t>(i);
+      site = target.subset(idx);
+    } catch (const std::exception& e) {
+      std::cerr << "bench_feature_cache: " << e.what() << "; using synthetic images\n";
+      data_source = "synthetic";
+      site.channels = 1;
+      site.height = site.width = 28;
+      std::mt19937_64 rng(5);
+      site.pixels.resize(static_cast<size_t>(site_n * 28 * 28));
+      for (auto& p : site.pixels) p = static_cast<uint8_t>(rng() >> 56);
+      for (int64_t i = 0; i < site_n; ++i) site.labels.push_back(i % 5);
+    }
+
+    ModelSpec spec;  // 1x28x28, Fashion-MNIST normalisation
+    spec.freeze = "all_but_last";
+    spec.unfrozen = 1;
+    spec.head = "linear";
+    spec.num_classes = 5;
+    const std::string backbone = builtin_cnn(spec.input, 3);
+
+    run(backbone, spec, site, false, 1, 1);  // warm-up both paths
+    run(backbone, spec, site, true, 1, 1);
+    std::vector<double> cache_s, cache_train_s, cache_feat_s, recompute_s;
+    double max_diff = 0;
+    for (int r = 0; r < reps; ++r) {
+      // Alternate the two modes so drifting machine load hits both alike.
+      RunResult c = run(backbone, spec, site, false, rounds, epochs);
+      RunResult u = run(backbone, spec, site, true, rounds, epochs);
+      cache_s.push_back(c.feature_seconds + c.train_seconds);
+      cache_train_s.push_back(c.train_seconds);
+      cache_feat_s.push_back(c.feature_seconds);
+      recompute_s.push_back(u.train_seconds);
+      for (size_t i = 0; i < c.params.size(); ++i)
+        max_diff = std::max(max_diff, static_cast<double>(std::fabs(c.params[i] - u.params[i])));
+    }
+    const double mc = median(cache_s), mu = median(recompute_s), mt = median(cache_train_s),
+                 mf = median(cache_feat_s);
+    const double samples = static_cast<double>(site.size() * rounds * epochs);
+    json out = {{"speedup", mu / mc},
+                {"speedup_steady", mu / mt},
+                {"cache_seconds", mc},
+                {"cache_feature_seconds", mf},
+                {"cache_train_seconds", mt},
+                {"recompute_seconds", mu},
+                {"cache_seconds_all", cache_s},
+                {"recompute_seconds_all", recompute_s},
+                {"cached_samples_per_s", samples / mt},
+                {"recompute_samples_per_s", samples / mu},
+                {"prefix_images_per_s", static_cast<double>(site.size()) / mf},
+                {"max_abs_param_diff", max_diff},
+                {"site_images", site.size()},
+                {"rounds", rounds},
+                {"epochs", epochs},
+                {"reps", reps},
+                {"data", data_source}};
+    std::cout << out.dump() << std::endl;
+  } catch (const std::exception& e) {
+    std::cerr << "bench_feature_cache: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,505 @@
+// Secure aggregation rounds: ClientSession x n + ServerSession, with dropouts at every step,
+// refusals (tampering, replay, reveal-both) and the wire frames.
+#include <gtest/gtest.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <set>
+
+#include "common/errors.h"
+#include "protocols/secagg/quantize.h"
+#include "protocols/secagg/session.h"
+#include "protocols/secagg/wire.h"
+
+namespace fedtl::protocols::secagg {
+namespace {
+
+RoundConfig make_cfg(uint32_t n, uint32_t t, uint64_t m, uint32_t round = 1, uint32_t complete_max = 64) {
+  RoundConfig c;
+  c.round = round;
+  c.num_sites = n;
+  c.threshold = t;
+  c.vector_length = m;
+  c.round_seed = derive_round_seed(42, round);
+  c.complete_graph_max = complete_max;
+  return c;
+}
+
+std::vector<std::vector<uint32_t>> random_inputs(uint32_t n, uint64_t m, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::vector<uint32_t>> x(n, std::vector<uint32_t>(m));
+  for (auto& v : x)
+    for (auto& e : v) e = rng();
+  return x;
+}
+
+std::vector<uint32_t> plain_sum(const std::vector<std::vector<uint32_t>>& x, const std::vector<uint32_t>& sites) {
+  std::vector<uint32_t> s(x.at(0).size(), 0);
+  for (uint32_t u : sites)
+    for (size_t i = 0; i < s.size(); ++i) s[i] += x[u][i];
+  return s;
+}
+
+// Sites that vanish before each step (1: keys, 2: shares, 3: masked input, 4: unmask shares).
+struct Drops {
+  std::set<uint32_t> before[5];
+  bool drops(uint32_t u, int step) const {
+    for (int s = 1; s <= step; ++s)
+      if (before[s].count(u)) return true;
+    return false;
+  }
+};
+
+// One round over an in-memory "transport". Returns the server's output, or nullopt when the
+// round was aborted (RoundAborted from any party).
+struct RoundRun {
+  std::optional<std::vector<uint32_t>> sum;
+  std::vector<uint32_t> survivors;
+  std::string abort_reason;
+};
+
+RoundRun run_round(const RoundConfig& cfg, const std::vector<std::vector<uint32_t>>& x, const Drops& d) {
+  const uint32_t n = cfg.num_sites;
+  std::vector<std::unique_ptr<ClientSession>> c;
+  for (uint32_t u = 0; u < n; ++u) c.push_back(std::make_unique<ClientSession>(cfg, u));
+  ServerSession server(cfg);
+  RoundRun out;
+  try {
+    for (uint32_t u = 0; u < n; ++u)
+      if (!d.drops(u, 1)) server.add_keys(c[u]->advertise_keys());
+    const auto list = server.close_keys();
+    for (uint32_t u = 0; u < n; ++u)
+      if (!d.drops(u, 2)) server.add_shares(c[u]->share_keys(list));
+    server.close_shares();
+    for (uint32_t u = 0; u < n; ++u)
+      if (!d.drops(u, 3)) server.add_masked(c[u]->mask_input(server.shares_for(u), x[u]));
+    const auto req = server.close_masked();
+    out.survivors.assign(req.survivors().begin(), req.survivors().end());
+    for (uint32_t u : out.survivors)
+      if (!d.drops(u, 4)) server.add_unmask_shares(c[u]->unmask(req));
+    out.sum = server.finish();
+  } catch (const RoundAborted& e) {
+    out.abort_reason = e.what();
+  }
+  return out;
+}
+
+std::vector<uint32_t> all_but(uint32_t n, const std::set<uint32_t>& gone) {
+  std::vector<uint32_t> v;
+  for (uint32_t u = 0; u < n; ++u)
+    if (!gone.count(u)) v.push_back(u);
+  return v;
+}
+
+TEST(SecAggRound, UnmaskedSumEqualsPlaintextSum) {
+  const auto cfg = make_cfg(10, 6, 10000);
+  const auto x = random_inputs(10, cfg.vector_length, 1);
+  const auto r = run_round(cfg, x, {});
+  ASSERT_TRUE(r.sum) << r.abort_reason;
+  EXPECT_EQ(*r.sum, plain_sum(x, all_but(10, {})));
+}
+
+TEST(SecAggRound, FloatSumWithinQuantisationBound) {
+  const uint32_t n = 8;
+  const size_t m = 3000;
+  const auto cfg = make_cfg(n, 5, m);
+  const QuantSpec q = make_quant_spec(n, 0.5, Rounding::kStochastic, false);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> N(0.f, 0.1f);
+  std::vector<std::vector<float>> xf(n, std::vector<float>(m));
+  std::vector<std::vector<uint32_t>> xq(n);
+  std::vector<double> exact(m, 0.0);
+  for (uint32_t u = 0; u < n; ++u) {
+    for (auto& v : xf[u]) v = std::max(-0.5f, std::min(0.5f, N(rng)));
+    for (size_t i = 0; i < m; ++i) exact[i] += xf[u][i];
+    xq[u] = quantise(xf[u], q, derive_rounding_seed(7, 1, u));
+  }
+  const auto r = run_round(cfg, xq, {});
+  ASSERT_TRUE(r.sum);
+  const auto d = dequantise_sum(*r.sum, q);
+  for (size_t i = 0; i < m; ++i) ASSERT_LE(std::fabs(d[i] - exact[i]), sum_error_bound(q, n));
+}
+
+TEST(SecAggRound, DropoutsAfterMaskingUpToNMinusT) {
+  const uint32_t n = 10, t = 6;
+  const auto cfg = make_cfg(n, t, 5000);
+  const auto x = random_inputs(n, cfg.vector_length, 2);
+  for (uint32_t k = 1; k <= n - t; ++k) {
+    Drops d;
+    for (uint32_t i = 0; i < k; ++i) d.before[3].insert((3 * i + k) % n);  // vanish after step 2
+    const auto r = run_round(cfg, x, d);
+    ASSERT_TRUE(r.sum) << k << " dropped: " << r.abort_reason;
+    EXPECT_EQ(*r.sum, plain_sum(x, all_but(n, d.before[3]))) << k << " dropped";
+    EXPECT_EQ(r.survivors, all_but(n, d.before[3]));
+  }
+  // Sites that sent their masked input and then vanish before unmasking stay in the sum:
+  // their self-mask seeds are rebuilt from the survivors' shares.
+  for (uint32_t k = 1; k <= n - t; ++k) {
+    Drops d;
+    for (uint32_t i = 0; i < k; ++i) d.before[4].insert((7 * i + k) % n);
+    const auto r = run_round(cfg, x, d);
+    ASSERT_TRUE(r.sum) << k << " dropped before unmasking: " << r.abort_reason;
+    EXPECT_EQ(*r.sum, plain_sum(x, all_but(n, {})));
+  }
+}
+
+TEST(SecAggRound, DropoutsBetweenEveryStep) {
+  const uint32_t n = 12, t = 6;
+  const auto cfg = make_cfg(n, t, 4097);
+  const auto x = random_inputs(n, cfg.vector_length, 3);
+  Drops d;
+  d.before[1] = {0};      // never advertised keys
+  d.before[2] = {5};      // advertised, no shares
+  d.before[3] = {7, 11};  // shared, never sent a masked input
+  d.before[4] = {2, 9};   // sent a masked input, then vanished before unmasking
+  const auto r = run_round(cfg, x, d);
+  ASSERT_TRUE(r.sum) << r.abort_reason;
+  // The inputs of 2 and 9 are in the sum (their masks are removed by the others' shares).
+  EXPECT_EQ(*r.sum, plain_sum(x, all_but(n, {0, 5, 7, 11})));
+}
+
+TEST(SecAggRound, BelowThresholdAbortsWithoutOutput) {
+  const uint32_t n = 10, t = 6;
+  const auto cfg = make_cfg(n, t, 100);
+  const auto x = random_inputs(n, cfg.vector_length, 4);
+  {
+    Drops d;
+    d.before[3] = {0, 1, 2, 3, 4};  // 5 survivors < t
+    const auto r = run_round(cfg, x, d);
+    EXPECT_FALSE(r.sum);
+    EXPECT_NE(r.abort_reason.find("abandoned"), std::string::npos) << r.abort_reason;
+    EXPECT_NE(r.abort_reason.find("t = 6"), std::string::npos) << r.abort_reason;
+  }
+  {
+    Drops d;
+    d.before[4] = {0, 1, 2, 3, 4};  // masked inputs in, but only 5 answer the unmask step
+    const auto r = run_round(cfg, x, d);
+    EXPECT_FALSE(r.sum);
+    EXPECT_NE(r.abort_reason.find("answered the unmask step"), std::string::npos) << r.abort_reason;
+  }
+  {
+    Drops d;
+    d.before[1] = {0, 1, 2, 3, 4, 5};
+    EXPECT_FALSE(run_round(cfg, x, d).sum);
+  }
+}
+
+TEST(SecAggRound, AbortedRoundReleasesNoSumAndNextRoundGoesOn) {
+  const uint32_t n = 6, t = 4;
+  auto x = random_inputs(n, 64, 5);
+  Drops d;
+  d.before[3] = {0, 1, 2};
+  EXPECT_FALSE(run_round(make_cfg(n, t, 64, 1), x, d).sum);
+  const auto r = run_round(make_cfg(n, t, 64, 2), x, {});
+  ASSERT_TRUE(r.sum);
+  EXPECT_EQ(*r.sum, plain_sum(x, all_but(n, {})));
+}
+
+// Pearson chi-square statistic of observed bucket counts against a uniform expectation.
+double chi_square(const std::vector<uint64_t>& counts) {
+  const double total = std::accumulate(counts.begin(), counts.end(), 0.0);
+  const double e = total / counts.size();
+  double chi = 0;
+  for (uint64_t c : counts) chi += (c - e) * (c - e) / e;
+  return chi;
+}
+
+TEST(SecAggRound, MaskedUpdateLooksUniformAndDiffersFromPlaintext) {
+  const uint32_t n = 5;
+  const uint64_t m = 1 << 16;
+  const auto cfg = make_cfg(n, 3, m);
+  // A very non-uniform plaintext: small quantised values (mostly 0x0000xxxx / 0xFFFFxxxx).
+  const QuantSpec q = make_quant_spec(n, 1.0, Rounding::kDeterministic, false);
+  std::vector<float> f(m);
+  for (size_t i = 0; i < m; ++i) f[i] = 1e-4f * static_cast<float>(i % 7) - 3e-4f;
+  std::vector<std::vector<uint32_t>> x(n, quantise(f, q, Secret32()));
+  std::vector<std::unique_ptr<ClientSession>> c;
+  ServerSession server(cfg);
+  for (uint32_t u = 0; u < n; ++u) {
+    c.push_back(std::make_unique<ClientSession>(cfg, u));
+    server.add_keys(c[u]->advertise_keys());
+  }
+  const auto list = server.close_keys();
+  for (uint32_t u = 0; u < n; ++u) server.add_shares(c[u]->share_keys(list));
+  server.close_shares();
+  const v1::SecAggMasked y = c[0]->mask_input(server.shares_for(0), x[0]);
+  ASSERT_EQ(y.u32_le().size(), m * 4);
+  std::vector<uint32_t> yw(m);
+  std::memcpy(yw.data(), y.u32_le().data(), m * 4);
+  // Differs from the plaintext nearly everywhere.
+  size_t equal = 0;
+  for (size_t i = 0; i < m; ++i) equal += yw[i] == x[0][i];
+  EXPECT_LE(equal, 2u);
+  // Byte frequencies (256 buckets, 262144 bytes) and top-8-bit buckets of each word:
+  // chi-square with 255 degrees of freedom; 400 is far beyond the 1e-6 quantile (~375).
+  std::vector<uint64_t> bytes(256, 0), top(256, 0), plain_top(256, 0);
+  for (size_t i = 0; i < m; ++i) {
+    for (int b = 0; b < 4; ++b) ++bytes[(yw[i] >> (8 * b)) & 0xFF];
+    ++top[yw[i] >> 24];
+    ++plain_top[x[0][i] >> 24];
+  }
+  EXPECT_LT(chi_square(bytes), 400.0);
+  EXPECT_LT(chi_square(top), 400.0);
+  EXPECT_GT(chi_square(plain_top), 1e5);  // the plaintext is nowhere near uniform
+}
+
+TEST(SecAggRound, WeightedMeanThroughWeightCoordinate) {
+  const uint32_t n = 6;
+  const size_t m = 1000;
+  const double clip = 0.5;
+  const QuantSpec q = make_quant_spec(n, clip, Rounding::kStochastic, true);
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> U(-0.4f, 0.4f);
+  const std::vector<uint64_t> samples = {120, 40, 300, 75, 10, 255};
+  const double max_samples = 1000;  // public bound on samples per site
+  std::vector<std::vector<float>> delta(n, std::vector<float>(m));
+  std::vector<std::vector<uint32_t>> x(n);
+  for (uint32_t u = 0; u < n; ++u) {
+    for (auto& v : delta[u]) v = U(rng);
+    x[u] = encode_weighted(delta[u], samples[u] / max_samples, clip, q, derive_rounding_seed(3, 1, u));
+  }
+  const auto cfg = make_cfg(n, 4, m + 1);
+  Drops d;
+  d.before[3] = {4};  // a site drops after sharing: the mean is over the others
+  const auto r = run_round(cfg, x, d);
+  ASSERT_TRUE(r.sum) << r.abort_reason;
+  const auto res = decode_weighted_mean(*r.sum, q);
+  double wsum = 0;
+  for (uint32_t u : r.survivors) wsum += samples[u];
+  EXPECT_NEAR(res.total_weight, wsum / max_samples, n / q.scale);
+  for (size_t i = 0; i < m; ++i) {
+    double e = 0;
+    for (uint32_t u : r.survivors) e += samples[u] * static_cast<double>(delta[u][i]);
+    e /= wsum;
+    ASSERT_NEAR(res.mean[i], e, 1e-5) << i;
+  }
+  EXPECT_THROW(encode_weighted(delta[0], 1.5, clip, q, Secret32()), ConfigError);
+}
+
+TEST(SecAggRound, LargeFederationUsesSparseGraphAndUnmasks) {
+  const uint32_t n = 150, t = 75;
+  const auto cfg = make_cfg(n, t, 2000);
+  ServerSession probe(cfg);
+  ASSERT_FALSE(probe.graph().complete());
+  EXPECT_EQ(probe.graph().degree(), 16u);  // 2·ceil(log2 150)
+  EXPECT_EQ(probe.neighbourhood_threshold(), 9u);  // ceil(75·17/150)
+  const auto x = random_inputs(n, cfg.vector_length, 6);
+  Drops d;
+  for (uint32_t u = 0; u < n; u += 10) d.before[3].insert(u);      // 10% after sharing
+  for (uint32_t u = 5; u < n; u += 50) d.before[4].insert(u);      // a few before unmasking
+  const auto r = run_round(cfg, x, d);
+  ASSERT_TRUE(r.sum) << r.abort_reason;
+  EXPECT_EQ(*r.sum, plain_sum(x, all_but(n, d.before[3])));
+}
+
+TEST(SecAggRound, SparseGraphAbortsWhenANeighbourhoodIsWipedOut) {
+  const uint32_t n = 100, t = 50;
+  const auto cfg = make_cfg(n, t, 16);
+  ServerSession probe(cfg);
+  const auto x = random_inputs(n, cfg.vector_length, 8);
+  Drops d;
+  // Every neighbour of site 0 drops after sharing: site 0 would be alone (its input alone
+  // would be unmasked), and its self-mask seed lacks holders. The round must be abandoned.
+  for (uint32_t v : probe.graph().neighbours(0)) d.before[3].insert(v);
+  const auto r = run_round(cfg, x, d);
+  EXPECT_FALSE(r.sum);
+  EXPECT_NE(r.abort_reason.find("abandoned"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals
+
+class CapturedLog {
+ public:
+  CapturedLog() : sink_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64)) {
+    spdlog::default_logger()->sinks().push_back(sink_);
+  }
+  ~CapturedLog() {
+    auto& s = spdlog::default_logger()->sinks();
+    s.erase(std::remove(s.begin(), s.end(), sink_), s.end());
+  }
+  bool contains(const std::string& text) const {
+    for (const auto& line : sink_->last_formatted())
+      if (line.find(text) != std::string::npos && line.find("warn") != std::string::npos) return true;
+    return false;
+  }
+
+ private:
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
+};
+
+struct Federation {
+  RoundConfig cfg;
+  std::vector<std::unique_ptr<ClientSession>> c;
+  std::unique_ptr<ServerSession> server;
+  v1::SecAggKeyList keys;
+  explicit Federation(RoundConfig cfg_) : cfg(cfg_), server(std::make_unique<ServerSession>(cfg_)) {
+    for (uint32_t u = 0; u < cfg.num_sites; ++u) {
+      c.push_back(std::make_unique<ClientSession>(cfg, u));
+      server->add_keys(c[u]->advertise_keys());
+    }
+    keys = server->close_keys();
+  }
+  void share_all() {
+    for (uint32_t u = 0; u < cfg.num_sites; ++u) server->add_shares(c[u]->share_keys(keys));
+    server->close_shares();
+  }
+};
+
+TEST(SecAggRefusal, TamperedShareFailsAuthentication) {
+  CapturedLog log;
+  Federation s(make_cfg(5, 3, 8));
+  s.share_all();
+  auto list = s.server->shares_for(2);
+  ASSERT_GT(list.shares_size(), 0);
+  list.mutable_shares(1)->mutable_ciphertext()->at(5) ^= 0x01;
+  const std::vector<uint32_t> x(8, 1);
+  try {
+    s.c[2]->mask_input(list, x);
+    FAIL() << "tampered share accepted";
+  } catch (const ProtocolError& e) {
+    EXPECT_NE(std::string(e.what()).find("failed authentication"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(log.contains("failed authentication"));
+}
+
+TEST(SecAggRefusal, ShareRedirectedToAnotherSiteIsRefused) {
+  Federation s(make_cfg(5, 3, 8));
+  s.share_all();
+  // The server (or anyone) relabels a share addressed to site 1 as addressed to site 2.
+  auto to1 = s.server->shares_for(1);
+  auto list = s.server->shares_for(2);
+  for (auto& e : *list.mutable_shares()) {
+    for (const auto& f : to1.shares())
+      if (f.from() == e.from()) {
+        e.set_nonce(f.nonce());
+        e.set_ciphertext(f.ciphertext());
+      }
+  }
+  EXPECT_THROW(s.c[2]->mask_input(list, std::vector<uint32_t>(8, 0)), ProtocolError);
+}
+
+TEST(SecAggRefusal, MessagesReplayedFromAnEarlierRoundAreRefused) {
+  CapturedLog log;
+  const uint32_t n = 4;
+  Federation r1(make_cfg(n, 3, 8, /*round=*/1));
+  r1.share_all();
+  const auto old_list = r1.server->shares_for(3);
+
+  Federation r2(make_cfg(n, 3, 8, /*round=*/2));
+  // An old SecAggKeys / key list replayed into round 2.
+  v1::SecAggKeys old_keys = r1.keys.keys(0);
+  EXPECT_THROW(r2.server->add_keys(old_keys), ProtocolError);
+  EXPECT_TRUE(log.contains("replayed from earlier round 1"));
+  EXPECT_THROW(r2.c[0]->share_keys(r1.keys), ProtocolError);
+  r2.share_all();
+  // An old share list with its round number rewritten: AES-GCM binds the round -> refused.
+  auto forged = old_list;
+  forged.set_round(2);
+  EXPECT_THROW(r2.c[3]->mask_input(forged, std::vector<uint32_t>(8, 0)), ProtocolError);
+  EXPECT_TRUE(log.contains("failed authentication"));
+  // A masked input from round 1 into round 2.
+  auto y1 = r1.c[0]->mask_input(r1.server->shares_for(0), std::vector<uint32_t>(8, 0));
+  EXPECT_THROW(r2.server->add_masked(y1), ProtocolError);
+}
+
+TEST(SecAggRefusal, DuplicateAndOutOfStepMessagesAreRefused) {
+  Federation s(make_cfg(4, 3, 8));
+  v1::SecAggKeys k = s.keys.keys(1);
+  EXPECT_THROW(s.server->add_keys(k), ProtocolError);  // step 1 closed
+  auto sh = s.c[0]->share_keys(s.keys);
+  s.server->add_shares(sh);
+  EXPECT_THROW(s.server->add_shares(sh), ProtocolError);  // second from the same site
+  EXPECT_THROW(s.c[0]->share_keys(s.keys), ProtocolError);  // client: step already done
+}
+
+TEST(SecAggRefusal, RevealingBothSecretsOfOneSiteIsRefused) {
+  CapturedLog log;
+  Federation s(make_cfg(5, 3, 8));
+  s.share_all();
+  for (uint32_t u = 0; u < 5; ++u) s.server->add_masked(s.c[u]->mask_input(s.server->shares_for(u), std::vector<uint32_t>(8, u)));
+  v1::SecAggUnmaskRequest bad;
+  bad.set_round(1);
+  for (uint32_t u = 0; u < 5; ++u) bad.add_survivors(u);
+  bad.add_dropped(3);  // 3 both survived and dropped: b_3 and s_3 would both be revealed
+  try {
+    s.c[1]->unmask(bad);
+    FAIL() << "reveal-both request accepted";
+  } catch (const ProtocolError& e) {
+    EXPECT_NE(std::string(e.what()).find("both"), std::string::npos);
+  }
+  EXPECT_TRUE(log.contains("reveal both"));
+  // A second request (e.g. with the lists swapped) is refused too: one answer per round.
+  const auto good = s.server->close_masked();
+  s.c[2]->unmask(good);
+  auto swapped = good;
+  swapped.clear_survivors();
+  swapped.clear_dropped();
+  for (uint32_t u : {0u, 1u, 2u}) swapped.add_survivors(u);
+  for (uint32_t u : {3u, 4u}) swapped.add_dropped(u);
+  EXPECT_THROW(s.c[2]->unmask(swapped), ProtocolError);
+}
+
+TEST(SecAggRefusal, ServerRefusesSharesNotAskedFor) {
+  Federation s(make_cfg(5, 3, 8));
+  s.share_all();
+  for (uint32_t u = 0; u < 4; ++u) s.server->add_masked(s.c[u]->mask_input(s.server->shares_for(u), std::vector<uint32_t>(8, u)));
+  const auto req = s.server->close_masked();  // 4 dropped
+  auto ans = s.c[0]->unmask(req);
+  auto* extra = ans.add_shares();  // a mask-key share of survivor 1: not asked for
+  extra->set_owner(1);
+  extra->set_kind(v1::SECAGG_SHARE_MASK_KEY);
+  extra->set_share(std::string(40, '\0'));
+  EXPECT_THROW(s.server->add_unmask_shares(ans), ProtocolError);
+}
+
+TEST(SecAggConfig, InvalidRoundParametersAreRefused) {
+  EXPECT_THROW(ClientSession(make_cfg(1, 1, 8), 0), ConfigError);
+  EXPECT_THROW(ClientSession(make_cfg(5, 1, 8), 0), ConfigError);
+  EXPECT_THROW(ClientSession(make_cfg(5, 6, 8), 0), ConfigError);
+  EXPECT_THROW(ClientSession(make_cfg(5, 3, 0), 0), ConfigError);
+  EXPECT_THROW(ClientSession(make_cfg(5, 3, 8), 5), ConfigError);
+  EXPECT_THROW(ServerSession(make_cfg(5, 3, 8, 0)), ConfigError);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire
+
+TEST(SecAggWire, FramesRoundTripWithReservedTypes) {
+  Federation s(make_cfg(3, 2, 4));
+  const Frame f = encode(s.keys);
+  EXPECT_EQ(static_cast<uint16_t>(f.type), kFrameKeyList);
+  const auto back = decode<v1::SecAggKeyList>(f);
+  EXPECT_EQ(back.SerializeAsString(), s.keys.SerializeAsString());
+  // Wrong type, with both names in the message.
+  try {
+    decode<v1::SecAggMasked>(f);
+    FAIL();
+  } catch (const ProtocolError& e) {
+    EXPECT_NE(std::string(e.what()).find("SecAggMasked"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("SecAggKeyList"), std::string::npos);
+  }
+  Frame junk{frame_type(kFrameMasked), "\xff\xff\xff"};
+  EXPECT_THROW(decode<v1::SecAggMasked>(junk), ProtocolError);
+  EXPECT_THROW(decode<v1::SecAggMasked>(error_frame(ErrorCode::kPolicyRefused, "no")), ProtocolError);
+  for (uint16_t t = kFrameKeys; t <= kFrameAbort; ++t) EXPECT_NE(frame_name(t), nullptr);
+  EXPECT_EQ(frame_name(24), nullptr);
+}
+
+TEST(SecAggWire, MaskedMessageExpansionIsSmall) {
+  const uint64_t m = 100000;
+  Federation s(make_cfg(4, 3, m));
+  s.share_all();
+  const auto y = s.c[0]->mask_input(s.server->shares_for(0), std::vector<uint32_t>(m, 0));
+  const double ratio = static_cast<double>(encode(y).payload.size()) / (4.0 * m);
+  EXPECT_LT(ratio, 1.001);
+}
+
+}  // namespace
+}  // namespace fedtl::protocols::secagg
