@@ -136,6 +136,21 @@ torch::jit::Module load_module(const std::string& bytes) {
   return torch::jit::load(is, torch::kCPU);
 }
 
+// Packs every gradient into one buffer, lets the site's ranks average it, unpacks it.
+void average_site_gradients(std::vector<Tensor>& params, const TrainOptions& opt) {
+  std::vector<Tensor> flat;
+  for (auto& p : params) flat.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros_like(p).reshape({-1}));
+  Tensor buf = torch::cat(flat).contiguous();
+  opt.average_gradients(buf.data_ptr<float>(), static_cast<size_t>(buf.numel()), buf.is_cuda());
+  int64_t off = 0;
+  torch::NoGradGuard ng;
+  for (auto& p : params) {
+    const int64_t n = p.numel();
+    p.mutable_grad() = buf.slice(0, off, off + n).view(p.sizes()).clone();
+    off += n;
+  }
+}
+
 }  // namespace
 
 int64_t ParamInfo::numel() const {
@@ -349,6 +364,11 @@ TrainStats TransferModel::train(const FeatureSet& data, const TrainOptions& opt)
       int64_t correct = 0;
       for (int64_t s = 0; s < n; s += opt.batch_size) {
         Tensor idx = perm.slice(0, s, std::min(n, s + opt.batch_size));
+        if (opt.ranks_in_site > 1) {  // this rank's slice of the batch
+          const int64_t b = idx.size(0), k = opt.ranks_in_site, r = opt.rank_in_site;
+          idx = idx.slice(0, r * b / k, (r + 1) * b / k);
+          if (idx.size(0) == 0) throw ModelError("batch smaller than the number of ranks in the site");
+        }
         Tensor x;
         if (opt.recompute_features) {
           torch::NoGradGuard ng;
@@ -361,6 +381,7 @@ TrainStats TransferModel::train(const FeatureSet& data, const TrainOptions& opt)
         Tensor loss = torch::nn::functional::cross_entropy(logits, y);
         optim->zero_grad();
         loss.backward();
+        if (opt.average_gradients) average_site_gradients(impl_->params, opt);
         if (opt.prox_mu > 0) {
           torch::NoGradGuard ng;
           for (size_t i = 0; i < impl_->params.size(); ++i)

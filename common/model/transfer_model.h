@@ -50,6 +50,15 @@ struct TrainOptions {
   double prox_mu = 0.0;           // FedProx: adds mu*(w - w_start) to every gradient
   uint64_t seed = 0;              // shuffling
   bool recompute_features = false;  // ignore the cache: run the frozen prefix every step
+  // Data-parallel training inside a multi-rank site: every rank shuffles identically (same
+  // seed) and takes its slice [rank*b/k, (rank+1)*b/k) of each batch of size b; after
+  // backward, average_gradients receives all trainable gradients as one contiguous float32
+  // buffer (on the parameters' device; on_cuda says which) and must replace it, in place,
+  // with the mean over the site's ranks (MPI_Allreduce on CPU, NCCL on CUDA). Each rank's
+  // loss is the mean over its slice, so with equal slices the mean of the ranks' gradients
+  // is the whole batch's gradient.
+  int rank_in_site = 0, ranks_in_site = 1;
+  std::function<void(float* data, size_t count, bool on_cuda)> average_gradients;
 };
 
 struct TrainStats {
