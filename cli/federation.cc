@@ -81,7 +81,10 @@ std::map<std::string, std::string> load_backbone_cache(const std::string& dir) {
 
 }  // namespace
 
-SimulateResult run_coordinator(const common::JobConfig& cfg) {
+SimulateResult run_coordinator(const common::JobConfig& job_cfg) {
+  common::JobConfig cfg = job_cfg;
+  // Across institutions, updates are masked unless the job explicitly says otherwise.
+  if (!cfg.secagg.enabled) cfg.secagg.enabled = true;
   const auto& fed = cfg.federation;
   if (fed.sites.empty()) throw ConfigError("federation.sites must list the sites' certificate names");
   if (fed.ca_cert.empty() || fed.cert.empty() || fed.key.empty())

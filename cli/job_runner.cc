@@ -45,7 +45,8 @@ CoordinatorJob::~CoordinatorJob() = default;
 
 std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const std::vector<std::string>& names) {
   coordinator::CoordinatorOptions copt;
-  copt.job = make_job_spec(cfg_, backbone_sha_, backbone_.size(), model_->layout());
+  copt.job = make_job_spec(cfg_, backbone_sha_, backbone_.size(), model_->layout(),
+                           static_cast<uint32_t>(names.empty() ? cfg_.partition.sites : static_cast<int64_t>(names.size())));
   copt.backbone = backbone_;
   copt.min_sites = static_cast<size_t>(cfg_.min_sites);
   copt.round_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.round_timeout_s * 1000));
@@ -70,7 +71,8 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
                  r.bytes_up / 1e6, r.bytes_down / 1e6, r.seconds);
     metrics.write({{"round", r.round}, {"accuracy", r.accuracy}, {"loss", r.loss}, {"train_loss", r.train_loss},
                    {"sites_reported", r.sites_reported}, {"applied", r.applied}, {"bytes_up", r.bytes_up},
-                   {"bytes_down", r.bytes_down}, {"seconds", r.seconds}, {"transport", transport}});
+                   {"bytes_down", r.bytes_down}, {"seconds", r.seconds}, {"transport", transport},
+                   {"secure_aggregation", cfg_.secagg.enabled.value_or(false)}});
     o.curve.emplace_back(r.round, r.accuracy);
   });
   model_->set_params(o.result.params);
@@ -92,7 +94,7 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
   s["seed"] = cfg_.seed;
   s["strategy"] = cfg_.server.name;
   s["transport"] = transport;
-  s["secure_aggregation"] = false;
+  s["secure_aggregation"] = cfg_.secagg.enabled.value_or(false);
   s["federated_accuracy"] = o.final_eval.accuracy;
   s["federated_loss"] = o.final_eval.loss;
   s["centralized_accuracy"] = nullptr;

@@ -8,6 +8,7 @@
 #include "common/errors.h"
 #include "common/files.h"
 #include "common/sha256.h"
+#include "protocols/secure_round.h"
 
 namespace fedtl::cli {
 namespace fs = std::filesystem;
@@ -118,7 +119,7 @@ std::string ensure_backbone(const common::JobConfig& cfg, const TaskData& data) 
 }
 
 v1::JobSpec make_job_spec(const common::JobConfig& cfg, const std::string& sha, uint64_t nbytes,
-                          const std::vector<common::model::ParamInfo>& layout) {
+                          const std::vector<common::model::ParamInfo>& layout, uint32_t num_sites) {
   v1::JobSpec j;
   j.set_job_name(cfg.name);
   j.set_seed(cfg.seed);
@@ -151,7 +152,19 @@ v1::JobSpec make_job_spec(const common::JobConfig& cfg, const std::string& sha, 
   }
   for (int64_t k : cfg.data.target_classes) j.add_target_classes(k);
   j.set_min_sites(static_cast<uint32_t>(cfg.min_sites));
-  j.set_secure_aggregation(false);
+  const bool secure = cfg.secagg.enabled.value_or(false);
+  j.set_secure_aggregation(secure);
+  if (secure) {
+    auto* sa = j.mutable_secagg();
+    sa->set_num_sites(num_sites);
+    sa->set_threshold(cfg.secagg.threshold > 0 ? static_cast<uint32_t>(cfg.secagg.threshold) : num_sites / 2 + 1);
+    sa->set_clip(cfg.secagg.clip);
+    sa->set_weight_bound(cfg.secagg.weight_bound);
+    sa->set_deterministic_rounding(cfg.secagg.deterministic_rounding);
+    sa->set_complete_graph_max(static_cast<uint32_t>(cfg.secagg.complete_graph_max));
+    sa->set_sparse_degree(static_cast<uint32_t>(cfg.secagg.sparse_degree));
+    protocols::validate_secagg(j);
+  }
   return j;
 }
 

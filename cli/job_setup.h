@@ -31,9 +31,10 @@ std::string ensure_backbone(const common::JobConfig& cfg, const TaskData& data);
 // Pre-trains the built-in CNN on the source task and returns its TorchScript bytes.
 std::string pretrain_backbone(const common::JobConfig& cfg, const TaskData& data);
 
-// The job as sent to sites (site_index left 0).
+// The job as sent to sites (site_index left 0) for a federation of num_sites sites.
+// Throws ConfigError when its secure aggregation settings cannot work.
 v1::JobSpec make_job_spec(const common::JobConfig& cfg, const std::string& backbone_sha256, uint64_t backbone_bytes,
-                          const std::vector<common::model::ParamInfo>& layout);
+                          const std::vector<common::model::ParamInfo>& layout, uint32_t num_sites);
 
 // Derives independent 64-bit seeds from a job seed and indices (SplitMix64 mixing).
 uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0);

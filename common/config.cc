@@ -88,7 +88,7 @@ const toml::table* subtable(const toml::table& root, const char* name) {
 JobConfig from_table(const toml::table& root) {
   JobConfig c;
   static const std::set<std::string> kSections = {"job",  "data",  "partition", "backbone",  "pretrain",
-                                                  "head", "train", "server",    "baselines", "federation"};
+                                                  "head", "train", "server",    "baselines", "federation", "secure_aggregation"};
   for (const auto& [k, v] : root) {
     if (!kSections.count(std::string(k.str())))
       throw ConfigError("unknown section or key '" + std::string(k.str()) + "' in job config");
@@ -178,6 +178,23 @@ JobConfig from_table(const toml::table& root) {
   fed.get("handshake_timeout_s", c.federation.handshake_timeout_s);
   fed.get("max_frame_mb", c.federation.max_frame_mb);
   fed.reject_unknown();
+
+  Section sa(subtable(root, "secure_aggregation"), "secure_aggregation");
+  if (const toml::table* t = subtable(root, "secure_aggregation"); t && t->get("enabled")) {
+    bool on = false;
+    sa.get("enabled", on);
+    c.secagg.enabled = on;
+  } else {
+    bool ignored = false;
+    sa.get("enabled", ignored);
+  }
+  sa.get("threshold", c.secagg.threshold);
+  sa.get("clip", c.secagg.clip);
+  sa.get("weight_bound", c.secagg.weight_bound);
+  sa.get("deterministic_rounding", c.secagg.deterministic_rounding);
+  sa.get("complete_graph_max", c.secagg.complete_graph_max);
+  sa.get("sparse_degree", c.secagg.sparse_degree);
+  sa.reject_unknown();
   return c;
 }
 
@@ -264,6 +281,10 @@ void validate(const JobConfig& c) {
           "federation.join_timeout_s and federation.handshake_timeout_s must be > 0");
   require(c.federation.max_frame_mb >= 1 && c.federation.max_frame_mb <= 4095,
           "federation.max_frame_mb must be between 1 and 4095");
+  require(c.secagg.threshold >= 0, "secure_aggregation.threshold must be >= 0 (0 = floor(n/2)+1)");
+  require(c.secagg.clip > 0 && c.secagg.weight_bound >= 1, "secure_aggregation.clip must be > 0 and weight_bound >= 1");
+  require(c.secagg.complete_graph_max >= 2 && c.secagg.sparse_degree >= 0,
+          "secure_aggregation.complete_graph_max must be >= 2 and sparse_degree >= 0");
   std::set<std::string> names(c.federation.sites.begin(), c.federation.sites.end());
   require(names.size() == c.federation.sites.size(), "federation.sites has duplicate names");
   // The [server] section is validated by protocols::make_strategy when the coordinator

@@ -3,6 +3,7 @@
 // values with a one-line fedtl::ConfigError.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,17 @@ struct FederationConfig {
   int64_t max_frame_mb = 256;            // largest frame accepted
 };
 
+// [secure_aggregation]: masked updates; the coordinator learns only the weighted sum.
+struct SecureAggregationConfig {
+  std::optional<bool> enabled;     // unset: off for simulate, on for coordinator/worker jobs
+  int64_t threshold = 0;           // t; 0 = floor(n/2) + 1
+  double clip = 1.0;               // per-coordinate delta clip before fixed-point encoding
+  double weight_bound = 100000;    // public bound on a site's sample count (w = samples / bound)
+  bool deterministic_rounding = false;
+  int64_t complete_graph_max = 64; // complete neighbour graph up to this many sites
+  int64_t sparse_degree = 0;       // neighbours above that (0 = 2*ceil(log2 n))
+};
+
 struct JobConfig {
   std::string name = "job";
   uint64_t seed = 1;
@@ -81,6 +93,7 @@ struct JobConfig {
   protocols::StrategySpec server;
   BaselineConfig baselines;
   FederationConfig federation;
+  SecureAggregationConfig secagg;
 };
 
 // What a hospital accepts to run on its data (site.toml [policy]).

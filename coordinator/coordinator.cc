@@ -3,9 +3,13 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
+#include <type_traits>
 
 #include "common/errors.h"
 #include "protocols/messages.h"
+#include "protocols/secagg/wire.h"
+#include "protocols/secure_round.h"
 
 namespace fedtl::coordinator {
 
@@ -225,6 +229,134 @@ void Coordinator::accept_rejoiners() {
   }
 }
 
+std::optional<Coordinator::Aggregate> Coordinator::plain_aggregate(uint32_t round, Clock::time_point deadline) {
+  protocols::WeightedMean mean(params_.size());
+  double loss_sum = 0;
+  for (auto& s : sites_) {  // site-index order: the sum does not depend on arrival order
+    if (!s->info.active) continue;
+    try {
+      for (;;) {
+        common::Frame f = s->conn->recv(until(deadline));
+        if (f.type == MessageType::kHeartbeat) continue;
+        auto up = from_frame<v1::Update>(f);
+        if (up.round() < round) continue;  // late update from a round that already closed
+        if (up.round() != round)
+          throw ProtocolError("update for round " + std::to_string(up.round()) + " during round " +
+                              std::to_string(round));
+        if (up.num_samples() == 0) throw ProtocolError("update with 0 samples");
+        mean.add(protocols::unpack_tensor(up.delta(), params_.size()), static_cast<double>(up.num_samples()));
+        loss_sum += up.train_loss() * static_cast<double>(up.num_samples());
+        break;
+      }
+    } catch (const TimeoutError&) {
+      spdlog::warn("round {}: site '{}' missed the deadline; left out of this round", round, s->info.name);
+    } catch (const fedtl::Error& e) {
+      drop(*s, e.what());
+    }
+  }
+  if (mean.count() == 0) return std::nullopt;
+  return Aggregate{mean.mean(), mean.count(), loss_sum / mean.total_weight()};
+}
+
+// Secure aggregation (Bonawitz et al. 2017; protocols/secagg): the coordinator relays keys and
+// encrypted shares, sums masked inputs and unmasks only the sum. Sites that stall at any step
+// are left out of the rest of this round (they count as dropped); below the threshold the
+// round is abandoned and the sites are told to discard its secrets.
+std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t round, TimePoint deadline) {
+  namespace sa = protocols::secagg;
+  const uint64_t m = params_.size() + 1;  // [w, w·Δ]
+  std::vector<Site*> part;
+  for (auto& s : sites_)
+    if (s->info.active) part.push_back(s.get());
+  // Receives one message of type M from every site still in `part`, in site order; sites
+  // that time out leave `part` for this round, sites that misbehave are dropped.
+  auto collect = [&](auto tag, const char* step, auto&& handle) {
+    using M = typename decltype(tag)::type;
+    std::vector<Site*> kept;
+    for (Site* s : part) {
+      try {
+        for (;;) {
+          common::Frame f = s->conn->recv(until(deadline));
+          if (f.type == MessageType::kHeartbeat) continue;
+          if (f.type != protocols::type_of<M>()) {
+            const auto r = protocols::round_of(f);
+            if (r && *r < round) continue;  // a late message from an abandoned round
+          }
+          M msg = from_frame<M>(f);
+          if (msg.round() != round)
+            throw ProtocolError(std::string(step) + " for round " + std::to_string(msg.round()) + " during round " +
+                                std::to_string(round));
+          handle(*s, msg);
+          kept.push_back(s);
+          break;
+        }
+      } catch (const TimeoutError&) {
+        spdlog::warn("round {}: site '{}' missed the secure aggregation deadline at {}; left out of this round", round,
+                     s->info.name, step);
+      } catch (const sa::RoundAborted&) {
+        throw;
+      } catch (const fedtl::Error& e) {
+        drop(*s, std::string(step) + ": " + e.what());
+      }
+    }
+    part = kept;
+  };
+  auto send_each = [&](auto&& make) {
+    std::vector<Site*> kept;
+    for (Site* s : part) {
+      try {
+        s->conn->send(to_frame(make(*s)));
+        kept.push_back(s);
+      } catch (const fedtl::Error& e) {
+        drop(*s, std::string("send failed: ") + e.what());
+      }
+    }
+    part = kept;
+  };
+  try {
+    sa::ServerSession server(protocols::secagg_round_config(opt_.job, round, m));
+    auto own = [](Site& s, uint32_t site) {
+      if (site != s.info.index)
+        throw ProtocolError("message names site " + std::to_string(site) + " but comes from site " +
+                            std::to_string(s.info.index));
+    };
+    collect(std::common_type<v1::SecAggKeys>{}, "keys", [&](Site& s, const v1::SecAggKeys& k) {
+      own(s, k.site());
+      server.add_keys(k);
+    });
+    const auto keys = server.close_keys();
+    send_each([&](Site&) { return keys; });
+    collect(std::common_type<v1::SecAggShares>{}, "shares", [&](Site& s, const v1::SecAggShares& sh) {
+      own(s, sh.site());
+      server.add_shares(sh);
+    });
+    server.close_shares();
+    send_each([&](Site& s) { return server.shares_for(s.info.index); });
+    collect(std::common_type<v1::SecAggMasked>{}, "masked input", [&](Site& s, const v1::SecAggMasked& y) {
+      own(s, y.site());
+      server.add_masked(y);
+    });
+    const auto request = server.close_masked();
+    send_each([&](Site&) { return request; });
+    collect(std::common_type<v1::SecAggUnmaskShares>{}, "unmask shares",
+            [&](Site& s, const v1::SecAggUnmaskShares& u) {
+              own(s, u.site());
+              server.add_unmask_shares(u);
+            });
+    const std::vector<uint32_t> sum = server.finish();
+    const auto decoded = sa::decode_weighted_mean(sum, protocols::secagg_quant_spec(opt_.job));
+    spdlog::debug("round {}: secure sum of {} sites unmasked", round, server.survivors().size());
+    return Aggregate{decoded.mean, server.survivors().size(), std::nan("")};
+  } catch (const sa::RoundAborted& e) {
+    spdlog::warn("round {}: secure aggregation abandoned: {}", round, e.what());
+    v1::SecAggAbort abort;
+    abort.set_round(round);
+    abort.set_reason(e.what());
+    send_each([&](Site&) { return abort; });
+    return std::nullopt;
+  }
+}
+
 RoundRecord Coordinator::run_round(uint32_t round) {
   const auto t0 = Clock::now();
   RoundRecord rec;
@@ -250,35 +382,13 @@ RoundRecord Coordinator::run_round(uint32_t round) {
   }
 
   const auto deadline = t0 + opt_.round_timeout;
-  protocols::WeightedMean mean(params_.size());
-  double loss_sum = 0;
-  for (auto& s : sites_) {  // site-index order: the sum does not depend on arrival order
-    if (!s->info.active) continue;
-    try {
-      for (;;) {
-        common::Frame f = s->conn->recv(until(deadline));
-        if (f.type == MessageType::kHeartbeat) continue;
-        auto up = from_frame<v1::Update>(f);
-        if (up.round() < round) continue;  // late update from a round that already closed
-        if (up.round() != round)
-          throw ProtocolError("update for round " + std::to_string(up.round()) + " during round " +
-                              std::to_string(round));
-        if (up.num_samples() == 0) throw ProtocolError("update with 0 samples");
-        mean.add(protocols::unpack_tensor(up.delta(), params_.size()), static_cast<double>(up.num_samples()));
-        loss_sum += up.train_loss() * static_cast<double>(up.num_samples());
-        break;
-      }
-    } catch (const TimeoutError&) {
-      spdlog::warn("round {}: site '{}' missed the deadline; left out of this round", round, s->info.name);
-    } catch (const fedtl::Error& e) {
-      drop(*s, e.what());
-    }
-  }
-  rec.sites_reported = mean.count();
-  if (rec.sites_reported >= opt_.min_sites && rec.sites_reported > 0) {
-    strategy_->apply(params_, mean.mean());
+  std::optional<Aggregate> agg =
+      opt_.job.secure_aggregation() ? secure_aggregate(round, deadline) : plain_aggregate(round, deadline);
+  rec.sites_reported = agg ? agg->reported : 0;
+  if (agg && rec.sites_reported >= opt_.min_sites && rec.sites_reported > 0) {
+    strategy_->apply(params_, agg->mean);
     rec.applied = true;
-    rec.train_loss = loss_sum / mean.total_weight();
+    rec.train_loss = agg->train_loss;
   } else {
     spdlog::warn("round {}: {} of {} sites reported, quorum is {}; round abandoned", round, rec.sites_reported,
                  rec.sites_active, opt_.min_sites);

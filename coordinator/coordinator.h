@@ -22,6 +22,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -104,6 +105,16 @@ class Coordinator {
   void accept_rejoiners();
   void drop(Site& s, const std::string& reason);
   RoundRecord run_round(uint32_t round);
+  struct Aggregate {
+    std::vector<double> mean;  // Σ w_i Δ_i / Σ w_i
+    size_t reported = 0;
+    double train_loss = 0;     // weighted mean of the sites' local losses (NaN: not shared)
+  };
+  using TimePoint = std::chrono::steady_clock::time_point;
+  // Plain: each site's Update in the clear. Secure: the secagg steps (coordinator/
+  // secure_round.cc); the coordinator learns only the sum. nullopt: nothing to apply.
+  std::optional<Aggregate> plain_aggregate(uint32_t round, TimePoint deadline);
+  std::optional<Aggregate> secure_aggregate(uint32_t round, TimePoint deadline);
 
   CoordinatorOptions opt_;
   std::unique_ptr<protocols::Strategy> strategy_;

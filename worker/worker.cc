@@ -5,6 +5,7 @@
 #include "common/errors.h"
 #include "common/sha256.h"
 #include "protocols/messages.h"
+#include "protocols/secure_round.h"
 
 namespace fedtl::worker {
 
@@ -73,29 +74,47 @@ WorkerResult Worker::run() {
 
   WorkerResult result;
   for (;;) {
-    common::Frame f = conn_.recv(opt_.idle_timeout);
+    common::Frame f = next_frame();
     if (f.type == MessageType::kShutdown) {
       auto sd = from_frame<v1::Shutdown>(f);
       result.shutdown_reason = sd.reason();
       result.success = sd.success();
       return result;
     }
-    if (f.type == MessageType::kHeartbeat) continue;
+    if (f.type == MessageType::kHeartbeat || f.type == MessageType::kSecAggAbort) continue;
+    if (f.type != MessageType::kRoundStart) {
+      const auto r = protocols::round_of(f);
+      if (r) continue;  // a message of a round this site already left
+    }
     auto start = from_frame<v1::RoundStart>(f);
     const auto global = protocols::unpack_tensor(start.params());
-    LocalUpdate up = runtime_.train_round(start.round(), global);
-    v1::Update msg;
-    msg.set_round(start.round());
-    msg.set_num_samples(up.num_samples);
-    protocols::pack_tensor(up.delta, msg.mutable_delta());
-    if (opt_.share_training_metrics) {
-      msg.set_train_loss(up.train_loss);
-      msg.set_train_accuracy(up.train_accuracy);
-      msg.set_train_seconds(up.train_seconds);
-    }
-    conn_.send(to_frame(msg));
-    ++result.rounds_trained;
+    const bool done = job.secure_aggregation() ? secure_round(job, start, global) : plain_round(start, global);
+    if (done) ++result.rounds_trained;
   }
+}
+
+common::Frame Worker::next_frame() {
+  if (pending_) {
+    common::Frame f = std::move(*pending_);
+    pending_.reset();
+    return f;
+  }
+  return conn_.recv(opt_.idle_timeout);
+}
+
+bool Worker::plain_round(const v1::RoundStart& start, const std::vector<float>& global) {
+  LocalUpdate up = runtime_.train_round(start.round(), global);
+  v1::Update msg;
+  msg.set_round(start.round());
+  msg.set_num_samples(up.num_samples);
+  protocols::pack_tensor(up.delta, msg.mutable_delta());
+  if (opt_.share_training_metrics) {
+    msg.set_train_loss(up.train_loss);
+    msg.set_train_accuracy(up.train_accuracy);
+    msg.set_train_seconds(up.train_seconds);
+  }
+  conn_.send(to_frame(msg));
+  return true;
 }
 
 }  // namespace fedtl::worker

@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/transport.h"
@@ -51,7 +52,19 @@ class Worker {
 
  private:
   std::string receive_backbone(const v1::JobSpec& job);
+  // The next frame: one set aside by await_round() or a new one from the connection.
+  common::Frame next_frame();
+  // Plain round: train, send Update. Secure round: the four secure aggregation steps
+  // around local training (worker/secure_update.cc). Returns false if the round was
+  // abandoned (SecAggAbort, or the coordinator moved on).
+  bool plain_round(const v1::RoundStart& start, const std::vector<float>& global);
+  bool secure_round(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& global);
+  // Waits for a message of type M for `round`. Returns nullopt when the coordinator
+  // abandoned the round or moved on (the frame that says so is kept for next_frame()).
+  template <typename M>
+  std::optional<M> await_round(uint32_t round);
 
+  std::optional<common::Frame> pending_;
   common::Connection& conn_;
   SiteRuntime& runtime_;
   WorkerOptions opt_;

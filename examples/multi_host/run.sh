@@ -37,6 +37,10 @@ ca_cert = "$K/coordinator/ca.crt"
 cert = "$K/coordinator/coordinator.crt"
 key = "$K/coordinator/coordinator.key"
 join_timeout_s = 120
+
+[secure_aggregation]   # on by default for coordinator jobs; said here so simulate uses it too
+enabled = true
+threshold = 2
 TOML
 
 # 3. Each hospital's site.toml: its kit, where the coordinator is, its data and its policy.

@@ -143,6 +143,8 @@ handshake_timeout_s = 2
 
 TEST_F(Federation, TlsRunMatchesSimulateWhileHostileClientsAreRefused) {
   auto cfg = job("tls");
+  cfg.secagg.enabled = true;  // the coordinator's default, made explicit for the simulate twin
+  cfg.secagg.threshold = 2;
   auto coord = std::async(std::launch::async, [&] { return cli::run_coordinator(cfg); });
   std::this_thread::sleep_for(1500ms);  // the coordinator loads data and starts listening
 
@@ -189,7 +191,7 @@ TEST_F(Federation, SitePolicyRefusalIsExplainedAndTheJobGoesOn) {
   auto coord = std::async(std::launch::async, [&] { return cli::run_coordinator(cfg); });
   std::this_thread::sleep_for(1500ms);
   auto strict = site("hospital-c", 2);
-  strict.policy.require_secure_aggregation = true;
+  strict.policy.max_rounds = 1;  // the job runs 2
   auto refused = std::async(std::launch::async, [strict] { return cli::run_worker(strict); });
   auto a = std::async(std::launch::async, [s = site("hospital-a", 0)] { return cli::run_worker(s); });
   auto b = std::async(std::launch::async, [s = site("hospital-b", 1)] { return cli::run_worker(s); });
@@ -203,7 +205,7 @@ TEST_F(Federation, SitePolicyRefusalIsExplainedAndTheJobGoesOn) {
     if (s["site"] == "hospital-c") {
       found = true;
       EXPECT_FALSE(s["completed"].get<bool>());
-      EXPECT_NE(s["dropped_reason"].get<std::string>().find("secure aggregation"), std::string::npos)
+      EXPECT_NE(s["dropped_reason"].get<std::string>().find("allows at most 1"), std::string::npos)
           << s["dropped_reason"];
     }
   EXPECT_TRUE(found);
@@ -214,7 +216,7 @@ TEST_F(Federation, TamperedBackboneIsRefusedByEverySite) {
   const std::string backbone = common::read_file(cfg.backbone.path);
   auto model = common::model::TransferModel::create(backbone, cli::model_spec(cfg), cfg.seed);
   coordinator::CoordinatorOptions opt;
-  opt.job = cli::make_job_spec(cfg, common::sha256_hex(backbone), backbone.size(), model->layout());
+  opt.job = cli::make_job_spec(cfg, common::sha256_hex(backbone), backbone.size(), model->layout(), 1);
   opt.backbone = backbone;
   opt.backbone[opt.backbone.size() / 2] ^= 0x5a;  // corrupted in transit (or by a bad coordinator)
   opt.handshake_timeout = 20s;

@@ -1,0 +1,75 @@
+// The site's side of secure aggregation: keys and encrypted shares are exchanged before local
+// training (so training overlaps nothing the others wait for), then the quantised [w, w·Δ]
+// goes out masked, and the site reveals the shares the coordinator may legitimately ask for.
+#include <spdlog/spdlog.h>
+
+#include "common/errors.h"
+#include "protocols/messages.h"
+#include "protocols/secagg/wire.h"
+#include "protocols/secure_round.h"
+#include "worker/worker.h"
+
+namespace fedtl::worker {
+
+namespace sa = protocols::secagg;
+using protocols::from_frame;
+using protocols::MessageType;
+using protocols::to_frame;
+
+template <typename M>
+std::optional<M> Worker::await_round(uint32_t round) {
+  for (;;) {
+    common::Frame f = next_frame();
+    if (f.type == MessageType::kHeartbeat) continue;
+    if (f.type == protocols::type_of<M>()) {
+      M msg = from_frame<M>(f);
+      if (msg.round() == round) return msg;
+      if (msg.round() < round) continue;  // stale
+      throw ProtocolError("secure aggregation message for round " + std::to_string(msg.round()) + " during round " +
+                          std::to_string(round));
+    }
+    if (f.type == MessageType::kSecAggAbort) {
+      auto a = from_frame<v1::SecAggAbort>(f);
+      if (a.round() < round) continue;
+      spdlog::warn("[{}] round {} abandoned by the coordinator: {}", opt_.site_name, round, a.reason());
+      return std::nullopt;
+    }
+    if (f.type == MessageType::kRoundStart || f.type == MessageType::kShutdown) {
+      // The coordinator closed this round without us (we were too slow): move on.
+      spdlog::warn("[{}] round {} closed without this site", opt_.site_name, round);
+      pending_ = std::move(f);
+      return std::nullopt;
+    }
+    const auto r = protocols::round_of(f);
+    if (r && *r < round) continue;
+    throw ProtocolError(std::string("unexpected ") + protocols::message_type_name(f.type) +
+                        " during secure aggregation of round " + std::to_string(round));
+  }
+}
+
+bool Worker::secure_round(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& global) {
+  const uint32_t round = start.round();
+  const uint32_t site = job.site_index();
+  sa::ClientSession client(protocols::secagg_round_config(job, round, global.size() + 1), site);
+  conn_.send(to_frame(client.advertise_keys()));
+  auto keys = await_round<v1::SecAggKeyList>(round);
+  if (!keys) return false;
+  conn_.send(to_frame(client.share_keys(*keys)));
+  auto shares = await_round<v1::SecAggShareList>(round);
+  if (!shares) return false;
+
+  LocalUpdate up = runtime_.train_round(round, global);
+  const double weight = static_cast<double>(up.num_samples) / job.secagg().weight_bound();
+  if (weight > 1.0)
+    throw PolicyError("this site has " + std::to_string(up.num_samples) + " samples, above the job's weight bound " +
+                      std::to_string(job.secagg().weight_bound()));
+  const auto x = sa::encode_weighted(up.delta, weight, job.secagg().clip(), protocols::secagg_quant_spec(job),
+                                     sa::derive_rounding_seed(job.seed(), round, site));
+  conn_.send(to_frame(client.mask_input(*shares, x)));
+  auto request = await_round<v1::SecAggUnmaskRequest>(round);
+  if (!request) return false;
+  conn_.send(to_frame(client.unmask(*request)));
+  return true;
+}
+
+}  // namespace fedtl::worker
