@@ -1,4 +1,5 @@
 // Cross-institution runs: `fedtl coordinator`, `fedtl worker` over mutual TLS, and `fedtl ca`.
+#include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
@@ -103,6 +104,10 @@ SimulateResult run_coordinator(const common::JobConfig& job_cfg) {
   auto listener = common::tls_listen(host, port, tls);
   spdlog::info("coordinator listening on {}:{} (mutual TLS 1.3), sites: {}", host, listener->port(),
                fmt::join(fed.sites, ", "));
+  uint64_t secret = 0;
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret) != 1)
+    throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
+  job.set_noise_secret(secret);
   auto coord = job.make_coordinator(fed.sites);
   coord->set_listener(listener.get());
   JobOutcome o = job.run(*coord, "tls");
@@ -133,6 +138,8 @@ int run_worker(const common::SiteConfig& site) {
   worker::WorkerOptions wopt;
   wopt.site_name = site.name;
   wopt.share_training_metrics = site.policy.share_training_metrics;
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&wopt.noise_secret), sizeof wopt.noise_secret) != 1)
+    throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
   wopt.check_job = [&](const v1::JobSpec& job) { return worker::policy_violation(site.policy, job); };
   wopt.on_backbone = [&](const std::string& sha, const std::string& bytes) {
     common::write_file_atomic(backbone_dir + "/" + sha + ".pt", bytes);

@@ -51,8 +51,15 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
   copt.min_sites = static_cast<size_t>(cfg_.min_sites);
   copt.round_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.round_timeout_s * 1000));
   copt.site_names = names;
+  copt.privacy.delta = cfg_.privacy.delta;
+  copt.privacy.target_epsilon = cfg_.privacy.target_epsilon;
+  copt.privacy.adaptive_clip = cfg_.privacy.adaptive_clip;
+  copt.privacy.target_quantile = cfg_.privacy.target_quantile;
+  copt.privacy.clip_learning_rate = cfg_.privacy.clip_learning_rate;
+  copt.privacy.noise_secret = noise_secret_;
   copt.join_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.join_timeout_s * 1000));
   copt.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.handshake_timeout_s * 1000));
+  noise_multiplier_ = copt.job.privacy().noise_multiplier();
   return std::make_unique<coordinator::Coordinator>(copt, protocols::make_strategy(cfg_.server), *evaluator_,
                                                     model_->params());
 }
@@ -69,10 +76,17 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
     spdlog::info("round {:>3}/{}: accuracy {:.2f}%  loss {:.4f}  train loss {:.4f}  sites {}/{}  up {:.2f} MB  down {:.2f} MB  {:.2f} s",
                  r.round, cfg_.rounds, 100 * r.accuracy, r.loss, r.train_loss, r.sites_reported, r.sites_active,
                  r.bytes_up / 1e6, r.bytes_down / 1e6, r.seconds);
-    metrics.write({{"round", r.round}, {"accuracy", r.accuracy}, {"loss", r.loss}, {"train_loss", r.train_loss},
-                   {"sites_reported", r.sites_reported}, {"applied", r.applied}, {"bytes_up", r.bytes_up},
-                   {"bytes_down", r.bytes_down}, {"seconds", r.seconds}, {"transport", transport},
-                   {"secure_aggregation", cfg_.secagg.enabled.value_or(false)}});
+    json line = {{"round", r.round}, {"accuracy", r.accuracy}, {"loss", r.loss}, {"train_loss", r.train_loss},
+                 {"sites_reported", r.sites_reported}, {"applied", r.applied}, {"bytes_up", r.bytes_up},
+                 {"bytes_down", r.bytes_down}, {"seconds", r.seconds}, {"transport", transport},
+                 {"secure_aggregation", cfg_.secagg.enabled.value_or(false)}};
+    if (cfg_.privacy.mode != "none") {
+      line["epsilon"] = r.epsilon;
+      line["delta"] = cfg_.privacy.delta;
+      line["clip_norm"] = r.clip_norm;
+      spdlog::info("round {:>3}: privacy spent epsilon {:.3f} at delta {:g}", r.round, r.epsilon, cfg_.privacy.delta);
+    }
+    metrics.write(line);
     o.curve.emplace_back(r.round, r.accuracy);
   });
   model_->set_params(o.result.params);
@@ -113,6 +127,20 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
   }
   s["round_bytes_up"] = up;
   s["round_bytes_down"] = down;
+  s["privacy"] = cfg_.privacy.mode;
+  if (cfg_.privacy.mode != "none") {
+    s["epsilon"] = o.result.epsilon;
+    s["delta"] = cfg_.privacy.delta;
+    s["noise_multiplier"] = noise_multiplier_;
+    s["clip_norm"] = cfg_.privacy.clip_norm;
+    s["sampling_rate"] = cfg_.privacy.sampling_rate;
+    s["accountant"] = o.result.accountant_state;
+  } else {
+    s["epsilon"] = nullptr;  // no formal guarantee
+    s["delta"] = nullptr;
+  }
+  s["rounds_completed"] = o.result.rounds.size();
+  if (!o.result.stop_reason.empty()) s["stop_reason"] = o.result.stop_reason;
   for (const auto& [k, v] : extra.items()) s[k] = v;
   s["seconds"] = std::chrono::duration<double>(Clock::now() - start_).count();
   common::write_accuracy_plot(cfg_.out + "/accuracy.svg",

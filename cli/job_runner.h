@@ -38,6 +38,9 @@ class CoordinatorJob {
   common::model::TransferModel& model() { return *model_; }
   const common::model::FeatureSet& test_features() const { return *test_features_; }
 
+  // Mixed into the coordinator's DP noise seed: 0 keeps simulations reproducible; the TLS
+  // coordinator draws a random one so that sites cannot predict (and remove) the noise.
+  void set_noise_secret(uint64_t secret) { noise_secret_ = secret; }
   // A coordinator for this job; site_names: the federation in index order (may be empty).
   std::unique_ptr<coordinator::Coordinator> make_coordinator(const std::vector<std::string>& site_names);
   // Runs the rounds, logging progress and appending metrics.jsonl; then evaluates, exports
@@ -56,6 +59,8 @@ class CoordinatorJob {
   std::unique_ptr<common::model::FeatureSet> test_features_;
   std::unique_ptr<Evaluator> evaluator_;
   std::chrono::steady_clock::time_point start_;
+  double noise_multiplier_ = 0;   // as sent in the job (calibrated from target_epsilon when asked)
+  uint64_t noise_secret_ = 0;     // see set_noise_secret
 };
 
 }  // namespace fedtl::cli

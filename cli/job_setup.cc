@@ -2,12 +2,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "common/datasets.h"
 #include "common/errors.h"
 #include "common/files.h"
 #include "common/sha256.h"
+#include "protocols/dp/accountant.h"
 #include "protocols/secure_round.h"
 
 namespace fedtl::cli {
@@ -152,6 +154,25 @@ v1::JobSpec make_job_spec(const common::JobConfig& cfg, const std::string& sha, 
   }
   for (int64_t k : cfg.data.target_classes) j.add_target_classes(k);
   j.set_min_sites(static_cast<uint32_t>(cfg.min_sites));
+  if (cfg.privacy.mode != "none") {
+    auto* pv = j.mutable_privacy();
+    pv->set_mode(cfg.privacy.mode);
+    double sigma = cfg.privacy.noise_multiplier;
+    if (sigma <= 0)  // calibrate: the smallest sigma that keeps epsilon within target over the job
+      sigma = protocols::dp::noise_multiplier(cfg.privacy.target_epsilon, cfg.privacy.sampling_rate, cfg.rounds,
+                                              cfg.privacy.delta);
+    pv->set_noise_multiplier(sigma);
+    pv->set_clip_norm(cfg.privacy.clip_norm);
+    pv->set_sampling_rate(cfg.privacy.sampling_rate);
+    pv->set_expected_sites(
+        std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(cfg.privacy.sampling_rate * num_sites))));
+    if (cfg.privacy.mode == "distributed" && !cfg.secagg.enabled.value_or(false))
+      throw ConfigError("privacy.mode = \"distributed\" needs secure aggregation (the coordinator must never see an "
+                        "un-noised sum of fewer than all shares); set [secure_aggregation] enabled = true");
+    if (cfg.privacy.adaptive_clip && cfg.secagg.enabled.value_or(false))
+      throw ConfigError("privacy.adaptive_clip is not available with secure aggregation yet (the clip indicator "
+                        "would travel in the clear)");
+  }
   const bool secure = cfg.secagg.enabled.value_or(false);
   j.set_secure_aggregation(secure);
   if (secure) {

@@ -88,7 +88,7 @@ const toml::table* subtable(const toml::table& root, const char* name) {
 JobConfig from_table(const toml::table& root) {
   JobConfig c;
   static const std::set<std::string> kSections = {"job",  "data",  "partition", "backbone",  "pretrain",
-                                                  "head", "train", "server",    "baselines", "federation", "secure_aggregation"};
+                                                  "head", "train", "server",    "baselines", "federation", "secure_aggregation", "privacy"};
   for (const auto& [k, v] : root) {
     if (!kSections.count(std::string(k.str())))
       throw ConfigError("unknown section or key '" + std::string(k.str()) + "' in job config");
@@ -195,6 +195,18 @@ JobConfig from_table(const toml::table& root) {
   sa.get("complete_graph_max", c.secagg.complete_graph_max);
   sa.get("sparse_degree", c.secagg.sparse_degree);
   sa.reject_unknown();
+
+  Section pv(subtable(root, "privacy"), "privacy");
+  pv.get("mode", c.privacy.mode);
+  pv.get("noise_multiplier", c.privacy.noise_multiplier);
+  pv.get("clip_norm", c.privacy.clip_norm);
+  pv.get("delta", c.privacy.delta);
+  pv.get("target_epsilon", c.privacy.target_epsilon);
+  pv.get("sampling_rate", c.privacy.sampling_rate);
+  pv.get("adaptive_clip", c.privacy.adaptive_clip);
+  pv.get("target_quantile", c.privacy.target_quantile);
+  pv.get("clip_learning_rate", c.privacy.clip_learning_rate);
+  pv.reject_unknown();
   return c;
 }
 
@@ -285,6 +297,20 @@ void validate(const JobConfig& c) {
   require(c.secagg.clip > 0 && c.secagg.weight_bound >= 1, "secure_aggregation.clip must be > 0 and weight_bound >= 1");
   require(c.secagg.complete_graph_max >= 2 && c.secagg.sparse_degree >= 0,
           "secure_aggregation.complete_graph_max must be >= 2 and sparse_degree >= 0");
+  const auto& pv = c.privacy;
+  require(pv.mode == "none" || pv.mode == "central" || pv.mode == "distributed" || pv.mode == "local",
+          "privacy.mode must be \"none\", \"central\", \"distributed\" or \"local\" (got \"" + pv.mode + "\")");
+  if (pv.mode != "none") {
+    require(pv.noise_multiplier > 0 || pv.target_epsilon > 0,
+            "privacy.noise_multiplier must be > 0 (or 0 with privacy.target_epsilon > 0 to calibrate it)");
+    require(pv.noise_multiplier >= 0, "privacy.noise_multiplier must be > 0");
+    require(pv.clip_norm > 0, "privacy.clip_norm must be > 0");
+    require(pv.delta > 0 && pv.delta < 1, "privacy.delta must be in (0, 1)");
+    require(pv.target_epsilon >= 0, "privacy.target_epsilon must be >= 0 (0 = no target)");
+    require(pv.sampling_rate > 0 && pv.sampling_rate <= 1, "privacy.sampling_rate must be in (0, 1]");
+    require(pv.target_quantile >= 0 && pv.target_quantile <= 1 && pv.clip_learning_rate > 0,
+            "privacy.target_quantile must be in [0, 1] and privacy.clip_learning_rate > 0");
+  }
   std::set<std::string> names(c.federation.sites.begin(), c.federation.sites.end());
   require(names.size() == c.federation.sites.size(), "federation.sites has duplicate names");
   // The [server] section is validated by protocols::make_strategy when the coordinator

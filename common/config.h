@@ -78,6 +78,19 @@ struct SecureAggregationConfig {
   int64_t sparse_degree = 0;       // neighbours above that (0 = 2*ceil(log2 n))
 };
 
+// [privacy]: client-level differential privacy (DP-FedAvg, McMahan et al. 2018).
+struct PrivacyConfig {
+  std::string mode = "none";     // "none" | "central" | "distributed" | "local"
+  double noise_multiplier = 1.0; // sigma (set 0 with target_epsilon > 0 to calibrate it)
+  double clip_norm = 1.0;        // C
+  double delta = 1e-5;
+  double target_epsilon = 0;     // > 0: stop (model saved) before exceeding it
+  double sampling_rate = 1.0;    // q: each site takes part in a round with this probability
+  bool adaptive_clip = false;    // clip norm tracks a quantile of update norms (Andrew et al.)
+  double target_quantile = 0.5;
+  double clip_learning_rate = 0.2;
+};
+
 struct JobConfig {
   std::string name = "job";
   uint64_t seed = 1;
@@ -96,6 +109,7 @@ struct JobConfig {
   BaselineConfig baselines;
   FederationConfig federation;
   SecureAggregationConfig secagg;
+  PrivacyConfig privacy;
 };
 
 // What a hospital accepts to run on its data (site.toml [policy]).

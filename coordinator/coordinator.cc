@@ -4,9 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <type_traits>
 
 #include "common/errors.h"
+#include "protocols/dp/accountant.h"
+#include "protocols/dp/mechanism.h"
 #include "protocols/messages.h"
 #include "protocols/secagg/wire.h"
 #include "protocols/secure_round.h"
@@ -35,10 +38,34 @@ struct Coordinator::Site {
   uint64_t received() const { return bytes_received_before + (conn ? conn->bytes_received() : 0); }
 };
 
+struct Coordinator::Dp {
+  protocols::dp::DpParams params;
+  double sampling_rate = 1;
+  size_t expected_sites = 1;
+  protocols::dp::Accountant accountant;
+  std::unique_ptr<protocols::dp::AdaptiveClipper> clipper;
+};
+
 Coordinator::Coordinator(CoordinatorOptions options, std::unique_ptr<protocols::Strategy> strategy,
                          Evaluator& evaluator, std::vector<float> initial_params)
     : opt_(std::move(options)), strategy_(std::move(strategy)), evaluator_(evaluator),
       params_(std::move(initial_params)) {
+  if (const auto& pv = opt_.job.privacy(); !pv.mode().empty()) {
+    dp_ = std::make_unique<Dp>();
+    dp_->params = {protocols::dp::parse_noise_mode(pv.mode()), pv.noise_multiplier(), pv.clip_norm()};
+    protocols::dp::validate(dp_->params);
+    dp_->sampling_rate = pv.sampling_rate() > 0 ? pv.sampling_rate() : 1.0;
+    dp_->expected_sites = std::max<size_t>(1, pv.expected_sites());
+    if (opt_.privacy.adaptive_clip) {
+      if (dp_->params.mode != protocols::dp::NoiseMode::kCentral || opt_.job.secure_aggregation())
+        throw ConfigError("adaptive clipping needs privacy.mode = \"central\" without secure aggregation");
+      protocols::dp::AdaptiveClipSpec spec;
+      spec.target_quantile = opt_.privacy.target_quantile;
+      spec.learning_rate = opt_.privacy.clip_learning_rate;
+      spec.count_noise_stddev = static_cast<double>(dp_->expected_sites) / 20.0;  // Andrew et al.'s choice
+      dp_->clipper = std::make_unique<protocols::dp::AdaptiveClipper>(spec, pv.clip_norm());
+    }
+  }
   for (size_t i = 0; i < opt_.site_names.size(); ++i) {
     auto s = std::make_unique<Site>();
     s->info.index = static_cast<uint32_t>(i);
@@ -229,9 +256,14 @@ void Coordinator::accept_rejoiners() {
   }
 }
 
+double Coordinator::current_clip_norm() const {
+  return dp_ ? (dp_->clipper ? dp_->clipper->clip_norm() : dp_->params.clip_norm) : 0.0;
+}
+
 std::optional<Coordinator::Aggregate> Coordinator::plain_aggregate(uint32_t round, Clock::time_point deadline) {
   protocols::WeightedMean mean(params_.size());
   double loss_sum = 0;
+  size_t below_clip = 0;
   for (auto& s : sites_) {  // site-index order: the sum does not depend on arrival order
     if (!s->info.active) continue;
     try {
@@ -244,8 +276,15 @@ std::optional<Coordinator::Aggregate> Coordinator::plain_aggregate(uint32_t roun
           throw ProtocolError("update for round " + std::to_string(up.round()) + " during round " +
                               std::to_string(round));
         if (up.num_samples() == 0) throw ProtocolError("update with 0 samples");
-        mean.add(protocols::unpack_tensor(up.delta(), params_.size()), static_cast<double>(up.num_samples()));
-        loss_sum += up.train_loss() * static_cast<double>(up.num_samples());
+        auto delta = protocols::unpack_tensor(up.delta(), params_.size());
+        double weight = static_cast<double>(up.num_samples());
+        if (dp_) {  // every site counts the same; in central mode the coordinator clips
+          weight = 1.0;
+          if (dp_->params.mode == protocols::dp::NoiseMode::kCentral)
+            below_clip += protocols::dp::clip_l2(delta, current_clip_norm()) <= current_clip_norm() ? 1 : 0;
+        }
+        mean.add(delta, weight);
+        loss_sum += up.train_loss() * weight;
         break;
       }
     } catch (const TimeoutError&) {
@@ -255,7 +294,7 @@ std::optional<Coordinator::Aggregate> Coordinator::plain_aggregate(uint32_t roun
     }
   }
   if (mean.count() == 0) return std::nullopt;
-  return Aggregate{mean.mean(), mean.count(), loss_sum / mean.total_weight()};
+  return Aggregate{mean.mean(), mean.count(), loss_sum / mean.total_weight(), below_clip};
 }
 
 // Secure aggregation (Bonawitz et al. 2017; protocols/secagg): the coordinator relays keys and
@@ -346,7 +385,7 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
     const std::vector<uint32_t> sum = server.finish();
     const auto decoded = sa::decode_weighted_mean(sum, protocols::secagg_quant_spec(opt_.job));
     spdlog::debug("round {}: secure sum of {} sites unmasked", round, server.survivors().size());
-    return Aggregate{decoded.mean, server.survivors().size(), std::nan("")};
+    return Aggregate{decoded.mean, server.survivors().size(), std::nan(""), 0};
   } catch (const sa::RoundAborted& e) {
     spdlog::warn("round {}: secure aggregation abandoned: {}", round, e.what());
     v1::SecAggAbort abort;
@@ -355,6 +394,25 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
     send_each([&](Site&) { return abort; });
     return std::nullopt;
   }
+}
+
+// DP-FedAvg on the coordinator: the mean of equally weighted (clipped) deltas becomes
+// (Σ Δ_i + N(0, σ²C²) in central mode) / (expected sites q·N); the accountant records the
+// round with the noise multiplier the sum really carries.
+void Coordinator::privatize(uint32_t round, Aggregate& agg) {
+  namespace dp = protocols::dp;
+  dp::DpParams params = dp_->params;
+  params.clip_norm = current_clip_norm();
+  dp::GaussianNoise noise(opt_.job.seed() ^ (0xd9e5000000000000ULL + round) ^ opt_.privacy.noise_secret);
+  std::vector<double> sum(agg.mean.size());
+  for (size_t i = 0; i < sum.size(); ++i) sum[i] = agg.mean[i] * static_cast<double>(agg.reported);
+  if (params.mode == dp::NoiseMode::kCentral) noise.add(sum, dp::aggregate_noise_stddev(params));
+  for (size_t i = 0; i < sum.size(); ++i) agg.mean[i] = sum[i] / static_cast<double>(dp_->expected_sites);
+  const double sigma = params.mode == dp::NoiseMode::kDistributed
+                           ? dp::effective_noise_multiplier(params, agg.reported, dp_->expected_sites)
+                           : params.noise_multiplier;
+  dp_->accountant.step(sigma, dp_->sampling_rate);
+  if (dp_->clipper) dp_->clipper->update(agg.below_clip, agg.reported, static_cast<double>(dp_->expected_sites), noise);
 }
 
 RoundRecord Coordinator::run_round(uint32_t round) {
@@ -370,9 +428,15 @@ RoundRecord Coordinator::run_round(uint32_t round) {
   start.set_round(round);
   protocols::pack_tensor(params_, start.mutable_params());
   start.set_deadline_seconds(std::chrono::duration<double>(opt_.round_timeout).count());
+  if (dp_) start.set_clip_norm(current_clip_norm());
+  rec.clip_norm = current_clip_norm();
   const common::Frame start_frame = to_frame(start);
+  // DP site sampling: each site takes part with probability q (seeded: reproducible).
+  std::mt19937_64 sampler(opt_.job.seed() ^ (0x5a3b1e0000000000ULL + round));
+  std::uniform_real_distribution<double> coin(0.0, 1.0);
   for (auto& s : sites_) {
     if (!s->info.active) continue;
+    if (dp_ && dp_->sampling_rate < 1.0 && coin(sampler) >= dp_->sampling_rate) continue;
     try {
       s->conn->send(start_frame);
       ++rec.sites_active;
@@ -386,6 +450,7 @@ RoundRecord Coordinator::run_round(uint32_t round) {
       opt_.job.secure_aggregation() ? secure_aggregate(round, deadline) : plain_aggregate(round, deadline);
   rec.sites_reported = agg ? agg->reported : 0;
   if (agg && rec.sites_reported >= opt_.min_sites && rec.sites_reported > 0) {
+    if (dp_) privatize(round, *agg);
     strategy_->apply(params_, agg->mean);
     rec.applied = true;
     rec.train_loss = agg->train_loss;
@@ -419,13 +484,25 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
     throw Error("only " + std::to_string(ready) + " sites completed the handshake; the job needs " +
                 std::to_string(opt_.min_sites));
   for (uint32_t r = 1; r <= opt_.job.rounds(); ++r) {
+    if (dp_ && opt_.privacy.target_epsilon > 0) {
+      const double next = dp_->accountant.epsilon_after(dp_->params.noise_multiplier, dp_->sampling_rate, 1,
+                                                        opt_.privacy.delta);
+      if (next > opt_.privacy.target_epsilon) {
+        res.stop_reason = "stopped before round " + std::to_string(r) + ": it would spend epsilon " +
+                          std::to_string(next) + " > target " + std::to_string(opt_.privacy.target_epsilon);
+        spdlog::warn("{}", res.stop_reason);
+        break;
+      }
+    }
     if (r > 1) accept_rejoiners();
     RoundRecord rec = run_round(r);
+    if (dp_) rec.epsilon = dp_->accountant.steps() ? dp_->accountant.epsilon(opt_.privacy.delta) : 0.0;
     if (on_round) on_round(rec);
     res.rounds.push_back(rec);
   }
   v1::Shutdown sd;
-  sd.set_reason("job finished after " + std::to_string(opt_.job.rounds()) + " rounds");
+  sd.set_reason(res.stop_reason.empty() ? "job finished after " + std::to_string(opt_.job.rounds()) + " rounds"
+                                        : res.stop_reason);
   sd.set_success(true);
   for (auto& s : sites_) {
     if (!s->info.active) continue;
@@ -437,6 +514,10 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
   }
   res.params = params_;
   for (auto& s : sites_) res.sites.push_back(s->info);
+  if (dp_) {
+    res.epsilon = dp_->accountant.steps() ? dp_->accountant.epsilon(opt_.privacy.delta) : 0.0;
+    res.accountant_state = dp_->accountant.to_string();
+  }
   return res;
 }
 

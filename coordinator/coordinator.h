@@ -43,6 +43,16 @@ class Evaluator {
   virtual RoundEval evaluate(const std::vector<float>& params) = 0;
 };
 
+// Coordinator-side settings of differential privacy (the job's PrivacySpec says the mode,
+// sigma and clip norm; see protocols/dp/).
+struct PrivacyOptions {
+  double delta = 1e-5;
+  double target_epsilon = 0;        // > 0: stop before a round would exceed it
+  bool adaptive_clip = false;       // central mode, plain aggregation only
+  double target_quantile = 0.5, clip_learning_rate = 0.2;
+  uint64_t noise_secret = 0;        // mixed into the central noise seed; 0 = reproducible
+};
+
 struct CoordinatorOptions {
   v1::JobSpec job;            // sent to every site (site_index filled per site)
   std::string backbone;       // the backbone file's bytes; digest/size must match job
@@ -55,6 +65,7 @@ struct CoordinatorOptions {
   // With a listener: how long to wait for every listed site before starting with at least
   // min_sites of them.
   std::chrono::milliseconds join_timeout{std::chrono::minutes(10)};
+  PrivacyOptions privacy;
 };
 
 struct RoundRecord {
@@ -65,6 +76,8 @@ struct RoundRecord {
   bool applied = false;            // false: quorum missed, round abandoned
   uint64_t bytes_up = 0, bytes_down = 0;  // this round, all sites, framing included
   double seconds = 0;
+  double epsilon = 0;              // DP: privacy spent so far at PrivacyOptions::delta (0: no DP)
+  double clip_norm = 0;            // DP: the clip norm used this round
 };
 
 struct SiteInfo {
@@ -91,6 +104,9 @@ class Coordinator {
     std::vector<RoundRecord> rounds;
     std::vector<SiteInfo> sites;
     uint64_t handshake_bytes_down = 0, handshake_bytes_up = 0;
+    std::string stop_reason;        // why the job ended before its last round ("" = it did not)
+    double epsilon = 0;             // DP: final privacy spent (0: no DP)
+    std::string accountant_state;   // DP: the RDP accountant, serialised (for checkpoints)
   };
   // Runs the whole job; `on_round` is called after every round. Throws fedtl::Error when
   // fewer than min_sites complete the handshake.
@@ -109,12 +125,15 @@ class Coordinator {
     std::vector<double> mean;  // Σ w_i Δ_i / Σ w_i
     size_t reported = 0;
     double train_loss = 0;     // weighted mean of the sites' local losses (NaN: not shared)
+    size_t below_clip = 0;     // DP adaptive clipping: reports at or below the clip norm
   };
   using TimePoint = std::chrono::steady_clock::time_point;
   // Plain: each site's Update in the clear. Secure: the secagg steps (coordinator/
   // secure_round.cc); the coordinator learns only the sum. nullopt: nothing to apply.
   std::optional<Aggregate> plain_aggregate(uint32_t round, TimePoint deadline);
   std::optional<Aggregate> secure_aggregate(uint32_t round, TimePoint deadline);
+  void privatize(uint32_t round, Aggregate& agg);
+  double current_clip_norm() const;
 
   CoordinatorOptions opt_;
   std::unique_ptr<protocols::Strategy> strategy_;
@@ -122,6 +141,9 @@ class Coordinator {
   std::vector<float> params_;
   std::vector<std::unique_ptr<Site>> sites_;
   common::Listener* listener_ = nullptr;
+  // Differential privacy state (unused when the job has no PrivacySpec).
+  struct Dp;
+  std::unique_ptr<Dp> dp_;
 };
 
 }  // namespace fedtl::coordinator

@@ -5,6 +5,7 @@
 #include "common/errors.h"
 #include "common/sha256.h"
 #include "protocols/messages.h"
+#include "protocols/dp/mechanism.h"
 #include "protocols/secure_round.h"
 
 namespace fedtl::worker {
@@ -49,7 +50,8 @@ WorkerResult Worker::run() {
   for (const auto& kv : opt_.backbone_cache) hello.add_backbone_sha256(kv.first);
   conn_.send(to_frame(hello));
 
-  const auto job = from_frame<v1::JobSpec>(conn_.recv(opt_.idle_timeout));
+  job_ = from_frame<v1::JobSpec>(conn_.recv(opt_.idle_timeout));
+  const auto& job = job_;
   spdlog::debug("[{}] job '{}': {} rounds, backbone {}", opt_.site_name, job.job_name(), job.rounds(),
                 job.backbone_sha256().substr(0, 12));
   if (opt_.check_job) {
@@ -102,11 +104,28 @@ common::Frame Worker::next_frame() {
   return conn_.recv(opt_.idle_timeout);
 }
 
-bool Worker::plain_round(const v1::RoundStart& start, const std::vector<float>& global) {
+LocalUpdate Worker::train_private(const v1::RoundStart& start, const std::vector<float>& global, bool* below_clip) {
   LocalUpdate up = runtime_.train_round(start.round(), global);
+  const auto& pv = job_.privacy();
+  if (pv.mode().empty()) return up;
+  namespace dp = protocols::dp;
+  dp::DpParams params{dp::parse_noise_mode(pv.mode()), pv.noise_multiplier(),
+                      start.clip_norm() > 0 ? start.clip_norm() : pv.clip_norm()};
+  const uint64_t seed = (job_.seed() * 0x9e3779b97f4a7c15ULL) ^ (uint64_t{start.round()} << 32) ^
+                        (uint64_t{job_.site_index()} * 0xbf58476d1ce4e5b9ULL) ^ opt_.noise_secret;
+  dp::GaussianNoise noise(seed);
+  const double norm = dp::privatize_site_update(up.delta, params, pv.expected_sites(), noise);
+  if (below_clip) *below_clip = dp::AdaptiveClipper::indicator(norm, params.clip_norm);
+  return up;
+}
+
+bool Worker::plain_round(const v1::RoundStart& start, const std::vector<float>& global) {
+  bool below_clip = false;
+  LocalUpdate up = train_private(start, global, &below_clip);
   v1::Update msg;
   msg.set_round(start.round());
   msg.set_num_samples(up.num_samples);
+  msg.set_at_or_below_clip(below_clip);
   protocols::pack_tensor(up.delta, msg.mutable_delta());
   if (opt_.share_training_metrics) {
     msg.set_train_loss(up.train_loss);

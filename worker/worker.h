@@ -33,6 +33,10 @@ struct WorkerOptions {
   std::function<std::string(const v1::JobSpec&)> check_job;
   // false: Update carries only the delta and sample count (no local loss/accuracy).
   bool share_training_metrics = true;
+  // Differential privacy noise of this site (distributed/local modes) is seeded from the job
+  // seed, round and site mixed with this secret. 0 (simulations) makes runs reproducible —
+  // and the noise predictable to whoever knows the job seed; real sites draw a random one.
+  uint64_t noise_secret = 0;
 };
 
 struct WorkerResult {
@@ -58,6 +62,8 @@ class Worker {
   // around local training (worker/secure_update.cc). Returns false if the round was
   // abandoned (SecAggAbort, or the coordinator moved on).
   bool plain_round(const v1::RoundStart& start, const std::vector<float>& global);
+  // Local training, then the job's DP treatment of the delta (clip, this site's noise).
+  LocalUpdate train_private(const v1::RoundStart& start, const std::vector<float>& global, bool* below_clip);
   bool secure_round(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& global);
   // Waits for a message of type M for `round`. Returns nullopt when the coordinator
   // abandoned the round or moved on (the frame that says so is kept for next_frame()).
@@ -65,6 +71,7 @@ class Worker {
   std::optional<M> await_round(uint32_t round);
 
   std::optional<common::Frame> pending_;
+  v1::JobSpec job_;
   common::Connection& conn_;
   SiteRuntime& runtime_;
   WorkerOptions opt_;
