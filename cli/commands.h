@@ -4,6 +4,7 @@
 #include <string>
 
 #include "common/config.h"
+#include "common/stop_signal.h"
 
 namespace fedtl::cli {
 
@@ -12,6 +13,7 @@ struct SimulateOverrides {
   std::optional<uint64_t> seed;
   std::optional<std::string> out;
   bool baselines = false;
+  bool resume = false;  // continue from <out>/checkpoint.bin
 };
 
 struct SimulateResult {
@@ -25,7 +27,8 @@ common::JobConfig apply_overrides(common::JobConfig cfg, const SimulateOverrides
 
 // `fedtl simulate`: N sites as threads over the in-process transport. Writes metrics.jsonl,
 // summary.json, model.pt and accuracy.svg to cfg.out. Throws fedtl::Error.
-SimulateResult run_simulate(const common::JobConfig& cfg);
+// `stop` (optional): SIGINT/SIGTERM end the job cleanly after the current round.
+SimulateResult run_simulate(const common::JobConfig& cfg, const common::StopSignal* stop = nullptr);
 
 // `fedtl pretrain`: trains the built-in CNN on the source classes and writes the backbone
 // (TorchScript) to `out_path` (default cfg.backbone.path).
@@ -33,12 +36,14 @@ void run_pretrain(const common::JobConfig& cfg, const std::string& out_path);
 
 // `fedtl coordinator`: serves the job over mutual TLS to the sites listed in [federation];
 // writes the same outputs as simulate. `overrides` as for simulate (sites is ignored).
-SimulateResult run_coordinator(const common::JobConfig& cfg);
+SimulateResult run_coordinator(const common::JobConfig& cfg, const common::StopSignal* stop = nullptr);
 
 // `fedtl worker`: one site. Connects (and reconnects with backoff) to the coordinator,
 // verifies it, checks the job against the site policy, trains. Returns the process exit
 // status (0 when the job finished).
-int run_worker(const common::SiteConfig& site);
+// A coordinator that stops early for a restart (Shutdown.resume_expected) is waited for.
+// `stop` (optional): SIGINT/SIGTERM close the connection and end the worker with status 0.
+int run_worker(const common::SiteConfig& site, common::StopSignal* stop = nullptr);
 
 // `fedtl ca init|issue`: the federation's certificate authority and its kits.
 void run_ca_init(const std::string& dir, const std::string& federation);

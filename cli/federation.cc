@@ -82,7 +82,7 @@ std::map<std::string, std::string> load_backbone_cache(const std::string& dir) {
 
 }  // namespace
 
-SimulateResult run_coordinator(const common::JobConfig& job_cfg) {
+SimulateResult run_coordinator(const common::JobConfig& job_cfg, const common::StopSignal* stop) {
   common::JobConfig cfg = job_cfg;
   // Across institutions, updates are masked unless the job explicitly says otherwise.
   if (!cfg.secagg.enabled) cfg.secagg.enabled = true;
@@ -108,6 +108,7 @@ SimulateResult run_coordinator(const common::JobConfig& job_cfg) {
   if (RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret) != 1)
     throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
   job.set_noise_secret(secret);
+  if (stop) job.set_stop([stop] { return stop->requested(); });
   auto coord = job.make_coordinator(fed.sites);
   coord->set_listener(listener.get());
   JobOutcome o = job.run(*coord, "tls");
@@ -120,7 +121,7 @@ SimulateResult run_coordinator(const common::JobConfig& job_cfg) {
   return {o.final_eval.accuracy, o.model_sha256, cfg.out};
 }
 
-int run_worker(const common::SiteConfig& site) {
+int run_worker(const common::SiteConfig& site, common::StopSignal* stop) {
   common::model::set_torch_threads(1);
   const auto [host, port] = split_address(site.coordinator, "site.coordinator");
   common::TlsConfig tls;
@@ -150,14 +151,21 @@ int run_worker(const common::SiteConfig& site) {
   milliseconds backoff(500);
   for (int attempt = 1;; ++attempt) {
     wopt.backbone_cache = load_backbone_cache(backbone_dir);
-    std::unique_ptr<common::Connection> conn;
+    std::shared_ptr<common::Connection> conn;
+    if (stop && stop->requested()) {
+      spdlog::info("[{}] stopped by a signal", site.name);
+      return 0;
+    }
     try {
       conn = common::tls_connect(host, port, tls, ms(site.connect_timeout_s));
+      if (stop) stop->on_stop([conn] { conn->close(); });  // wakes the blocking receive
       spdlog::info("[{}] connected to coordinator '{}' at {}", site.name, conn->peer_name(), site.coordinator);
       backoff = milliseconds(500);
       const auto r = worker::Worker(*conn, trainer, wopt).run();
+      if (stop) stop->on_stop(nullptr);
       spdlog::info("[{}] {} ({} rounds trained here)", site.name, r.shutdown_reason, r.rounds_trained);
-      return r.success ? 0 : 1;
+      if (!r.resume_expected) return r.success ? 0 : 1;
+      spdlog::info("[{}] the coordinator will resume: reconnecting", site.name);
     } catch (const PolicyError&) {
       return 2;  // the worker logged the refusal and told the coordinator why
     } catch (const ConfigError&) {
@@ -170,6 +178,11 @@ int run_worker(const common::SiteConfig& site) {
       }
       spdlog::warn("[{}] protocol error: {}; reconnecting", site.name, what);
     } catch (const fedtl::Error& e) {
+      if (stop) stop->on_stop(nullptr);
+      if (stop && stop->requested()) {
+        spdlog::info("[{}] stopped by a signal", site.name);
+        return 0;
+      }
       spdlog::warn("[{}] {} (attempt {}); retrying in {:.1f} s", site.name, e.what(), attempt, backoff.count() / 1e3);
     }
     if (Clock::now() + backoff > give_up) {

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "common/errors.h"
 #include "common/files.h"
 #include "common/sha256.h"
 
@@ -60,14 +61,49 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
   copt.join_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.join_timeout_s * 1000));
   copt.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.handshake_timeout_s * 1000));
   noise_multiplier_ = copt.job.privacy().noise_multiplier();
+  // The job's identity for resuming: everything but the round count (a run may be extended).
+  v1::JobSpec id = copt.job;
+  id.set_rounds(0);
+  fingerprint_ = common::sha256_hex(id.SerializeAsString());
+  const std::string ckpt_path = cfg_.out + "/checkpoint.bin";
+  std::vector<float> initial = model_->params();
+  if (cfg_.resume) {
+    namespace fs = std::filesystem;
+    if (!fs::exists(ckpt_path) && !fs::exists(ckpt_path + ".prev")) {
+      spdlog::warn("--resume: no checkpoint in {}/; starting from round 1", cfg_.out);
+    } else {
+      resume_ = common::read_latest_checkpoint(ckpt_path);
+      if (resume_->job_fingerprint != fingerprint_)
+        throw ConfigError("the checkpoint in " + cfg_.out + "/ belongs to another job (its settings differ); "
+                          "use another --out or the original job file");
+      initial = resume_->params;
+      copt.resume = resume_;
+    }
+  }
+  copt.checkpoint = [this, ckpt_path](const common::Checkpoint& c) {
+    common::Checkpoint full = c;
+    full.job_fingerprint = fingerprint_;
+    full.metrics_lines = metrics_lines_;
+    common::write_checkpoint(ckpt_path, full);
+  };
+  copt.stop_requested = stop_;
   return std::make_unique<coordinator::Coordinator>(copt, protocols::make_strategy(cfg_.server), *evaluator_,
-                                                    model_->params());
+                                                    initial);
 }
 
 JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::string& transport) {
   std::filesystem::create_directories(cfg_.out);
   common::JsonlWriter metrics(cfg_.out + "/metrics.jsonl");
   JobOutcome o;
+  metrics_lines_.clear();
+  if (resume_) {  // the rounds already done, as the checkpoint recorded them
+    for (const auto& l : resume_->metrics_lines) {
+      const auto j = json::parse(l);
+      metrics.write(j);
+      metrics_lines_.push_back(l);
+      o.curve.emplace_back(j["round"].get<double>(), j["accuracy"].get<double>());
+    }
+  }
   const auto t_sites = Clock::now();
   o.result = coord.run([&](const coordinator::RoundRecord& r) {
     if (r.round == 1)
@@ -87,6 +123,7 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
       spdlog::info("round {:>3}: privacy spent epsilon {:.3f} at delta {:g}", r.round, r.epsilon, cfg_.privacy.delta);
     }
     metrics.write(line);
+    metrics_lines_.push_back(line.dump());
     o.curve.emplace_back(r.round, r.accuracy);
   });
   model_->set_params(o.result.params);
@@ -139,7 +176,8 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
     s["epsilon"] = nullptr;  // no formal guarantee
     s["delta"] = nullptr;
   }
-  s["rounds_completed"] = o.result.rounds.size();
+  s["rounds_completed"] = o.curve.size();
+  s["interrupted"] = o.result.interrupted;
   if (!o.result.stop_reason.empty()) s["stop_reason"] = o.result.stop_reason;
   for (const auto& [k, v] : extra.items()) s[k] = v;
   s["seconds"] = std::chrono::duration<double>(Clock::now() - start_).count();

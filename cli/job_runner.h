@@ -2,12 +2,15 @@
 // coordinator, mpi): data and backbone set-up, the global model and its evaluation, the
 // Coordinator, and the outputs (metrics.jsonl, summary.json, model.pt, accuracy.svg).
 #pragma once
+#include <functional>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "cli/job_setup.h"
+#include "common/checkpoint.h"
 #include "common/config.h"
 #include "common/model/transfer_model.h"
 #include "common/report.h"
@@ -41,10 +44,13 @@ class CoordinatorJob {
   // Mixed into the coordinator's DP noise seed: 0 keeps simulations reproducible; the TLS
   // coordinator draws a random one so that sites cannot predict (and remove) the noise.
   void set_noise_secret(uint64_t secret) { noise_secret_ = secret; }
+  // Polled between rounds; true stops the job cleanly (checkpoint kept, outputs written).
+  void set_stop(std::function<bool()> stop) { stop_ = std::move(stop); }
   // A coordinator for this job; site_names: the federation in index order (may be empty).
   std::unique_ptr<coordinator::Coordinator> make_coordinator(const std::vector<std::string>& site_names);
-  // Runs the rounds, logging progress and appending metrics.jsonl; then evaluates, exports
-  // model.pt and computes the digest.
+  // Runs the rounds, logging progress and appending metrics.jsonl and writing
+  // <out>/checkpoint.bin after every round; then evaluates, exports model.pt and computes the
+  // digest. With cfg.resume, continues from the checkpoint (same job required).
   JobOutcome run(coordinator::Coordinator& coord, const std::string& transport);
   // Writes summary.json (the standard keys + `extra`) and accuracy.svg with `baselines`.
   void write_summary(const JobOutcome& o, const std::string& transport, const nlohmann::json& extra,
@@ -59,6 +65,10 @@ class CoordinatorJob {
   std::unique_ptr<common::model::FeatureSet> test_features_;
   std::unique_ptr<Evaluator> evaluator_;
   std::chrono::steady_clock::time_point start_;
+  std::function<bool()> stop_;
+  std::optional<common::Checkpoint> resume_;  // loaded by make_coordinator when cfg.resume
+  std::string fingerprint_;
+  std::vector<std::string> metrics_lines_;  // metrics.jsonl so far, for the checkpoint
   double noise_multiplier_ = 0;   // as sent in the job (calibrated from target_epsilon when asked)
   uint64_t noise_secret_ = 0;     // see set_noise_secret
 };

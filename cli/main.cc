@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   sim->add_option("--seed", ov.seed, "seed (overrides job.seed)");
   sim->add_option("--out", ov.out, "output directory (overrides job.out)");
   sim->add_flag("--baselines", ov.baselines, "also run local-only, centralised and from-scratch baselines");
+  sim->add_flag("--resume", ov.resume, "continue from the last good checkpoint in --out");
 
   // fedtl pretrain
   auto* pre = app.add_subcommand("pretrain", "pre-train the built-in CNN on the job's source classes; save TorchScript");
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
   co->add_option("--rounds", co_ov.rounds, "federated rounds (overrides job.rounds)");
   co->add_option("--seed", co_ov.seed, "seed (overrides job.seed)");
   co->add_option("--out", co_ov.out, "output directory (overrides job.out)");
+  co->add_flag("--resume", co_ov.resume, "continue from the last good checkpoint in --out; sites reconnect by themselves");
 
   // fedtl worker
   auto* wk = app.add_subcommand("worker", "run one site: connect to the coordinator, train on local data");
@@ -74,20 +76,22 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   spdlog::set_level(spdlog::level::from_str(log_level));
+  // Before any worker thread exists: SIGINT/SIGTERM are then handled on one thread only.
+  fedtl::common::StopSignal stop;
 
   try {
     if (*sim) {
       auto cfg = fedtl::cli::apply_overrides(fedtl::common::load_job_config(sim_config), ov);
-      auto r = fedtl::cli::run_simulate(cfg);
+      auto r = fedtl::cli::run_simulate(cfg, &stop);
       std::cout << "federated_accuracy " << r.federated_accuracy << "\nmodel_sha256 " << r.model_sha256 << "\nout "
                 << r.out_dir << "\n";
     } else if (*co) {
       auto cfg = fedtl::cli::apply_overrides(fedtl::common::load_job_config(co_config), co_ov);
-      auto r = fedtl::cli::run_coordinator(cfg);
+      auto r = fedtl::cli::run_coordinator(cfg, &stop);
       std::cout << "federated_accuracy " << r.federated_accuracy << "\nmodel_sha256 " << r.model_sha256 << "\nout "
                 << r.out_dir << "\n";
     } else if (*wk) {
-      return fedtl::cli::run_worker(fedtl::common::load_site_config(wk_config));
+      return fedtl::cli::run_worker(fedtl::common::load_site_config(wk_config), &stop);
     } else if (*ca_init) {
       fedtl::cli::run_ca_init(ca_dir, ca_fed);
     } else if (*ca_issue) {

@@ -20,6 +20,9 @@ int run_mpi(common::mpi::MpiContext&, const common::JobConfig&, const MpiRunOpti
 
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -32,6 +35,7 @@ int run_mpi(common::mpi::MpiContext&, const common::JobConfig&, const MpiRunOpti
 #include "common/mpi/mpi_context.h"
 #include "common/mpi/mpi_transport.h"
 #include "common/mpi/site_sync.h"
+#include "common/stop_signal.h"
 #include "worker/worker.h"
 
 namespace fedtl::cli {
@@ -342,6 +346,17 @@ int run_mpi(MpiContext& ctx, const common::JobConfig& cfg, const MpiRunOptions& 
                                       : fmt::format("[%H:%M:%S.%e] [rank {} site-{}/{}] %^%l%$ %v", ctx.rank(), site,
                                                     plan.layout.rank_in_site(ctx.rank())));
   ctx.install_termination_message();
+  if (opt.stop) {
+    const int rank = ctx.rank();
+    opt.stop->on_stop([rank] {
+      std::fprintf(stderr,
+                   "fedtl: error: rank %d: stopped by mpirun (SIGTERM/SIGINT): another rank failed or the job was "
+                   "cancelled; see the first error above\n",
+                   rank);
+      std::fflush(stderr);
+      ::_exit(143);
+    });
+  }
   common::model::set_torch_threads(static_cast<int>(cfg.threads));
 
   std::string where = ctx.rank() == 0 ? "coordinator" : site_name(site);

@@ -18,9 +18,12 @@
 
 #include "common/config.h"
 
-namespace fedtl::common::mpi {
+namespace fedtl::common {
+class StopSignal;
+namespace mpi {
 class MpiContext;
 }
+}  // namespace fedtl::common
 
 namespace fedtl::cli {
 
@@ -32,6 +35,11 @@ struct MpiRunOptions {
   // timeout_s; the end of the job up to timeout_s). <= 0: the environment variable
   // FEDTL_MPI_TIMEOUT_S, else 300.
   double timeout_s = 0;
+  // main()'s SIGINT/SIGTERM handler, when it has one. Under mpirun, SIGTERM means that
+  // mpirun is stopping the job (another rank died, or the job was cancelled): no clean
+  // stop is possible across ranks, so the rank says so on stderr and exits with status 143
+  // at once. Without it, run_mpi installs a SIGTERM handler that does the same.
+  common::StopSignal* stop = nullptr;
   // Tests only: called on every site rank before each local training round (world rank,
   // round) — to make a rank fail or hang on purpose.
   std::function<void(int, uint32_t)> before_train;

@@ -91,6 +91,7 @@ common::JobConfig apply_overrides(common::JobConfig cfg, const SimulateOverrides
   if (o.seed) cfg.seed = *o.seed;
   if (o.out) cfg.out = *o.out;
   if (o.baselines) cfg.baselines.enabled = true;
+  if (o.resume) cfg.resume = true;
   cfg.min_sites = std::min<int64_t>(cfg.min_sites, cfg.partition.sites);
   common::validate(cfg);
   return cfg;
@@ -110,8 +111,9 @@ std::vector<std::vector<int64_t>> site_partition(const common::JobConfig& cfg, c
   return common::partition(data.target_train.labels, static_cast<int64_t>(cfg.data.target_classes.size()), pspec);
 }
 
-SimulateResult run_simulate(const common::JobConfig& cfg) {
+SimulateResult run_simulate(const common::JobConfig& cfg, const common::StopSignal* stop) {
   CoordinatorJob job(cfg);
+  if (stop) job.set_stop([stop] { return stop->requested(); });
   const auto& data = job.data();
   const int n = static_cast<int>(cfg.partition.sites);
   const auto parts = site_partition(cfg, data);

@@ -110,6 +110,8 @@ struct JobConfig {
   FederationConfig federation;
   SecureAggregationConfig secagg;
   PrivacyConfig privacy;
+  // Not from the file: set by --resume (continue from <out>/checkpoint.bin).
+  bool resume = false;
 };
 
 // What a hospital accepts to run on its data (site.toml [policy]).

@@ -66,6 +66,17 @@ Coordinator::Coordinator(CoordinatorOptions options, std::unique_ptr<protocols::
       dp_->clipper = std::make_unique<protocols::dp::AdaptiveClipper>(spec, pv.clip_norm());
     }
   }
+  if (opt_.resume) {
+    if (opt_.resume->params.size() != params_.size())
+      throw DataError("checkpoint has " + std::to_string(opt_.resume->params.size()) + " parameters; the model has " +
+                      std::to_string(params_.size()));
+    strategy_->set_state(opt_.resume->strategy_state);
+    if (dp_) {
+      if (!opt_.resume->accountant_state.empty())
+        dp_->accountant = protocols::dp::Accountant::from_string(opt_.resume->accountant_state);
+      if (dp_->clipper && opt_.resume->clip_norm > 0) dp_->clipper->set_clip_norm(opt_.resume->clip_norm);
+    }
+  }
   for (size_t i = 0; i < opt_.site_names.size(); ++i) {
     auto s = std::make_unique<Site>();
     s->info.index = static_cast<uint32_t>(i);
@@ -483,7 +494,15 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
   if (ready < opt_.min_sites)
     throw Error("only " + std::to_string(ready) + " sites completed the handshake; the job needs " +
                 std::to_string(opt_.min_sites));
-  for (uint32_t r = 1; r <= opt_.job.rounds(); ++r) {
+  const uint32_t first = opt_.resume ? opt_.resume->round + 1 : 1;
+  if (opt_.resume) spdlog::info("resuming after round {} from the checkpoint", opt_.resume->round);
+  for (uint32_t r = first; r <= opt_.job.rounds(); ++r) {
+    if (opt_.stop_requested && opt_.stop_requested()) {
+      res.interrupted = true;
+      res.stop_reason = "stopped by a signal before round " + std::to_string(r) + "; resume with --resume";
+      spdlog::warn("{}", res.stop_reason);
+      break;
+    }
     if (dp_ && opt_.privacy.target_epsilon > 0) {
       const double next = dp_->accountant.epsilon_after(dp_->params.noise_multiplier, dp_->sampling_rate, 1,
                                                         opt_.privacy.delta);
@@ -494,16 +513,28 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
         break;
       }
     }
-    if (r > 1) accept_rejoiners();
+    if (r > first) accept_rejoiners();
     RoundRecord rec = run_round(r);
     if (dp_) rec.epsilon = dp_->accountant.steps() ? dp_->accountant.epsilon(opt_.privacy.delta) : 0.0;
     if (on_round) on_round(rec);
     res.rounds.push_back(rec);
+    if (opt_.checkpoint) {
+      common::Checkpoint c;
+      c.round = r;
+      c.params = params_;
+      c.strategy_state = strategy_->state();
+      if (dp_) {
+        c.accountant_state = dp_->accountant.to_string();
+        c.clip_norm = current_clip_norm();
+      }
+      opt_.checkpoint(c);
+    }
   }
   v1::Shutdown sd;
   sd.set_reason(res.stop_reason.empty() ? "job finished after " + std::to_string(opt_.job.rounds()) + " rounds"
                                         : res.stop_reason);
-  sd.set_success(true);
+  sd.set_success(!res.interrupted);
+  sd.set_resume_expected(res.interrupted);
   for (auto& s : sites_) {
     if (!s->info.active) continue;
     try {

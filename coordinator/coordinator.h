@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "common/checkpoint.h"
 #include "common/transport.h"
 #include "protocols/fedtl.pb.h"
 #include "protocols/strategy.h"
@@ -66,6 +67,14 @@ struct CoordinatorOptions {
   // min_sites of them.
   std::chrono::milliseconds join_timeout{std::chrono::minutes(10)};
   PrivacyOptions privacy;
+  // Called after every completed round with the state to checkpoint (job_fingerprint and
+  // metrics_lines left for the caller). An exception stops the job.
+  std::function<void(const common::Checkpoint&)> checkpoint;
+  // Continue a job from this checkpoint (its round is complete). The initial parameters given
+  // to the constructor must be the checkpoint's.
+  std::optional<common::Checkpoint> resume;
+  // Polled between rounds: true ends the job cleanly after the current round (SIGTERM).
+  std::function<bool()> stop_requested;
 };
 
 struct RoundRecord {
@@ -105,6 +114,7 @@ class Coordinator {
     std::vector<SiteInfo> sites;
     uint64_t handshake_bytes_down = 0, handshake_bytes_up = 0;
     std::string stop_reason;        // why the job ended before its last round ("" = it did not)
+    bool interrupted = false;       // stopped by a signal; resumable from the last checkpoint
     double epsilon = 0;             // DP: final privacy spent (0: no DP)
     std::string accountant_state;   // DP: the RDP accountant, serialised (for checkpoints)
   };

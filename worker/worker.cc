@@ -81,6 +81,7 @@ WorkerResult Worker::run() {
       auto sd = from_frame<v1::Shutdown>(f);
       result.shutdown_reason = sd.reason();
       result.success = sd.success();
+      result.resume_expected = sd.resume_expected();
       return result;
     }
     if (f.type == MessageType::kHeartbeat || f.type == MessageType::kSecAggAbort) continue;

@@ -43,6 +43,7 @@ struct WorkerResult {
   uint32_t rounds_trained = 0;
   std::string shutdown_reason;
   bool success = false;
+  bool resume_expected = false;  // the coordinator stopped early and will resume
 };
 
 class Worker {
