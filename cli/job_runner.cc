@@ -52,6 +52,7 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
   copt.min_sites = static_cast<size_t>(cfg_.min_sites);
   copt.round_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.round_timeout_s * 1000));
   copt.site_names = names;
+  copt.liveness_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.liveness_timeout_s * 1000));
   copt.privacy.delta = cfg_.privacy.delta;
   copt.privacy.target_epsilon = cfg_.privacy.target_epsilon;
   copt.privacy.adaptive_clip = cfg_.privacy.adaptive_clip;

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/mpi_command.h"
 #include "cli/privacy.h"
 #include "common/errors.h"
 
@@ -54,6 +55,20 @@ int main(int argc, char** argv) {
   std::string wk_config;
   wk->add_option("--config,-c", wk_config, "site file (TOML): kit, coordinator address, data, policy")->required();
 
+  // fedtl mpi
+  auto* mp = app.add_subcommand("mpi", "run a job under mpirun: rank 0 coordinates, the other ranks are the sites");
+  std::string mp_config;
+  fedtl::cli::SimulateOverrides mp_ov;
+  fedtl::cli::MpiRunOptions mp_opt;
+  mp->add_option("--config,-c", mp_config, "job file (TOML)")->required();
+  mp->add_option("--rounds", mp_ov.rounds, "federated rounds (overrides job.rounds)");
+  mp->add_option("--seed", mp_ov.seed, "seed (overrides job.seed)");
+  mp->add_option("--out", mp_ov.out, "output directory (overrides job.out)");
+  mp->add_option("--ranks-per-site", mp_opt.ranks_per_site,
+                 "MPI ranks per site (default: $FEDTL_RANKS_PER_SITE or 1); run mpirun -np 1 + sites x this");
+  mp->add_option("--mpi-timeout", mp_opt.timeout_s,
+                 "seconds a rank waits for its peers beyond the job's deadlines (default: $FEDTL_MPI_TIMEOUT_S or 300)");
+
   // fedtl ca init | issue
   auto* ca = app.add_subcommand("ca", "federation certificate authority and startup kits");
   ca->require_subcommand(1);
@@ -76,8 +91,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   spdlog::set_level(spdlog::level::from_str(log_level));
-  // Before any worker thread exists: SIGINT/SIGTERM are then handled on one thread only.
-  fedtl::common::StopSignal stop;
+  fedtl::common::StopSignal stop;  // SIGINT/SIGTERM: stop cleanly (see common/stop_signal.h)
 
   try {
     if (*sim) {
@@ -90,6 +104,10 @@ int main(int argc, char** argv) {
       auto r = fedtl::cli::run_coordinator(cfg, &stop);
       std::cout << "federated_accuracy " << r.federated_accuracy << "\nmodel_sha256 " << r.model_sha256 << "\nout "
                 << r.out_dir << "\n";
+    } else if (*mp) {
+      auto cfg = fedtl::cli::apply_overrides(fedtl::common::load_job_config(mp_config), mp_ov);
+      mp_opt.stop = &stop;  // under mpirun, SIGTERM prints why and exits 143 at once
+      return fedtl::cli::run_mpi(cfg, mp_opt);
     } else if (*wk) {
       return fedtl::cli::run_worker(fedtl::common::load_site_config(wk_config), &stop);
     } else if (*ca_init) {

@@ -101,6 +101,7 @@ JobConfig from_table(const toml::table& root) {
   job.get("out", c.out);
   job.get("threads", c.threads);
   job.get("round_timeout_s", c.round_timeout_s);
+  job.get("liveness_timeout_s", c.liveness_timeout_s);
   job.get("min_sites", c.min_sites);
   job.reject_unknown();
 
@@ -252,6 +253,7 @@ void validate(const JobConfig& c) {
   require(c.partition.sites >= 1, "job.sites must be >= 1 (got " + std::to_string(c.partition.sites) + ")");
   require(c.threads >= 1, "job.threads must be >= 1");
   require(c.round_timeout_s > 0, "job.round_timeout_s must be > 0");
+  require(c.liveness_timeout_s > 0, "job.liveness_timeout_s must be > 0");
   require(c.min_sites >= 1 && c.min_sites <= c.partition.sites,
           "job.min_sites must be between 1 and job.sites (got " + std::to_string(c.min_sites) + ")");
   require(!c.out.empty(), "job.out must not be empty");

@@ -98,6 +98,7 @@ struct JobConfig {
   std::string out = "runs/job";
   int64_t threads = 1;             // LibTorch intra-op threads per process (1 = reproducible)
   double round_timeout_s = 600;    // per-round deadline for site updates
+  double liveness_timeout_s = 60;  // silence (no update, no heartbeat) that marks a site dead
   int64_t min_sites = 1;           // quorum: fewer reports abandon the round
   DataConfig data;
   PartitionSpec partition;         // partition.sites is the number of sites

@@ -1,6 +1,6 @@
-// Clean shutdown on SIGINT/SIGTERM. One StopSignal is created by main() before any other
-// thread starts (it blocks the two signals in the process's threads and waits for them on its
-// own thread, so no work runs inside a signal handler) and is passed to whatever must react:
+// Clean shutdown on SIGINT/SIGTERM. main() creates one StopSignal and passes it to whatever
+// must react. Its handler only writes to a pipe; a waiter thread turns that into the flag and
+// the callback, so no real work runs inside a signal handler. Whatever must react:
 // the coordinator polls requested() between rounds; a worker registers on_stop() to close its
 // connection, which wakes its blocking receive.
 #pragma once
@@ -24,7 +24,8 @@ class StopSignal {
 
  private:
   void wait_loop();
-  std::atomic<bool> requested_{false}, exiting_{false};
+  std::atomic<bool> requested_{false};
+  int read_fd_ = -1, write_fd_ = -1;
   std::mutex mu_;
   std::function<void()> callback_;
   std::thread waiter_;

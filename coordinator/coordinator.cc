@@ -26,6 +26,23 @@ namespace {
 milliseconds until(Clock::time_point deadline) {
   return std::max(std::chrono::duration_cast<milliseconds>(deadline - Clock::now()), milliseconds(1));
 }
+
+// Receives the next frame from a site during a round: heartbeats are consumed here; silence
+// longer than `liveness` before the deadline means the site is gone.
+common::Frame recv_live(common::Connection& conn, Clock::time_point deadline, milliseconds liveness) {
+  for (;;) {
+    const auto left = until(deadline);
+    try {
+      common::Frame f = conn.recv(std::min(left, liveness));
+      if (f.type == MessageType::kHeartbeat) continue;
+      return f;
+    } catch (const TimeoutError&) {
+      if (left <= liveness) throw;  // the round deadline passed
+      throw TransportError("no message or heartbeat for " + std::to_string(liveness.count() / 1000) +
+                           " s: the site is gone");
+    }
+  }
+}
 }  // namespace
 
 struct Coordinator::Site {
@@ -279,8 +296,7 @@ std::optional<Coordinator::Aggregate> Coordinator::plain_aggregate(uint32_t roun
     if (!s->info.active) continue;
     try {
       for (;;) {
-        common::Frame f = s->conn->recv(until(deadline));
-        if (f.type == MessageType::kHeartbeat) continue;
+        common::Frame f = recv_live(*s->conn, deadline, opt_.liveness_timeout);
         auto up = from_frame<v1::Update>(f);
         if (up.round() < round) continue;  // late update from a round that already closed
         if (up.round() != round)
@@ -326,8 +342,7 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
     for (Site* s : part) {
       try {
         for (;;) {
-          common::Frame f = s->conn->recv(until(deadline));
-          if (f.type == MessageType::kHeartbeat) continue;
+          common::Frame f = recv_live(*s->conn, deadline, opt_.liveness_timeout);
           if (f.type != protocols::type_of<M>()) {
             const auto r = protocols::round_of(f);
             if (r && *r < round) continue;  // a late message from an abandoned round

@@ -60,6 +60,10 @@ struct CoordinatorOptions {
   size_t chunk_bytes = 1u << 20;
   std::chrono::milliseconds handshake_timeout{std::chrono::minutes(10)};
   std::chrono::milliseconds round_timeout{std::chrono::minutes(10)};
+  // A site that sends nothing at all (no update, no heartbeat) for this long during a round
+  // is taken for dead and dropped; one that keeps sending heartbeats is waited for until the
+  // round deadline and then left out of that round only.
+  std::chrono::milliseconds liveness_timeout{std::chrono::seconds(60)};
   size_t min_sites = 1;
   // The federation's sites in index order. Empty: add_site() appends whoever connects.
   std::vector<std::string> site_names;

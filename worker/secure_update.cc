@@ -51,14 +51,14 @@ bool Worker::secure_round(const v1::JobSpec& job, const v1::RoundStart& start, c
   const uint32_t round = start.round();
   const uint32_t site = job.site_index();
   sa::ClientSession client(protocols::secagg_round_config(job, round, global.size() + 1), site);
-  conn_.send(to_frame(client.advertise_keys()));
+  send(to_frame(client.advertise_keys()));
   auto keys = await_round<v1::SecAggKeyList>(round);
   if (!keys) return false;
-  conn_.send(to_frame(client.share_keys(*keys)));
+  send(to_frame(client.share_keys(*keys)));
   auto shares = await_round<v1::SecAggShareList>(round);
   if (!shares) return false;
 
-  LocalUpdate up = train_private(start, global, nullptr);
+  LocalUpdate up = train_with_heartbeats(start, global, nullptr);
   // Under differential privacy every site counts the same (weight 1): the sensitivity bound
   // is per site, not per sample.
   const double weight =
@@ -68,10 +68,10 @@ bool Worker::secure_round(const v1::JobSpec& job, const v1::RoundStart& start, c
                       std::to_string(job.secagg().weight_bound()));
   const auto x = sa::encode_weighted(up.delta, weight, job.secagg().clip(), protocols::secagg_quant_spec(job),
                                      sa::derive_rounding_seed(job.seed(), round, site));
-  conn_.send(to_frame(client.mask_input(*shares, x)));
+  send(to_frame(client.mask_input(*shares, x)));
   auto request = await_round<v1::SecAggUnmaskRequest>(round);
   if (!request) return false;
-  conn_.send(to_frame(client.unmask(*request)));
+  send(to_frame(client.unmask(*request)));
   return true;
 }
 

@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <condition_variable>
+#include <thread>
+
 #include "common/errors.h"
 #include "common/sha256.h"
 #include "protocols/messages.h"
@@ -34,7 +37,7 @@ std::string Worker::receive_backbone(const v1::JobSpec& job) {
   }
   const std::string got = common::sha256_hex(bytes);
   if (got != job.backbone_sha256() || bytes.size() != job.backbone_bytes()) {
-    conn_.send(protocols::error_frame(protocols::ErrorCode::kBackboneDigest,
+    send(protocols::error_frame(protocols::ErrorCode::kBackboneDigest,
                                       "backbone digest mismatch: got " + got + ", job says " + job.backbone_sha256()));
     throw ProtocolError("backbone digest mismatch: received " + got + ", job announced " + job.backbone_sha256());
   }
@@ -48,7 +51,7 @@ WorkerResult Worker::run() {
   hello.set_site_name(opt_.site_name);
   hello.set_fedtl_version("0.1.0");
   for (const auto& kv : opt_.backbone_cache) hello.add_backbone_sha256(kv.first);
-  conn_.send(to_frame(hello));
+  send(to_frame(hello));
 
   job_ = from_frame<v1::JobSpec>(conn_.recv(opt_.idle_timeout));
   const auto& job = job_;
@@ -58,7 +61,7 @@ WorkerResult Worker::run() {
     const std::string why = opt_.check_job(job);
     if (!why.empty()) {
       spdlog::error("[{}] job '{}' refused by site policy: {}", opt_.site_name, job.job_name(), why);
-      conn_.send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + why));
+      send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + why));
       throw PolicyError("job '" + job.job_name() + "' refused by site policy: " + why);
     }
   }
@@ -68,11 +71,11 @@ WorkerResult Worker::run() {
   try {
     ready.set_num_samples(runtime_.prepare(job, backbone));
   } catch (const fedtl::Error& e) {
-    conn_.send(protocols::error_frame(protocols::ErrorCode::kBadConfig, e.what()));
+    send(protocols::error_frame(protocols::ErrorCode::kBadConfig, e.what()));
     throw;
   }
   ready.set_backbone_sha256(job.backbone_sha256());
-  conn_.send(to_frame(ready));
+  send(to_frame(ready));
 
   WorkerResult result;
   for (;;) {
@@ -93,6 +96,46 @@ WorkerResult Worker::run() {
     const auto global = protocols::unpack_tensor(start.params());
     const bool done = job.secure_aggregation() ? secure_round(job, start, global) : plain_round(start, global);
     if (done) ++result.rounds_trained;
+  }
+}
+
+void Worker::send(const common::Frame& f) {
+  std::lock_guard<std::mutex> lock(send_mu_);
+  conn_.send(f);
+}
+
+LocalUpdate Worker::train_with_heartbeats(const v1::RoundStart& start, const std::vector<float>& global,
+                                          bool* below_clip) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread beat([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!cv.wait_for(lock, opt_.heartbeat_interval, [&] { return done; })) {
+      v1::Heartbeat hb;
+      hb.set_round(start.round());
+      try {
+        send(to_frame(hb));
+      } catch (const fedtl::Error&) {
+        return;  // the protocol thread will see the broken connection
+      }
+    }
+  });
+  auto finish = [&] {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      done = true;
+    }
+    cv.notify_all();
+    beat.join();
+  };
+  try {
+    LocalUpdate up = train_private(start, global, below_clip);
+    finish();
+    return up;
+  } catch (...) {
+    finish();
+    throw;
   }
 }
 
@@ -122,7 +165,7 @@ LocalUpdate Worker::train_private(const v1::RoundStart& start, const std::vector
 
 bool Worker::plain_round(const v1::RoundStart& start, const std::vector<float>& global) {
   bool below_clip = false;
-  LocalUpdate up = train_private(start, global, &below_clip);
+  LocalUpdate up = train_with_heartbeats(start, global, &below_clip);
   v1::Update msg;
   msg.set_round(start.round());
   msg.set_num_samples(up.num_samples);
@@ -133,7 +176,7 @@ bool Worker::plain_round(const v1::RoundStart& start, const std::vector<float>& 
     msg.set_train_accuracy(up.train_accuracy);
     msg.set_train_seconds(up.train_seconds);
   }
-  conn_.send(to_frame(msg));
+  send(to_frame(msg));
   return true;
 }
 

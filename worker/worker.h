@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -33,6 +34,9 @@ struct WorkerOptions {
   std::function<std::string(const v1::JobSpec&)> check_job;
   // false: Update carries only the delta and sample count (no local loss/accuracy).
   bool share_training_metrics = true;
+  // While local training runs, a Heartbeat goes to the coordinator this often, so a slow site
+  // is never taken for a dead one (heartbeats come from their own thread).
+  std::chrono::milliseconds heartbeat_interval{std::chrono::seconds(5)};
   // Differential privacy noise of this site (distributed/local modes) is seeded from the job
   // seed, round and site mixed with this secret. 0 (simulations) makes runs reproducible —
   // and the noise predictable to whoever knows the job seed; real sites draw a random one.
@@ -59,6 +63,10 @@ class Worker {
   std::string receive_backbone(const v1::JobSpec& job);
   // The next frame: one set aside by await_round() or a new one from the connection.
   common::Frame next_frame();
+  // Sends are serialised: the heartbeat thread and the protocol thread share the connection.
+  void send(const common::Frame& f);
+  // Local training with heartbeats around it.
+  LocalUpdate train_with_heartbeats(const v1::RoundStart& start, const std::vector<float>& global, bool* below_clip);
   // Plain round: train, send Update. Secure round: the four secure aggregation steps
   // around local training (worker/secure_update.cc). Returns false if the round was
   // abandoned (SecAggAbort, or the coordinator moved on).
@@ -72,6 +80,7 @@ class Worker {
   std::optional<M> await_round(uint32_t round);
 
   std::optional<common::Frame> pending_;
+  std::mutex send_mu_;
   v1::JobSpec job_;
   common::Connection& conn_;
   SiteRuntime& runtime_;

@@ -125,7 +125,7 @@ bool poll_until(const MpiContext& ctx, Clock::time_point deadline, const std::fu
   }
 }
 
-Watchdog::Watchdog(int rank) : rank_(rank), thread_([this] { loop(); }) {}
+Watchdog::Watchdog(int rank, Millis tick) : rank_(rank), tick_(tick), thread_([this] { loop(); }) {}
 
 Watchdog::~Watchdog() {
   {
@@ -138,37 +138,29 @@ Watchdog::~Watchdog() {
 
 void Watchdog::loop() {
   std::unique_lock<std::mutex> lock(mu_);
-  for (;;) {
-    if (stop_) return;
-    if (!armed_) {
-      cv_.wait(lock);
-      continue;
-    }
-    if (cv_.wait_until(lock, deadline_) == std::cv_status::timeout && armed_ && Clock::now() >= deadline_) {
-      std::fprintf(stderr,
-                   "fedtl: error: rank %d: %s did not complete within %.1f s (a peer rank hung or died); "
-                   "ending this rank so that mpirun stops the job\n",
-                   rank_, what_.c_str(), static_cast<double>(timeout_.count()) / 1000.0);
-      std::fflush(stderr);
-      ::_exit(1);
-    }
+  while (!stop_) {
+    cv_.wait_for(lock, tick_);
+    const int64_t deadline = deadline_ns_.load(std::memory_order_acquire);
+    if (stop_ || deadline == 0 || Clock::now().time_since_epoch().count() < deadline) continue;
+    const std::string* what = what_.load();
+    std::fprintf(stderr,
+                 "fedtl: error: rank %d: %s did not complete within %.1f s (a peer rank hung or died); "
+                 "ending this rank so that mpirun stops the job\n",
+                 rank_, what ? what->c_str() : "an MPI operation",
+                 static_cast<double>(timeout_ms_.load()) / 1000.0);
+    std::fflush(stderr);
+    ::_exit(1);
   }
 }
 
-Watchdog::Guard::Guard(Watchdog& w, Millis timeout, std::string what) : w_(w) {
-  {
-    std::lock_guard<std::mutex> lock(w_.mu_);
-    w_.armed_ = true;
-    w_.timeout_ = timeout;
-    w_.deadline_ = Clock::now() + timeout;
-    w_.what_ = std::move(what);
-  }
-  w_.cv_.notify_all();
+Watchdog::Guard::Guard(Watchdog& w, Millis timeout, const std::string& what) : w_(w) {
+  w_.what_.store(&what);
+  w_.timeout_ms_.store(timeout.count());
+  const auto deadline = Clock::now() + timeout;
+  w_.deadline_ns_.store(std::chrono::duration_cast<Clock::duration>(deadline.time_since_epoch()).count(),
+                        std::memory_order_release);
 }
 
-Watchdog::Guard::~Guard() {
-  std::lock_guard<std::mutex> lock(w_.mu_);
-  w_.armed_ = false;  // the watchdog notices at its next wake-up; no notify needed
-}
+Watchdog::Guard::~Guard() { w_.deadline_ns_.store(0, std::memory_order_release); }
 
 }  // namespace fedtl::common::mpi

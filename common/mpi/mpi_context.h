@@ -18,6 +18,7 @@
 #pragma once
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -84,15 +85,17 @@ bool poll_until(const MpiContext& ctx, std::chrono::steady_clock::time_point dea
 // A deadline for a blocking MPI call that cannot be polled (a collective inside training):
 // when the guard is still armed after `timeout`, a watchdog thread prints
 // "fedtl: error: rank R: <what> did not complete within N s; ..." and ends the process
-// with _exit(1) — mpirun then stops the other ranks. Disarmed by its destructor. One
-// watchdog thread serves every guard of a Watchdog; re-arming is cheap (no thread start).
+// with _exit(1) — mpirun then stops the other ranks. Arming and disarming are two atomic
+// stores (no lock, no system call: guards sit around every gradient all-reduce); the
+// watchdog thread checks every `tick`, so it fires at most one tick late. One guard at a
+// time per Watchdog; `what` must outlive the guard.
 class Watchdog {
  public:
-  explicit Watchdog(int rank);
+  explicit Watchdog(int rank, Millis tick = Millis(200));
   ~Watchdog();
   class Guard {
    public:
-    Guard(Watchdog& w, Millis timeout, std::string what);
+    Guard(Watchdog& w, Millis timeout, const std::string& what);
     ~Guard();
     Guard(const Guard&) = delete;
     Guard& operator=(const Guard&) = delete;
@@ -104,12 +107,13 @@ class Watchdog {
  private:
   void loop();
   int rank_;
-  std::mutex mu_;
+  Millis tick_;
+  std::mutex mu_;  // for the thread's sleep and stop only
   std::condition_variable cv_;
-  bool armed_ = false, stop_ = false;
-  std::chrono::steady_clock::time_point deadline_;
-  Millis timeout_{0};
-  std::string what_;
+  bool stop_ = false;
+  std::atomic<int64_t> deadline_ns_{0};  // steady_clock; 0 = disarmed
+  std::atomic<int64_t> timeout_ms_{0};
+  std::atomic<const std::string*> what_{nullptr};
   std::thread thread_;
 };
 

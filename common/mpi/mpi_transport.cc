@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <deque>
+#include <limits>
 
 #include "common/errors.h"
 
@@ -21,7 +22,7 @@ Clock::time_point deadline_after(Millis timeout) {
 class MpiConnection final : public Connection {
  public:
   MpiConnection(TransportComm& comm, int peer, std::string name, MpiConnectionOptions opt)
-      : ctx_(comm.context()), comm_(comm.comm()), peer_(peer), name_(std::move(name)), opt_(opt) {}
+      : tcomm_(comm), ctx_(comm.context()), comm_(comm.comm()), peer_(peer), name_(std::move(name)), opt_(opt) {}
 
   ~MpiConnection() override {
     try {
@@ -85,7 +86,8 @@ class MpiConnection final : public Connection {
       fail_protocol("frame of " + std::to_string(count) + " bytes from " + name_ + " exceeds the limit of " +
                     std::to_string(opt_.max_frame_bytes) + " bytes");
     }
-    std::string bytes(static_cast<size_t>(count), '\0');
+    auto buf = std::make_unique<std::string>(static_cast<size_t>(count), '\0');
+    std::string& bytes = *buf;
     MPI_Request req = MPI_REQUEST_NULL;
     {
       std::lock_guard<std::mutex> lock(ctx_.mutex());
@@ -99,7 +101,10 @@ class MpiConnection final : public Connection {
     check(rc, ("receiving from " + name_).c_str());
     if (!done) {
       broken_ = true;
-      orphans_.push_back({std::make_unique<std::string>(std::move(bytes)), req});
+      {
+        std::lock_guard<std::mutex> lock(ctx_.mutex());
+        tcomm_.keep_alive(std::move(buf));
+      }
       throw TransportError("a message from " + name_ + " did not arrive in full within " +
                            std::to_string(opt_.send_timeout.count()) + " ms");
     }
@@ -165,7 +170,8 @@ class MpiConnection final : public Connection {
   // Sends that never completed keep their buffers for the life of the process: MPI may still
   // read them, and the job is failing anyway.
   void orphan_pending() {
-    for (auto& o : pending_) orphans_.push_back(std::move(o));
+    std::lock_guard<std::mutex> lock(ctx_.mutex());
+    for (auto& o : pending_) tcomm_.keep_alive(std::move(o.bytes));
     pending_.clear();
   }
 
@@ -182,6 +188,7 @@ class MpiConnection final : public Connection {
     throw ProtocolError(why);
   }
 
+  TransportComm& tcomm_;
   MpiContext& ctx_;
   MPI_Comm comm_;
   int peer_;
@@ -191,7 +198,6 @@ class MpiConnection final : public Connection {
   size_t pending_bytes_ = 0;
   std::atomic<bool> closed_here_{false}, peer_closed_{false}, broken_{false};
   std::atomic<uint64_t> sent_{0}, received_{0};
-  static inline std::deque<Outgoing> orphans_;  // see orphan_pending(); guarded by the context mutex
 };
 
 }  // namespace
@@ -205,6 +211,8 @@ TransportComm::TransportComm(MpiContext& ctx) : ctx_(ctx) {
 TransportComm::~TransportComm() {
   std::lock_guard<std::mutex> lock(ctx_.mutex());
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  // MPI may still read buffers of sends that never completed: they stay allocated.
+  for (auto& b : orphans_) (void)b.release();
 }
 
 std::unique_ptr<Connection> make_mpi_connection(TransportComm& comm, int peer_rank, std::string peer_name,

@@ -21,6 +21,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/mpi/mpi_context.h"
 #include "common/transport.h"
@@ -51,10 +52,14 @@ class TransportComm {
   TransportComm& operator=(const TransportComm&) = delete;
   MpiContext& context() const { return ctx_; }
   MPI_Comm comm() const { return comm_; }
+  // Keeps the buffer of a send or receive that never completed (MPI may still touch it)
+  // until the process ends. Caller holds the context mutex.
+  void keep_alive(std::unique_ptr<std::string> buffer) { orphans_.push_back(std::move(buffer)); }
 
  private:
   MpiContext& ctx_;
   MPI_Comm comm_ = MPI_COMM_NULL;
+  std::vector<std::unique_ptr<std::string>> orphans_;
 };
 
 // The connection from this rank to `peer_rank` of `comm`; `peer_name` is what peer_name()
