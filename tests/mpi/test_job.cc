@@ -57,6 +57,26 @@ TEST_F(MpiJob, SameDigestAsSimulate) {
   EXPECT_DOUBLE_EQ(s["federated_accuracy"].get<double>(), sim.federated_accuracy);
 }
 
+// mpirun -np 4 with secure aggregation: the masked round over MPI reaches simulate's
+// secure-aggregated model, bit for bit (the fixed-point sums are exact).
+TEST_F(MpiJob, SecureAggregationSameDigestAsSimulate) {
+  if (ctx_->size() != 4) GTEST_SKIP() << "run with mpirun -np 4";
+  auto cfg = mpitest::small_mpi_job("mpi_secagg");
+  cfg.secagg.enabled = true;
+  cfg.secagg.threshold = 2;
+  cli::MpiRunOptions opt;
+  opt.ranks_per_site = 1;
+  opt.timeout_s = 60;
+  ASSERT_EQ(cli::run_mpi(*ctx_, cfg, opt), 0);
+  if (ctx_->rank() != 0) return;
+  const auto s = read_json(cfg.out + "/summary.json");
+  EXPECT_TRUE(s["secure_aggregation"].get<bool>());
+  auto sim_cfg = mpitest::small_mpi_job("simulate_secagg");
+  sim_cfg.secagg.enabled = true;
+  sim_cfg.secagg.threshold = 2;
+  EXPECT_EQ(s["model_sha256"], cli::run_simulate(sim_cfg).model_sha256);
+}
+
 // mpirun -np 5: two sites of two ranks each train data-parallel; the result matches
 // simulate's (one rank per site, whole batches) up to floating-point rounding.
 TEST_F(MpiJob, TwoRankSitesMatchSimulateWithinRounding) {
