@@ -1,6 +1,8 @@
 // Cross-institution runs: `fedtl coordinator` and `fedtl worker` over mutual TLS on loopback,
 // with hostile clients, site policy and a tampered backbone.
 #include <arpa/inet.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -134,6 +136,28 @@ handshake_timeout_s = 2
     return s;
   }
 
+  // Writes site.toml for `name` and starts `fedtl worker` on it as a child process.
+  pid_t spawn_worker(const std::string& name, int index) const {
+    const auto s = site(name, index);
+    const std::string path = (dir_ / (name + ".toml")).string();
+    std::ofstream(path) << "[site]\nname = \"" << s.name << "\"\ncoordinator = \"" << s.coordinator
+                        << "\"\ncoordinator_name = \"coordinator\"\nca_cert = \"" << s.ca_cert << "\"\ncert = \""
+                        << s.cert << "\"\nkey = \"" << s.key << "\"\ncache_dir = \"" << s.cache_dir
+                        << "\"\nmax_backoff_s = 1\ngive_up_after_s = 60\n[data]\nsource = \"job-partition\"\njob = \"" << s.data_job
+                        << "\"\npartition_index = " << index << "\n";
+    const std::string bin = std::string(FEDTL_BINARY_DIR) + "/fedtl";
+    const std::string log = (dir_ / (name + ".log")).string();
+    pid_t pid = fork();
+    if (pid == 0) {
+      freopen(log.c_str(), "a", stderr);
+      freopen("/dev/null", "w", stdout);
+      for (int fd = 3; fd < 1024; ++fd) ::close(fd);  // not the coordinator's sockets (this process's)
+      execl(bin.c_str(), bin.c_str(), "worker", "--config", path.c_str(), nullptr);
+      _exit(127);
+    }
+    return pid;
+  }
+
   fs::path dir_;
   std::string pki_;
   uint16_t port_ = 0;
@@ -238,4 +262,41 @@ TEST_F(Federation, TamperedBackboneIsRefusedByEverySite) {
   EXPECT_THROW(coord.run({}), fedtl::Error);  // no site completed the handshake
   t.join();
   EXPECT_NE(worker_error.find("digest mismatch"), std::string::npos) << worker_error;
+}
+
+TEST_F(Federation, WorkerKilledMidJobRejoinsAfterRestarting) {
+  auto cfg = job("rejoin");
+  cfg.rounds = 60;  // long enough for a restarted process to come back before the end
+  cfg.round_timeout_s = 20;
+  cfg.liveness_timeout_s = 5;
+  auto coord = std::async(std::launch::async, [&] { return cli::run_coordinator(cfg); });
+  std::this_thread::sleep_for(1500ms);
+  pid_t a = spawn_worker("hospital-a", 0), b = spawn_worker("hospital-b", 1), c = spawn_worker("hospital-c", 2);
+  const fs::path metrics = dir_ / "rejoin" / "metrics.jsonl";
+  auto rounds_done = [&] {
+    std::ifstream in(metrics);
+    int n = 0;
+    for (std::string l; std::getline(in, l);) ++n;
+    return n;
+  };
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while (rounds_done() < 1 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
+  ASSERT_GE(rounds_done(), 1);
+  ::kill(c, SIGKILL);  // hospital-c dies in the middle of the job
+  int status = 0;
+  ::waitpid(c, &status, 0);
+  while (rounds_done() < 3 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
+  c = spawn_worker("hospital-c", 2);  // ... and comes back
+  const auto result = coord.get();
+  for (pid_t p : {a, b, c}) {
+    ::waitpid(p, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  std::vector<int> reported;
+  std::ifstream in(metrics);
+  for (std::string l; std::getline(in, l);) reported.push_back(nlohmann::json::parse(l)["sites_reported"].get<int>());
+  ASSERT_EQ(reported.size(), 60u);
+  EXPECT_EQ(*std::min_element(reported.begin(), reported.end()), 2);  // rounds without hospital-c
+  EXPECT_EQ(reported.back(), 3);                                      // it rejoined
+  EXPECT_GT(result.federated_accuracy, 0.3);
 }
