@@ -53,7 +53,7 @@ class Reader {
     const uint64_t n = pod<uint64_t>();
     if (n > (d_.size() - pos_) / sizeof(float)) fail("float array longer than the file");
     std::vector<float> v(n);
-    std::memcpy(v.data(), d_.data() + pos_, n * sizeof(float));
+    if (n) std::memcpy(v.data(), d_.data() + pos_, n * sizeof(float));  // (an empty vector's data() may be null)
     pos_ += n * sizeof(float);
     return v;
   }

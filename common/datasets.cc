@@ -83,6 +83,26 @@ class ByteReader {
     }
   }
 
+  // Reads exactly n bytes into `out` (resized to n), growing it as data arrives, so a header
+  // that declares more than the file holds cannot make us allocate up to kMaxPayloadBytes.
+  void read_exact_into(std::vector<uint8_t>& out, uint64_t n, const char* what) {
+    constexpr uint64_t kChunk = uint64_t{1} << 20;
+    out.clear();
+    uint64_t got = 0;
+    while (got < n) {
+      const uint64_t want = std::min(kChunk, n - got);
+      out.resize(static_cast<size_t>(got + want));
+      const uint64_t r = read(out.data() + got, want);
+      got += r;
+      if (r < want) break;
+    }
+    out.resize(static_cast<size_t>(got));
+    if (got != n) {
+      throw DataError(path_ + ": truncated " + what + ": expected " + std::to_string(n) +
+                      " bytes, got " + std::to_string(got) + (gzip_ ? " (after gunzip)" : ""));
+    }
+  }
+
   bool at_end() {
     char c;
     return read(&c, 1) == 0;
@@ -224,12 +244,11 @@ ImageSet read_idx(const std::string& images_path, const std::string& labels_path
   set.height = static_cast<int64_t>(idims[1]);
   set.width = static_cast<int64_t>(idims[2]);
   const uint64_t n = idims[0];
-  set.pixels.resize(n * idims[1] * idims[2]);
-  images.read_exact(set.pixels.data(), set.pixels.size(), "IDX image data");
+  images.read_exact_into(set.pixels, n * idims[1] * idims[2], "IDX image data");
   if (!images.at_end()) throw DataError(images_path + ": unexpected trailing bytes after IDX image data");
 
-  std::vector<uint8_t> raw_labels(n);
-  labels.read_exact(raw_labels.data(), n, "IDX label data");
+  std::vector<uint8_t> raw_labels;
+  labels.read_exact_into(raw_labels, n, "IDX label data");
   if (!labels.at_end()) throw DataError(labels_path + ": unexpected trailing bytes after IDX label data");
   set.labels.assign(raw_labels.begin(), raw_labels.end());
   return set;
