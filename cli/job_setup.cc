@@ -189,6 +189,20 @@ v1::JobSpec make_job_spec(const common::JobConfig& cfg, const std::string& sha, 
   return j;
 }
 
+common::model::TrainOptions train_options(const v1::JobSpec& job, uint32_t round) {
+  const auto& t = job.training();
+  common::model::TrainOptions opt;
+  opt.optimizer = t.optimizer();
+  opt.lr = t.lr();
+  opt.momentum = t.momentum();
+  opt.weight_decay = t.weight_decay();
+  opt.epochs = t.epochs();
+  opt.batch_size = t.batch_size();
+  opt.prox_mu = t.prox_mu();
+  opt.seed = derive_seed(job.seed(), 1000 + job.site_index(), round);
+  return opt;
+}
+
 uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b) {
   auto mix = [](uint64_t z) {
     z += 0x9e3779b97f4a7c15ULL;

@@ -36,6 +36,10 @@ std::string pretrain_backbone(const common::JobConfig& cfg, const TaskData& data
 v1::JobSpec make_job_spec(const common::JobConfig& cfg, const std::string& backbone_sha256, uint64_t backbone_bytes,
                           const std::vector<common::model::ParamInfo>& layout, uint32_t num_sites);
 
+// The local training a job asks of a site in `round` (its shuffling seeded by job seed, site
+// and round, so every transport and every rank of a site shuffles alike).
+common::model::TrainOptions train_options(const v1::JobSpec& job, uint32_t round);
+
 // Derives independent 64-bit seeds from a job seed and indices (SplitMix64 mixing).
 uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0);
 

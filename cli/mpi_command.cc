@@ -114,16 +114,7 @@ class SiteShard {
     if (!model_) throw ModelError("training before the job was prepared");
     if (!features_) features_ = model_->features(data_);
     model_->set_params(global);
-    const auto& t = job_.training();
-    common::model::TrainOptions opt;
-    opt.optimizer = t.optimizer();
-    opt.lr = t.lr();
-    opt.momentum = t.momentum();
-    opt.weight_decay = t.weight_decay();
-    opt.epochs = t.epochs();
-    opt.batch_size = t.batch_size();
-    opt.prox_mu = t.prox_mu();
-    opt.seed = derive_seed(job_.seed(), 1000 + job_.site_index(), round);  // as SiteTrainer: same shuffles
+    common::model::TrainOptions opt = train_options(job_, round);  // as SiteTrainer: same shuffles
     opt.rank_in_site = site_.rank();
     opt.ranks_in_site = site_.size();
     opt.average_gradients = [this](float* data, size_t count, bool on_cuda) { average(data, count, on_cuda); };

@@ -34,17 +34,7 @@ worker::LocalUpdate SiteTrainer::train_round(uint32_t round, const std::vector<f
   common::ComputeSlots::Guard slot(slots_);
   if (!features_) features_ = model_->features(data_);
   model_->set_params(global);
-  const auto& t = job_.training();
-  common::model::TrainOptions opt;
-  opt.optimizer = t.optimizer();
-  opt.lr = t.lr();
-  opt.momentum = t.momentum();
-  opt.weight_decay = t.weight_decay();
-  opt.epochs = t.epochs();
-  opt.batch_size = t.batch_size();
-  opt.prox_mu = t.prox_mu();
-  opt.seed = derive_seed(job_.seed(), 1000 + job_.site_index(), round);
-  const auto st = model_->train(*features_, opt);
+  const auto st = model_->train(*features_, train_options(job_, round));
   worker::LocalUpdate up;
   up.delta = model_->params();
   for (size_t i = 0; i < up.delta.size(); ++i) up.delta[i] -= global[i];
