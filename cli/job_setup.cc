@@ -189,6 +189,19 @@ v1::JobSpec make_job_spec(const common::JobConfig& cfg, const std::string& sha, 
   return j;
 }
 
+std::unique_ptr<common::model::TransferModel> site_model(const v1::JobSpec& job, const std::string& backbone) {
+  auto model = common::model::TransferModel::create(backbone, model_spec(job.model()), job.seed());
+  if (model->layout().size() != static_cast<size_t>(job.layout().entries_size()))
+    throw ModelError("the job's parameter layout does not match the model built here");
+  for (size_t i = 0; i < model->layout().size(); ++i) {
+    const auto& mine = model->layout()[i];
+    const auto& theirs = job.layout().entries(static_cast<int>(i));
+    if (mine.name != theirs.name() || mine.shape != std::vector<int64_t>(theirs.shape().begin(), theirs.shape().end()))
+      throw ModelError("parameter '" + theirs.name() + "' in the job does not match '" + mine.name + "' here");
+  }
+  return model;
+}
+
 common::model::TrainOptions train_options(const v1::JobSpec& job, uint32_t round) {
   const auto& t = job.training();
   common::model::TrainOptions opt;

@@ -3,6 +3,7 @@
 // config into the wire JobSpec and the model spec.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "common/config.h"
@@ -35,6 +36,11 @@ std::string pretrain_backbone(const common::JobConfig& cfg, const TaskData& data
 // Throws ConfigError when its secure aggregation settings cannot work.
 v1::JobSpec make_job_spec(const common::JobConfig& cfg, const std::string& backbone_sha256, uint64_t backbone_bytes,
                           const std::vector<common::model::ParamInfo>& layout, uint32_t num_sites);
+
+// A site's model for `job`: built from the verified backbone and checked against the job's
+// parameter layout (the coordinator's model), so a mismatch fails before any training.
+// Throws ModelError.
+std::unique_ptr<common::model::TransferModel> site_model(const v1::JobSpec& job, const std::string& backbone);
 
 // The local training a job asks of a site in `round` (its shuffling seeded by job seed, site
 // and round, so every transport and every rank of a site shuffles alike).

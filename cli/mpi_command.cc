@@ -92,16 +92,7 @@ class SiteShard {
   uint64_t prepare(const v1::JobSpec& job, const std::string& backbone) {
     job_ = job;
     if (data_.size() == 0) throw DataError("this site has no training images");
-    model_ = common::model::TransferModel::create(backbone, model_spec(job.model()), job.seed());
-    if (model_->layout().size() != static_cast<size_t>(job.layout().entries_size()))
-      throw ModelError("the job's parameter layout does not match the model built here");
-    for (size_t i = 0; i < model_->layout().size(); ++i) {
-      const auto& mine = model_->layout()[i];
-      const auto& theirs = job.layout().entries(static_cast<int>(i));
-      if (mine.name != theirs.name() ||
-          mine.shape != std::vector<int64_t>(theirs.shape().begin(), theirs.shape().end()))
-        throw ModelError("parameter '" + theirs.name() + "' in the job does not match '" + mine.name + "' here");
-    }
+    model_ = site_model(job, backbone);
     if (job.training().batch_size() % site_.size() != 0)
       spdlog::warn("site {}: batch size {} is not a multiple of its {} ranks; the ranks' slices differ in size and "
                    "their gradients are averaged unweighted",
