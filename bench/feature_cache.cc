@@ -28,8 +28,8 @@
 #include <string>
 #include <vector>
 
-#include "common/datasets.h"
-#include "common/image_set.h"
+#include "common/data/datasets.h"
+#include "common/data/image_set.h"
 #include "common/model/transfer_model.h"
 
 namespace {

@@ -37,7 +37,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/image_set.h"
+#include "common/data/image_set.h"
 #include "common/model/transfer_model.h"
 
 namespace {

@@ -52,9 +52,9 @@
 #include "common/errors.h"
 #include "common/files.h"
 #include "common/model/transfer_model.h"
-#include "common/pki.h"
+#include "common/transport/pki.h"
 #include "common/sha256.h"
-#include "common/tls_transport.h"
+#include "common/transport/tls.h"
 #include "protocols/messages.h"
 #include "protocols/secagg/session.h"
 #include "protocols/secagg/wire.h"
@@ -250,7 +250,7 @@ DistResult distribute_tcp(const std::string& backbone, const std::string& sha, i
   for (int i = 0; i < workers; ++i) {
     clients.emplace_back([&, i] {
       const int fd = tcp_connect(port);
-      protocols::FrameDecoder dec;
+      common::FrameDecoder dec;
       std::vector<char> buf(256 * 1024);  // the TLS transport's read size
       Assembler a(backbone.size());
       bool last = false;
@@ -275,7 +275,7 @@ DistResult distribute_tcp(const std::string& backbone, const std::string& sha, i
   const auto t0 = Clock::now();
   for (int fd : fds)
     stream_backbone(backbone, [&](const common::Frame& f) {
-      const std::string bytes = protocols::encode_frame(f);  // as TlsConnection::send does
+      const std::string bytes = common::encode_frame(f);  // as TlsConnection::send does
       write_all(fd, bytes.data(), bytes.size());
     });
   for (auto& t : clients) t.join();

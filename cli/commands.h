@@ -1,57 +1,28 @@
-// The fedtl subcommands, callable from main() and from tests.
+// The fedtl command line: argument parsing only. Each subcommand registers itself from its own
+// file (cli/add_<command>.cc) and hands main an action; the work is done by the app/ layer.
 #pragma once
-#include <optional>
-#include <string>
+#include <CLI/CLI.hpp>
 
-#include "common/config.h"
+#include <functional>
+
 #include "common/stop_signal.h"
 
 namespace fedtl::cli {
 
-struct SimulateOverrides {
-  std::optional<int64_t> sites, rounds;
-  std::optional<uint64_t> seed;
-  std::optional<std::string> out;
-  bool baselines = false;
-  bool resume = false;  // continue from <out>/checkpoint.bin
+// A registered subcommand: its CLI11 node and what to run when the user chose it. The action
+// runs after parsing, returns the process exit status and may throw fedtl::Error (main prints
+// it as one line and exits 1).
+struct Command {
+  CLI::App* sub = nullptr;
+  std::function<int(common::StopSignal& stop)> run;
 };
 
-struct SimulateResult {
-  double federated_accuracy = 0;
-  std::string model_sha256;
-  std::string out_dir;
-};
-
-// Applies command-line overrides to a loaded job and validates the result.
-common::JobConfig apply_overrides(common::JobConfig cfg, const SimulateOverrides& o);
-
-// `fedtl simulate`: N sites as threads over the in-process transport. Writes metrics.jsonl,
-// summary.json, model.pt and accuracy.svg to cfg.out. Throws fedtl::Error.
-// `stop` (optional): SIGINT/SIGTERM end the job cleanly after the current round.
-SimulateResult run_simulate(const common::JobConfig& cfg, const common::StopSignal* stop = nullptr);
-
-// `fedtl pretrain`: trains the built-in CNN on the source classes and writes the backbone
-// (TorchScript) to `out_path` (default cfg.backbone.path).
-void run_pretrain(const common::JobConfig& cfg, const std::string& out_path);
-
-// `fedtl coordinator`: serves the job over mutual TLS to the sites listed in [federation];
-// writes the same outputs as simulate. `overrides` as for simulate (sites is ignored).
-SimulateResult run_coordinator(const common::JobConfig& cfg, const common::StopSignal* stop = nullptr);
-
-// `fedtl worker`: one site. Connects (and reconnects with backoff) to the coordinator,
-// verifies it, checks the job against the site policy, trains. Returns the process exit
-// status (0 when the job finished).
-// A coordinator that stops early for a restart (Shutdown.resume_expected) is waited for.
-// `stop` (optional): SIGINT/SIGTERM close the connection and end the worker with status 0.
-int run_worker(const common::SiteConfig& site, common::StopSignal* stop = nullptr);
-
-// `fedtl ca init|issue`: the federation's certificate authority and its kits.
-void run_ca_init(const std::string& dir, const std::string& federation);
-void run_ca_issue(const std::string& dir, const std::string& name, const std::string& role,
-                  const std::string& coordinator_address, const std::string& coordinator_name);
-
-// The sites' partition of the target training set, as simulate makes it.
-struct TaskData;
-std::vector<std::vector<int64_t>> site_partition(const common::JobConfig& cfg, const TaskData& data);
+Command add_simulate(CLI::App& app);     // fedtl simulate
+Command add_pretrain(CLI::App& app);     // fedtl pretrain
+Command add_coordinator(CLI::App& app);  // fedtl coordinator
+Command add_worker(CLI::App& app);       // fedtl worker
+Command add_mpi(CLI::App& app);          // fedtl mpi
+Command add_ca(CLI::App& app);           // fedtl ca init | issue
+Command add_privacy(CLI::App& app);      // fedtl privacy epsilon | noise
 
 }  // namespace fedtl::cli

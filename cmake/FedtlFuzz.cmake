@@ -52,10 +52,11 @@ function(fedtl_fuzz_libraries)
   target_link_libraries(fedtl_fuzz_proto PUBLIC protobuf::libprotobuf)
   target_compile_options(fedtl_fuzz_proto PRIVATE ${FEDTL_FUZZ_FLAGS})
 
-  # common/ and protocols/ without the TLS backend (Asio; nothing here fuzzes sockets) and
-  # without common/model (LibTorch) and common/mpi (not globbed: sub-folders).
-  file(GLOB common_srcs CONFIGURE_DEPENDS ${FEDTL_FUZZ_ROOT}/common/*.cc)
-  list(FILTER common_srcs EXCLUDE REGEX "tls_transport\\.cc$")
+  # common/ without the TLS and MPI backends (Asio, MPI; nothing here fuzzes sockets) and
+  # without common/model (LibTorch) and common/mpi; protocols/; the job file parser (app/config).
+  file(GLOB_RECURSE common_srcs CONFIGURE_DEPENDS ${FEDTL_FUZZ_ROOT}/common/*.cc)
+  list(FILTER common_srcs EXCLUDE REGEX "/common/(model|mpi)/|/common/transport/(tls|mpi)\\.cc$")
+  list(APPEND common_srcs ${FEDTL_FUZZ_ROOT}/app/config.cc)
   file(GLOB_RECURSE protocols_srcs CONFIGURE_DEPENDS ${FEDTL_FUZZ_ROOT}/protocols/*.cc)
   add_library(fedtl_fuzz_core STATIC ${common_srcs} ${protocols_srcs}
     ${FEDTL_FUZZ_ROOT}/tests/fuzz/stb_image_impl.c)
@@ -69,7 +70,7 @@ function(fedtl_fuzz_libraries)
   target_link_libraries(fedtl_fuzz_core PUBLIC fedtl_fuzz_proto spdlog::spdlog fmt::fmt
     nlohmann_json::nlohmann_json OpenSSL::SSL OpenSSL::Crypto ZLIB::ZLIB Threads::Threads)
   # toml++ header-only instead of Debian's shared library, so the TOML parser that
-  # common/config.cc calls is instrumented too (coverage guidance and ASan inside it).
+  # app/config.cc calls is instrumented too (coverage guidance and ASan inside it).
   target_compile_definitions(fedtl_fuzz_core PUBLIC TOML_HEADER_ONLY=1)
 endfunction()
 

@@ -1,6 +1,7 @@
-# Warnings, include roots and sanitizer flags shared by every fedtl target.
+# Warnings and sanitizer flags shared by every fedtl target. Include roots: a library of the
+# source tree gets its own layer's with fedtl_layer_includes; tests and benchmarks, which sit
+# above every layer, get the whole source root (fedtl_root_includes).
 function(fedtl_target_defaults target)
-  target_include_directories(${target} PUBLIC ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/gen)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
   if(FEDTL_SANITIZE)
     target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-omit-frame-pointer)
@@ -18,10 +19,29 @@ function(fedtl_gtest name dir)
   endif()
   add_executable(${name} ${srcs})
   fedtl_target_defaults(${name})
+  fedtl_root_includes(${name})
   target_link_libraries(${name} PRIVATE ${ARG_LIBS} GTest::gtest GTest::gtest_main)
   target_compile_definitions(${name} PRIVATE FEDTL_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
     FEDTL_BINARY_DIR="${CMAKE_BINARY_DIR}")
   include(GoogleTest)
   gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST
     WORKING_DIRECTORY ${CMAKE_BINARY_DIR} PROPERTIES TIMEOUT 600)
+endfunction()
+
+# fedtl_layer_includes(TARGET FOLDER): TARGET sees "FOLDER/..." (and, through the libraries it
+# links, the layers below) and nothing else of the source tree. Includes are written from the
+# root ("common/errors.h"), so the include root is a directory in the build tree holding one
+# symbolic link, FOLDER -> the source folder.
+function(fedtl_layer_includes target folder)
+  set(root ${CMAKE_BINARY_DIR}/layers/${folder})
+  if(NOT EXISTS ${root}/${folder})
+    file(MAKE_DIRECTORY ${root})
+    file(CREATE_LINK ${CMAKE_SOURCE_DIR}/${folder} ${root}/${folder} SYMBOLIC)
+  endif()
+  target_include_directories(${target} PUBLIC ${root})
+endfunction()
+
+# Tests, benchmarks and tools: the whole source root and the generated protobuf headers.
+function(fedtl_root_includes target)
+  target_include_directories(${target} PRIVATE ${CMAKE_SOURCE_DIR} ${CMAKE_BINARY_DIR}/gen)
 endfunction()

@@ -19,7 +19,7 @@ namespace fedtl::coordinator {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using protocols::from_frame;
-using protocols::MessageType;
+using common::MessageType;
 using protocols::to_frame;
 
 namespace {
@@ -154,9 +154,9 @@ void Coordinator::drop(Site& s, const std::string& reason) {
 bool Coordinator::admit(Site& s) {
   try {
     auto hello = from_frame<v1::Hello>(s.conn->recv(opt_.handshake_timeout));
-    if (hello.protocol_version() != protocols::kProtocolVersion) {
+    if (hello.protocol_version() != common::kProtocolVersion) {
       const std::string why = "site speaks protocol version " + std::to_string(hello.protocol_version()) +
-                              ", coordinator speaks " + std::to_string(protocols::kProtocolVersion);
+                              ", coordinator speaks " + std::to_string(common::kProtocolVersion);
       s.conn->send(protocols::error_frame(protocols::ErrorCode::kVersionMismatch, why));
       s.admitted = true;
       drop(s, why);

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "common/checkpoint.h"
-#include "common/transport.h"
+#include "common/transport/connection.h"
 #include "protocols/fedtl.pb.h"
 #include "protocols/strategy.h"
 

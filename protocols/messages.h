@@ -6,10 +6,16 @@
 #include <string>
 #include <vector>
 
+#include "common/transport/framing.h"
 #include "protocols/fedtl.pb.h"
-#include "protocols/framing.h"
 
 namespace fedtl::protocols {
+
+// The frame and its type tags belong to the transport (common/transport/framing.h); the
+// protocol names them as its own.
+using common::Frame;
+using common::MessageType;
+using common::message_type_name;
 
 enum class ErrorCode : uint32_t {
   kInternal = 1,

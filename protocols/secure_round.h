@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <optional>
 
-#include "common/transport.h"
+#include "common/transport/connection.h"
 #include "protocols/fedtl.pb.h"
 #include "protocols/secagg/quantize.h"
 #include "protocols/secagg/session.h"

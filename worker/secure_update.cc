@@ -13,7 +13,7 @@ namespace fedtl::worker {
 
 namespace sa = protocols::secagg;
 using protocols::from_frame;
-using protocols::MessageType;
+using common::MessageType;
 using protocols::to_frame;
 
 template <typename M>
@@ -42,7 +42,7 @@ std::optional<M> Worker::await_round(uint32_t round) {
     }
     const auto r = protocols::round_of(f);
     if (r && *r < round) continue;
-    throw ProtocolError(std::string("unexpected ") + protocols::message_type_name(f.type) +
+    throw ProtocolError(std::string("unexpected ") + common::message_type_name(f.type) +
                         " during secure aggregation of round " + std::to_string(round));
   }
 }

@@ -4,7 +4,7 @@
 
 namespace fedtl::worker {
 
-std::string policy_violation(const common::SitePolicy& p, const v1::JobSpec& job) {
+std::string policy_violation(const worker::SitePolicy& p, const v1::JobSpec& job) {
   if (!p.backbone_sha256.empty() &&
       std::find(p.backbone_sha256.begin(), p.backbone_sha256.end(), job.backbone_sha256()) == p.backbone_sha256.end())
     return "backbone " + job.backbone_sha256() + " is not among the digests this site accepts";

@@ -1,14 +1,26 @@
 // A hospital decides what runs on its data: the job a coordinator sends is checked against
 // the site's policy (site.toml [policy]) before any data is touched.
 #pragma once
+#include <cstdint>
 #include <string>
+#include <vector>
 
-#include "common/config.h"
 #include "protocols/fedtl.pb.h"
 
 namespace fedtl::worker {
 
+// What a hospital accepts to run on its data (site.toml [policy]).
+struct SitePolicy {
+  std::vector<std::string> backbone_sha256;  // allowed backbone digests; empty = any
+  int64_t min_sites = 1;                     // refuse jobs whose quorum is smaller
+  bool require_secure_aggregation = false;
+  int64_t max_rounds = 100000;
+  int64_t max_local_epochs = 1000;
+  bool share_training_metrics = true;        // false: only updates leave the site
+};
+
+
 // Returns "" when `job` is within `policy`, else a one-line reason naming the rule.
-std::string policy_violation(const common::SitePolicy& policy, const v1::JobSpec& job);
+std::string policy_violation(const SitePolicy& policy, const v1::JobSpec& job);
 
 }  // namespace fedtl::worker

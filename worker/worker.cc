@@ -14,7 +14,7 @@
 namespace fedtl::worker {
 
 using protocols::from_frame;
-using protocols::MessageType;
+using common::MessageType;
 using protocols::to_frame;
 
 Worker::Worker(common::Connection& conn, SiteRuntime& runtime, WorkerOptions options)
@@ -47,7 +47,7 @@ std::string Worker::receive_backbone(const v1::JobSpec& job) {
 
 WorkerResult Worker::run() {
   v1::Hello hello;
-  hello.set_protocol_version(protocols::kProtocolVersion);
+  hello.set_protocol_version(common::kProtocolVersion);
   hello.set_site_name(opt_.site_name);
   hello.set_fedtl_version("0.1.0");
   for (const auto& kv : opt_.backbone_cache) hello.add_backbone_sha256(kv.first);

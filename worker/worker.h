@@ -17,7 +17,7 @@
 #include <optional>
 #include <string>
 
-#include "common/transport.h"
+#include "common/transport/connection.h"
 #include "worker/site_runtime.h"
 
 namespace fedtl::worker {

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "common/image_set.h"
+#include "common/data/image_set.h"
 
 namespace fedtl::common::model {
 

@@ -1,11 +1,11 @@
-// Config parsers: common::parse_job_config (+ validate) on the input as TOML text, and
-// common::load_site_config on the input written to a site.toml file.
+// Config parsers: app::parse_job_config (+ validate) on the input as TOML text, and
+// app::load_site_config on the input written to a site.toml file.
 //
 // Input: [1 byte: bit 0 selects site config (1) or job config (0)][TOML text].
 #include <cstdint>
 #include <string>
 
-#include "common/config.h"
+#include "app/config.h"
 #include "fuzz_util.h"
 
 using namespace fedtl;
@@ -17,11 +17,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (which & 1) {
     const auto path = fuzz::scratch_dir() / "site.toml";
     fuzz::write_bytes(path, reinterpret_cast<const uint8_t*>(text.data()), text.size());
-    fuzz::expect_errors_only([&] { (void)common::load_site_config(path.string()); });
+    fuzz::expect_errors_only([&] { (void)app::load_site_config(path.string()); });
   } else {
     fuzz::expect_errors_only([&] {
-      const common::JobConfig cfg = common::parse_job_config(text, "fuzz.toml");
-      common::validate(cfg);
+      const app::JobConfig cfg = app::parse_job_config(text, "fuzz.toml");
+      app::validate(cfg);
     });
   }
   return 0;

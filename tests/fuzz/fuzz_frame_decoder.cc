@@ -1,5 +1,5 @@
-// Frame decoder: protocols::FrameDecoder fed the same byte stream in arbitrary splits, and
-// protocols::decode_frame on the whole input.
+// Frame decoder: common::FrameDecoder fed the same byte stream in arbitrary splits, and
+// common::decode_frame on the whole input.
 //
 // Input: [1 byte: split seed][1 byte: max-frame selector][stream bytes...]. The stream is fed
 // in chunks whose sizes come from a small generator seeded by the first byte, so every split of
@@ -11,7 +11,7 @@
 #include <string>
 
 #include "fuzz_util.h"
-#include "protocols/framing.h"
+#include "common/transport/framing.h"
 
 using namespace fedtl;
 using namespace fedtl::protocols;

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <string>
 
-#include "common/datasets.h"
+#include "common/data/datasets.h"
 #include "fuzz_util.h"
 
 using namespace fedtl;

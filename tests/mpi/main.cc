@@ -5,7 +5,7 @@
 #include <memory>
 
 #include "common/errors.h"
-#include "common/datasets.h"
+#include "common/data/datasets.h"
 #include "common/files.h"
 #include "common/model/transfer_model.h"
 #include "mpi_test_env.h"
@@ -35,7 +35,7 @@ bool have_fashion_mnist() {
   return fs::exists(std::string(common::kFashionMnistDir) + "/t10k-images-idx3-ubyte.gz");
 }
 
-common::JobConfig small_mpi_job(const std::string& out_name, int sites) {
+app::JobConfig small_mpi_job(const std::string& out_name, int sites) {
   const std::string dir = shared_test_dir();
   const std::string backbone = dir + "/backbone.pt";
   if ((!g_ctx || g_ctx->rank() == 0) && !fs::exists(backbone))
@@ -58,7 +58,7 @@ epochs = 2
 [server]
 strategy = "fedavg"
 )";
-  auto cfg = common::parse_job_config(toml, "mpi-e2e.toml");
+  auto cfg = app::parse_job_config(toml, "mpi-e2e.toml");
   cfg.out = dir + "/" + out_name;
   return cfg;
 }

@@ -7,7 +7,7 @@
 #pragma once
 #include <string>
 
-#include "common/config.h"
+#include "app/config.h"
 #include "common/mpi/mpi_context.h"
 
 namespace fedtl::mpitest {
@@ -20,7 +20,7 @@ std::string shared_test_dir();
 
 // The small job of the e2e tests (3 sites, 2 rounds, 100 labels per site, a random built-in
 // CNN written by rank 0 as the backbone) with its outputs in dir/out_name. Collective.
-common::JobConfig small_mpi_job(const std::string& out_name, int sites = 3);
+app::JobConfig small_mpi_job(const std::string& out_name, int sites = 3);
 
 bool have_fashion_mnist();
 

@@ -12,8 +12,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "cli/commands.h"
-#include "cli/mpi_command.h"
+#include "app/run.h"
+#include "app/mpi_job.h"
 #include "common/files.h"
 #include "mpi_test_env.h"
 

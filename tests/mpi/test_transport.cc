@@ -5,13 +5,13 @@
 #include <thread>
 
 #include "common/errors.h"
-#include "common/mpi/mpi_transport.h"
+#include "common/transport/mpi.h"
 #include "mpi_test_env.h"
 
 using namespace fedtl;
 using common::Frame;
 using common::mpi::TransportComm;
-using protocols::MessageType;
+using common::MessageType;
 using std::chrono::milliseconds;
 
 namespace {
@@ -60,7 +60,7 @@ TEST_F(MpiTransport, FramesArriveWholeAndInOrderBothWays) {
     }
   }
   uint64_t total = 0;
-  for (size_t n : sizes) total += n + protocols::kFrameHeaderSize;
+  for (size_t n : sizes) total += n + common::kFrameHeaderSize;
   EXPECT_EQ(conn_->bytes_sent(), total);
   EXPECT_EQ(conn_->bytes_received(), total);
 }

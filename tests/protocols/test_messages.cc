@@ -18,7 +18,7 @@ template <typename M>
 M round_trip(const M& msg) {
   const Frame f = to_frame(msg);
   EXPECT_EQ(f.type, type_of<M>());
-  return from_frame<M>(decode_frame(encode_frame(f)));
+  return from_frame<M>(common::decode_frame(common::encode_frame(f)));
 }
 
 v1::Tensor tensor_of(const std::vector<float>& v) {
@@ -139,7 +139,7 @@ TEST(Messages, Shutdown) {
 TEST(Messages, ErrorMessage) {
   const Frame f = error_frame(ErrorCode::kBackboneDigest, "digest mismatch");
   EXPECT_EQ(f.type, MessageType::kError);
-  const auto back = from_frame<v1::ErrorMessage>(decode_frame(encode_frame(f)));
+  const auto back = from_frame<v1::ErrorMessage>(common::decode_frame(common::encode_frame(f)));
   EXPECT_EQ(back.code(), static_cast<uint32_t>(ErrorCode::kBackboneDigest));
   EXPECT_EQ(back.message(), "digest mismatch");
 }

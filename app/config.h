@@ -1,0 +1,148 @@
+// Job configuration: the TOML job file (examples/hospitals/job.toml is the reference), its
+// defaults, and validation. Parsing rejects unknown keys by name, wrong types and impossible
+// values with a one-line fedtl::ConfigError.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/data/partition.h"
+#include "protocols/strategy.h"
+#include "worker/site_policy.h"
+
+namespace fedtl::app {
+
+struct DataConfig {
+  std::string source = "fashion-mnist";  // "fashion-mnist" | "folder"
+  std::string dir;                       // fashion-mnist: IDX dir (default: Debian package dir);
+                                         // folder: training image folder (class sub-folders)
+  std::string test_dir;                  // folder: test image folder
+  std::vector<int64_t> source_classes{0, 2, 5, 7, 8};  // pre-training classes
+  std::vector<int64_t> target_classes{1, 3, 4, 6, 9};  // the federated task
+};
+
+struct BackboneConfig {
+  std::string path = "runs/backbones/fmnist_cnn.pt";  // TorchScript file
+  bool pretrain_if_missing = true;  // make it with the built-in CNN when the file is absent
+  int64_t channels = 1, height = 28, width = 28;      // what the backbone takes
+  std::vector<double> mean{0.2860}, std{0.3530};     // per-channel normalisation
+  std::string freeze = "all_but_last";  // "all" | "all_but_last" | "none"
+  int64_t unfrozen = 1;                 // N top-level children trained for "all_but_last"
+};
+
+struct PretrainConfig {
+  int64_t epochs = 3;
+  int64_t batch_size = 128;
+  double lr = 1e-3;  // Adam
+};
+
+struct HeadConfig {
+  std::string type = "linear";  // "linear" | "mlp"
+  int64_t hidden = 128;         // mlp hidden width
+};
+
+struct TrainConfig {
+  std::string optimizer = "sgd";  // "sgd" | "adam"
+  double lr = 0.05;
+  double momentum = 0.0;
+  double weight_decay = 0.0;
+  int64_t epochs = 2;       // local epochs per round
+  int64_t batch_size = 32;
+};
+
+struct BaselineConfig {
+  bool enabled = false;      // --baselines
+  int64_t epochs = 40;       // epochs for local-only / centralised / scratch training
+};
+
+// [federation]: the coordinator's side of a cross-institution job (fedtl coordinator).
+struct FederationConfig {
+  std::string listen = "0.0.0.0:7443";  // host:port to listen on
+  std::vector<std::string> sites;        // certificate names admitted, in site-index order
+  std::string ca_cert, cert, key;        // the coordinator's kit (PEM files)
+  double join_timeout_s = 600;           // wait this long for every listed site at start
+  double handshake_timeout_s = 30;       // TLS handshake + Hello
+  int64_t max_frame_mb = 256;            // largest frame accepted
+};
+
+// [secure_aggregation]: masked updates; the coordinator learns only the weighted sum.
+struct SecureAggregationConfig {
+  std::optional<bool> enabled;     // unset: off for simulate, on for coordinator/worker jobs
+  int64_t threshold = 0;           // t; 0 = floor(n/2) + 1
+  double clip = 1.0;               // per-coordinate delta clip before fixed-point encoding
+  double weight_bound = 100000;    // public bound on a site's sample count (w = samples / bound)
+  // Round to nearest by default: with the ring's scale (~2^28 for 8 sites) the bias is below
+  // 1e-8 per coordinate and it skips a keystream per update; stochastic rounding is unbiased.
+  bool deterministic_rounding = true;
+  int64_t complete_graph_max = 64; // complete neighbour graph up to this many sites
+  int64_t sparse_degree = 0;       // neighbours above that (0 = 2*ceil(log2 n))
+};
+
+// [privacy]: client-level differential privacy (DP-FedAvg, McMahan et al. 2018).
+struct PrivacyConfig {
+  std::string mode = "none";     // "none" | "central" | "distributed" | "local"
+  double noise_multiplier = 1.0; // sigma (set 0 with target_epsilon > 0 to calibrate it)
+  double clip_norm = 1.0;        // C
+  double delta = 1e-5;
+  double target_epsilon = 0;     // > 0: stop (model saved) before exceeding it
+  double sampling_rate = 1.0;    // q: each site takes part in a round with this probability
+  bool adaptive_clip = false;    // clip norm tracks a quantile of update norms (Andrew et al.)
+  double target_quantile = 0.5;
+  double clip_learning_rate = 0.2;
+};
+
+struct JobConfig {
+  std::string name = "job";
+  uint64_t seed = 1;
+  int64_t rounds = 30;
+  std::string out = "runs/job";
+  int64_t threads = 1;             // LibTorch intra-op threads per process (1 = reproducible)
+  double round_timeout_s = 600;    // per-round deadline for site updates
+  double liveness_timeout_s = 60;  // silence (no update, no heartbeat) that marks a site dead
+  int64_t min_sites = 1;           // quorum: fewer reports abandon the round
+  DataConfig data;
+  common::PartitionSpec partition;         // partition.sites is the number of sites
+  BackboneConfig backbone;
+  PretrainConfig pretrain;
+  HeadConfig head;
+  TrainConfig train;
+  protocols::StrategySpec server;
+  BaselineConfig baselines;
+  FederationConfig federation;
+  SecureAggregationConfig secagg;
+  PrivacyConfig privacy;
+  // Not from the file: set by --resume (continue from <out>/checkpoint.bin).
+  bool resume = false;
+};
+
+// site.toml: one site's kit, data and policy (fedtl worker).
+struct SiteConfig {
+  std::string name;                 // must equal the certificate's CN
+  std::string coordinator;          // host:port
+  std::string coordinator_name;     // CN the coordinator's certificate must have ("" = any from the CA)
+  std::string ca_cert, cert, key;   // the site's kit (PEM files)
+  std::string cache_dir;            // backbones kept by digest (default runs/site-<name>)
+  // [data] source = "folder": dir is a folder of class sub-folders; "job-partition": the
+  // site's slice (partition_index) of the partition `job` (a job.toml) defines — what
+  // `fedtl simulate` gives that site, for demos and equivalence checks.
+  std::string data_source = "folder";
+  std::string data_dir, data_job;
+  int64_t partition_index = -1;
+  double connect_timeout_s = 30, max_backoff_s = 30, give_up_after_s = 3600;
+  worker::SitePolicy policy;
+};
+
+// Parses site.toml; relative paths are resolved against the file's directory. Throws
+// ConfigError naming unknown keys and bad values.
+SiteConfig load_site_config(const std::string& path);
+
+// Parses a TOML file. Relative paths inside stay as written (resolved against the current
+// directory by the caller). Throws ConfigError.
+JobConfig load_job_config(const std::string& path);
+// Parses TOML text (for tests and for job specs received over the wire).
+JobConfig parse_job_config(const std::string& toml_text, const std::string& origin = "<string>");
+// Checks ranges and consistency; throws ConfigError naming the offending key.
+void validate(const JobConfig& cfg);
+
+}  // namespace fedtl::app

@@ -1,0 +1,76 @@
+// The coordinator's side of a job, shared by every way of running it (simulate, the TLS
+// coordinator, mpi): data and backbone set-up, the global model and its evaluation, the
+// Coordinator, and the outputs (metrics.jsonl, summary.json, model.pt, accuracy.svg).
+#pragma once
+#include <functional>
+#include <memory>
+#include <optional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "app/job_setup.h"
+#include "common/checkpoint.h"
+#include "app/config.h"
+#include "common/model/transfer_model.h"
+#include "common/report.h"
+#include "coordinator/coordinator.h"
+
+namespace fedtl::app {
+
+struct JobOutcome {
+  coordinator::Coordinator::Result result;
+  common::model::EvalResult final_eval;
+  std::string model_sha256;
+  std::vector<std::pair<double, double>> curve;  // (round, accuracy)
+  double seconds = 0;
+};
+
+class CoordinatorJob {
+ public:
+  // Loads the data (test set for evaluation; training sets for simulations), the backbone
+  // (pre-training it when configured and absent) and builds the global model. Throws
+  // fedtl::Error on bad configuration or data.
+  explicit CoordinatorJob(const app::JobConfig& cfg);
+  ~CoordinatorJob();
+
+  const app::JobConfig& config() const { return cfg_; }
+  const TaskData& data() const { return data_; }
+  const std::string& backbone() const { return backbone_; }
+  const std::string& backbone_sha256() const { return backbone_sha_; }
+  common::model::TransferModel& model() { return *model_; }
+  const common::model::FeatureSet& test_features() const { return *test_features_; }
+
+  // Mixed into the coordinator's DP noise seed: 0 keeps simulations reproducible; the TLS
+  // coordinator draws a random one so that sites cannot predict (and remove) the noise.
+  void set_noise_secret(uint64_t secret) { noise_secret_ = secret; }
+  // Polled between rounds; true stops the job cleanly (checkpoint kept, outputs written).
+  void set_stop(std::function<bool()> stop) { stop_ = std::move(stop); }
+  // A coordinator for this job; site_names: the federation in index order (may be empty).
+  std::unique_ptr<coordinator::Coordinator> make_coordinator(const std::vector<std::string>& site_names);
+  // Runs the rounds, logging progress and appending metrics.jsonl and writing
+  // <out>/checkpoint.bin after every round; then evaluates, exports model.pt and computes the
+  // digest. With cfg.resume, continues from the checkpoint (same job required).
+  JobOutcome run(coordinator::Coordinator& coord, const std::string& transport);
+  // Writes summary.json (the standard keys + `extra`) and accuracy.svg with `baselines`.
+  void write_summary(const JobOutcome& o, const std::string& transport, const nlohmann::json& extra,
+                     const std::vector<common::PlotLine>& baselines);
+
+ private:
+  class Evaluator;
+  app::JobConfig cfg_;
+  TaskData data_;
+  std::string backbone_, backbone_sha_;
+  std::unique_ptr<common::model::TransferModel> model_;
+  std::unique_ptr<common::model::FeatureSet> test_features_;
+  std::unique_ptr<Evaluator> evaluator_;
+  std::chrono::steady_clock::time_point start_;
+  std::function<bool()> stop_;
+  std::optional<common::Checkpoint> resume_;  // loaded by make_coordinator when cfg.resume
+  std::string fingerprint_;
+  std::vector<std::string> metrics_lines_;  // metrics.jsonl so far, for the checkpoint
+  double noise_multiplier_ = 0;   // as sent in the job (calibrated from target_epsilon when asked)
+  uint64_t noise_secret_ = 0;     // see set_noise_secret
+};
+
+}  // namespace fedtl::app

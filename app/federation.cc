@@ -1,0 +1,209 @@
+// Cross-institution runs: `fedtl coordinator`, `fedtl worker` over mutual TLS, and `fedtl ca`.
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "app/run.h"
+#include "app/coordinator_job.h"
+#include "app/site_trainer.h"
+#include "common/data/datasets.h"
+#include "common/errors.h"
+#include "common/files.h"
+#include "common/transport/pki.h"
+#include "common/sha256.h"
+#include "common/transport/tls.h"
+#include "worker/site_policy.h"
+#include "worker/worker.h"
+
+namespace fedtl::app {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+std::pair<std::string, uint16_t> split_address(const std::string& addr, const std::string& what) {
+  const auto colon = addr.rfind(':');
+  if (colon == std::string::npos) throw ConfigError(what + " '" + addr + "' must be host:port");
+  std::string host = addr.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  int port = 0;
+  try {
+    port = std::stoi(addr.substr(colon + 1));
+  } catch (const std::exception&) {
+    port = -1;
+  }
+  if (port < 0 || port > 65535) throw ConfigError(what + " '" + addr + "' has no valid port");
+  return {host, static_cast<uint16_t>(port)};
+}
+
+milliseconds ms(double seconds) { return milliseconds(static_cast<int64_t>(seconds * 1000)); }
+
+// The site's data: an image folder decoded for the job's input, or its slice of a job
+// file's partition (what simulate gives the same site).
+common::ImageSet load_site_data(const app::SiteConfig& site, const v1::JobSpec& job) {
+  if (site.data_source == "folder") {
+    const auto& m = job.model();
+    auto images = common::read_image_folder(site.data_dir, m.in_channels(), m.in_height(), m.in_width());
+    if (static_cast<int64_t>(images.class_names.size()) != static_cast<int64_t>(m.num_classes()))
+      throw DataError("site data folder '" + site.data_dir + "' has " + std::to_string(images.class_names.size()) +
+                      " classes; the job trains " + std::to_string(m.num_classes()));
+    return images;
+  }
+  auto cfg = app::load_job_config(site.data_job);
+  TaskData data = load_task_data(cfg);
+  auto parts = site_partition(cfg, data);
+  if (site.partition_index >= static_cast<int64_t>(parts.size()))
+    throw ConfigError("data.partition_index " + std::to_string(site.partition_index) + " is outside the job's " +
+                      std::to_string(parts.size()) + " sites");
+  return data.target_train.subset(parts[static_cast<size_t>(site.partition_index)]);
+}
+
+// Backbones the site already holds, by digest (files named <sha256>.pt, re-verified).
+std::map<std::string, std::string> load_backbone_cache(const std::string& dir) {
+  std::map<std::string, std::string> cache;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return cache;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() != ".pt") continue;
+    std::string bytes = common::read_file(e.path().string());
+    const std::string sha = common::sha256_hex(bytes);
+    if (sha != e.path().stem().string()) {
+      spdlog::warn("ignoring cached backbone {}: its content does not match its name", e.path().string());
+      continue;
+    }
+    cache.emplace(sha, std::move(bytes));
+  }
+  return cache;
+}
+
+}  // namespace
+
+SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::StopSignal* stop) {
+  app::JobConfig cfg = job_cfg;
+  // Across institutions, updates are masked unless the job explicitly says otherwise.
+  if (!cfg.secagg.enabled) cfg.secagg.enabled = true;
+  const auto& fed = cfg.federation;
+  if (fed.sites.empty()) throw ConfigError("federation.sites must list the sites' certificate names");
+  if (fed.ca_cert.empty() || fed.cert.empty() || fed.key.empty())
+    throw ConfigError("federation.ca_cert, federation.cert and federation.key are required (see `fedtl ca issue`)");
+  if (static_cast<int64_t>(fed.sites.size()) < cfg.min_sites)
+    throw ConfigError("job.min_sites is larger than the number of federation.sites");
+  CoordinatorJob job(cfg);
+  common::TlsConfig tls;
+  tls.ca_cert = fed.ca_cert;
+  tls.cert = fed.cert;
+  tls.key = fed.key;
+  tls.max_frame_bytes = static_cast<uint32_t>(fed.max_frame_mb) << 20;
+  tls.handshake_timeout = ms(fed.handshake_timeout_s);
+  tls.allowed_names = fed.sites;
+  const auto [host, port] = split_address(fed.listen, "federation.listen");
+  auto listener = common::tls_listen(host, port, tls);
+  spdlog::info("coordinator listening on {}:{} (mutual TLS 1.3), sites: {}", host, listener->port(),
+               fmt::join(fed.sites, ", "));
+  uint64_t secret = 0;
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret) != 1)
+    throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
+  job.set_noise_secret(secret);
+  if (stop) job.set_stop([stop] { return stop->requested(); });
+  auto coord = job.make_coordinator(fed.sites);
+  coord->set_listener(listener.get());
+  JobOutcome o = job.run(*coord, "tls");
+  listener->close();
+  nlohmann::json sites = nlohmann::json::array();
+  for (const auto& s : o.result.sites)
+    sites.push_back({{"site", s.name}, {"samples", s.num_samples}, {"completed", s.active},
+                     {"dropped_reason", s.dropped_reason}});
+  job.write_summary(o, "tls", {{"per_site", sites}}, {});
+  return {o.final_eval.accuracy, o.model_sha256, cfg.out};
+}
+
+int run_worker(const app::SiteConfig& site, common::StopSignal* stop) {
+  common::model::set_torch_threads(1);
+  const auto [host, port] = split_address(site.coordinator, "site.coordinator");
+  common::TlsConfig tls;
+  tls.ca_cert = site.ca_cert;
+  tls.cert = site.cert;
+  tls.key = site.key;
+  tls.handshake_timeout = ms(site.connect_timeout_s);
+  tls.expected_server_name = site.coordinator_name;
+  const std::string backbone_dir = site.cache_dir + "/backbones";
+  SiteTrainer trainer([&](const v1::JobSpec& job) {
+    auto images = load_site_data(site, job);
+    spdlog::info("[{}] {} labelled images loaded for job '{}'", site.name, images.size(), job.job_name());
+    return images;
+  });
+  worker::WorkerOptions wopt;
+  wopt.site_name = site.name;
+  wopt.share_training_metrics = site.policy.share_training_metrics;
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(&wopt.noise_secret), sizeof wopt.noise_secret) != 1)
+    throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
+  wopt.check_job = [&](const v1::JobSpec& job) { return worker::policy_violation(site.policy, job); };
+  wopt.on_backbone = [&](const std::string& sha, const std::string& bytes) {
+    common::write_file_atomic(backbone_dir + "/" + sha + ".pt", bytes);
+    spdlog::info("[{}] backbone {} verified and cached", site.name, sha.substr(0, 12));
+  };
+
+  const auto give_up = Clock::now() + ms(site.give_up_after_s);
+  milliseconds backoff(500);
+  for (int attempt = 1;; ++attempt) {
+    wopt.backbone_cache = load_backbone_cache(backbone_dir);
+    std::shared_ptr<common::Connection> conn;
+    if (stop && stop->requested()) {
+      spdlog::info("[{}] stopped by a signal", site.name);
+      return 0;
+    }
+    try {
+      conn = common::tls_connect(host, port, tls, ms(site.connect_timeout_s));
+      if (stop) stop->on_stop([conn] { conn->close(); });  // wakes the blocking receive
+      spdlog::info("[{}] connected to coordinator '{}' at {}", site.name, conn->peer_name(), site.coordinator);
+      backoff = milliseconds(500);
+      const auto r = worker::Worker(*conn, trainer, wopt).run();
+      if (stop) stop->on_stop(nullptr);
+      spdlog::info("[{}] {} ({} rounds trained here)", site.name, r.shutdown_reason, r.rounds_trained);
+      if (!r.resume_expected) return r.success ? 0 : 1;
+      spdlog::info("[{}] the coordinator will resume: reconnecting", site.name);
+    } catch (const PolicyError&) {
+      return 2;  // the worker logged the refusal and told the coordinator why
+    } catch (const ConfigError&) {
+      throw;
+    } catch (const ProtocolError& e) {
+      const std::string what = e.what();
+      if (what.rfind("peer refused", 0) == 0) {  // the coordinator said no: retrying will not help
+        spdlog::error("[{}] coordinator refused this site: {}", site.name, what);
+        return 2;
+      }
+      spdlog::warn("[{}] protocol error: {}; reconnecting", site.name, what);
+    } catch (const fedtl::Error& e) {
+      if (stop) stop->on_stop(nullptr);
+      if (stop && stop->requested()) {
+        spdlog::info("[{}] stopped by a signal", site.name);
+        return 0;
+      }
+      spdlog::warn("[{}] {} (attempt {}); retrying in {:.1f} s", site.name, e.what(), attempt, backoff.count() / 1e3);
+    }
+    if (Clock::now() + backoff > give_up) {
+      spdlog::error("[{}] giving up after {:.0f} s without a finished job", site.name, site.give_up_after_s);
+      return 1;
+    }
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min(backoff * 2, ms(site.max_backoff_s));
+  }
+}
+
+void run_ca_init(const std::string& dir, const std::string& federation) {
+  common::pki_init(dir, federation);
+  spdlog::info("federation CA '{}' created in {}/ (keep ca.key offline and owner-only)", federation, dir);
+}
+
+void run_ca_issue(const std::string& dir, const std::string& name, const std::string& role,
+                  const std::string& coordinator_address, const std::string& coordinator_name) {
+  const std::string kit = common::pki_issue(dir, name, role, coordinator_address, coordinator_name);
+  spdlog::info("kit for {} '{}' written to {}/", role, name, kit);
+  std::cout << kit << "\n";
+}
+
+}  // namespace fedtl::app

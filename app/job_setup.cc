@@ -1,0 +1,229 @@
+#include "app/job_setup.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "common/data/datasets.h"
+#include "common/errors.h"
+#include "common/files.h"
+#include "common/sha256.h"
+#include "protocols/dp/accountant.h"
+#include "protocols/secure_round.h"
+
+namespace fedtl::app {
+namespace fs = std::filesystem;
+
+TaskData load_task_data(const app::JobConfig& cfg) {
+  TaskData d;
+  common::ImageSet train, test;
+  if (cfg.data.source == "fashion-mnist") {
+    const std::string dir = cfg.data.dir.empty() ? common::kFashionMnistDir : cfg.data.dir;
+    train = common::read_fashion_mnist("train", dir);
+    test = common::read_fashion_mnist("t10k", dir);
+    static const char* names[] = {"T-shirt", "Trouser", "Pullover", "Dress", "Coat",
+                                  "Sandal",  "Shirt",   "Sneaker",  "Bag",   "Boot"};
+    train.class_names.assign(std::begin(names), std::end(names));
+  } else {
+    if (cfg.data.test_dir.empty()) throw ConfigError("data.test_dir is required when data.source = \"folder\"");
+    train = common::read_image_folder(cfg.data.dir, cfg.backbone.channels, cfg.backbone.height, cfg.backbone.width);
+    test = common::read_image_folder(cfg.data.test_dir, cfg.backbone.channels, cfg.backbone.height,
+                                     cfg.backbone.width);
+  }
+  const int64_t num_classes = static_cast<int64_t>(
+      std::max(train.class_names.size(),
+               static_cast<size_t>(*std::max_element(train.labels.begin(), train.labels.end()) + 1)));
+  for (int64_t k : cfg.data.target_classes)
+    if (k < 0 || k >= num_classes) throw ConfigError("data.target_classes: class " + std::to_string(k) +
+                                                     " does not exist (the data has " + std::to_string(num_classes) + ")");
+  for (int64_t k : cfg.data.source_classes)
+    if (k < 0 || k >= num_classes) throw ConfigError("data.source_classes: class " + std::to_string(k) +
+                                                     " does not exist (the data has " + std::to_string(num_classes) + ")");
+  d.target_train = train.select_classes(cfg.data.target_classes);
+  d.target_test = test.select_classes(cfg.data.target_classes);
+  if (!cfg.data.source_classes.empty()) {
+    d.source_train = train.select_classes(cfg.data.source_classes);
+    d.source_test = test.select_classes(cfg.data.source_classes);
+  }
+  for (int64_t k : cfg.data.target_classes)
+    d.target_names.push_back(static_cast<size_t>(k) < train.class_names.size() ? train.class_names[static_cast<size_t>(k)]
+                                                                             : std::to_string(k));
+  if (d.target_train.size() == 0 || d.target_test.size() == 0)
+    throw DataError("no training or test images of the target classes");
+  return d;
+}
+
+common::model::InputSpec input_spec(const app::JobConfig& cfg) {
+  common::model::InputSpec in;
+  in.channels = cfg.backbone.channels;
+  in.height = cfg.backbone.height;
+  in.width = cfg.backbone.width;
+  in.mean = cfg.backbone.mean;
+  in.std = cfg.backbone.std;
+  return in;
+}
+
+common::model::ModelSpec model_spec(const app::JobConfig& cfg) {
+  common::model::ModelSpec m;
+  m.input = input_spec(cfg);
+  m.freeze = cfg.backbone.freeze;
+  m.unfrozen = cfg.backbone.unfrozen;
+  m.head = cfg.head.type;
+  m.hidden = cfg.head.hidden;
+  m.num_classes = static_cast<int64_t>(cfg.data.target_classes.size());
+  return m;
+}
+
+common::model::ModelSpec model_spec(const v1::ModelSpec& w) {
+  common::model::ModelSpec m;
+  m.input.channels = w.in_channels();
+  m.input.height = w.in_height();
+  m.input.width = w.in_width();
+  m.input.mean.assign(w.mean().begin(), w.mean().end());
+  m.input.std.assign(w.std().begin(), w.std().end());
+  m.freeze = w.freeze();
+  m.unfrozen = w.unfrozen();
+  m.head = w.head();
+  m.hidden = w.hidden();
+  m.num_classes = w.num_classes();
+  return m;
+}
+
+std::string pretrain_backbone(const app::JobConfig& cfg, const TaskData& data) {
+  if (data.source_train.size() == 0) throw ConfigError("pre-training needs data.source_classes with images");
+  common::model::PretrainOptions opt;
+  opt.epochs = cfg.pretrain.epochs;
+  opt.batch_size = cfg.pretrain.batch_size;
+  opt.lr = cfg.pretrain.lr;
+  opt.seed = derive_seed(cfg.seed, 0xbacb0e);
+  opt.on_epoch = [&](int64_t e, double loss, double acc) {
+    spdlog::info("pretrain epoch {}/{}: loss {:.4f}, source-test accuracy {:.2f}%", e, opt.epochs, loss, 100 * acc);
+  };
+  spdlog::info("pre-training the built-in CNN on {} source images ({} classes), {} epochs", data.source_train.size(),
+               cfg.data.source_classes.size(), opt.epochs);
+  return common::model::pretrain_builtin_cnn(data.source_train, data.source_test, input_spec(cfg), opt);
+}
+
+std::string ensure_backbone(const app::JobConfig& cfg, const TaskData& data) {
+  if (fs::exists(cfg.backbone.path)) {
+    std::string bytes = common::read_file(cfg.backbone.path);
+    spdlog::info("backbone {} ({} bytes, sha256 {})", cfg.backbone.path, bytes.size(),
+                 common::sha256_hex(bytes).substr(0, 16));
+    return bytes;
+  }
+  if (!cfg.backbone.pretrain_if_missing)
+    throw ConfigError("backbone file '" + cfg.backbone.path + "' not found (run `fedtl pretrain` or set backbone.pretrain_if_missing)");
+  std::string bytes = pretrain_backbone(cfg, data);
+  common::write_file_atomic(cfg.backbone.path, bytes);
+  spdlog::info("saved backbone to {} (sha256 {})", cfg.backbone.path, common::sha256_hex(bytes).substr(0, 16));
+  return bytes;
+}
+
+v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& sha, uint64_t nbytes,
+                          const std::vector<common::model::ParamInfo>& layout, uint32_t num_sites) {
+  v1::JobSpec j;
+  j.set_job_name(cfg.name);
+  j.set_seed(cfg.seed);
+  j.set_rounds(static_cast<uint32_t>(cfg.rounds));
+  j.set_backbone_sha256(sha);
+  j.set_backbone_bytes(nbytes);
+  auto* m = j.mutable_model();
+  m->set_head(cfg.head.type);
+  m->set_hidden(static_cast<uint32_t>(cfg.head.hidden));
+  m->set_num_classes(static_cast<uint32_t>(cfg.data.target_classes.size()));
+  m->set_freeze(cfg.backbone.freeze);
+  m->set_unfrozen(static_cast<uint32_t>(cfg.backbone.unfrozen));
+  m->set_in_channels(static_cast<uint32_t>(cfg.backbone.channels));
+  m->set_in_height(static_cast<uint32_t>(cfg.backbone.height));
+  m->set_in_width(static_cast<uint32_t>(cfg.backbone.width));
+  for (double v : cfg.backbone.mean) m->add_mean(v);
+  for (double v : cfg.backbone.std) m->add_std(v);
+  auto* t = j.mutable_training();
+  t->set_optimizer(cfg.train.optimizer);
+  t->set_lr(cfg.train.lr);
+  t->set_momentum(cfg.train.momentum);
+  t->set_weight_decay(cfg.train.weight_decay);
+  t->set_epochs(static_cast<uint32_t>(cfg.train.epochs));
+  t->set_batch_size(static_cast<uint32_t>(cfg.train.batch_size));
+  t->set_prox_mu(cfg.server.name == "fedprox" ? cfg.server.prox_mu : 0.0);
+  for (const auto& p : layout) {
+    auto* e = j.mutable_layout()->add_entries();
+    e->set_name(p.name);
+    for (int64_t s : p.shape) e->add_shape(s);
+  }
+  for (int64_t k : cfg.data.target_classes) j.add_target_classes(k);
+  j.set_min_sites(static_cast<uint32_t>(cfg.min_sites));
+  if (cfg.privacy.mode != "none") {
+    auto* pv = j.mutable_privacy();
+    pv->set_mode(cfg.privacy.mode);
+    double sigma = cfg.privacy.noise_multiplier;
+    if (sigma <= 0)  // calibrate: the smallest sigma that keeps epsilon within target over the job
+      sigma = protocols::dp::noise_multiplier(cfg.privacy.target_epsilon, cfg.privacy.sampling_rate, cfg.rounds,
+                                              cfg.privacy.delta);
+    pv->set_noise_multiplier(sigma);
+    pv->set_clip_norm(cfg.privacy.clip_norm);
+    pv->set_sampling_rate(cfg.privacy.sampling_rate);
+    pv->set_expected_sites(
+        std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(cfg.privacy.sampling_rate * num_sites))));
+    if (cfg.privacy.mode == "distributed" && !cfg.secagg.enabled.value_or(false))
+      throw ConfigError("privacy.mode = \"distributed\" needs secure aggregation (the coordinator must never see an "
+                        "un-noised sum of fewer than all shares); set [secure_aggregation] enabled = true");
+    if (cfg.privacy.adaptive_clip && cfg.secagg.enabled.value_or(false))
+      throw ConfigError("privacy.adaptive_clip is not available with secure aggregation yet (the clip indicator "
+                        "would travel in the clear)");
+  }
+  const bool secure = cfg.secagg.enabled.value_or(false);
+  j.set_secure_aggregation(secure);
+  if (secure) {
+    auto* sa = j.mutable_secagg();
+    sa->set_num_sites(num_sites);
+    sa->set_threshold(cfg.secagg.threshold > 0 ? static_cast<uint32_t>(cfg.secagg.threshold) : num_sites / 2 + 1);
+    sa->set_clip(cfg.secagg.clip);
+    sa->set_weight_bound(cfg.secagg.weight_bound);
+    sa->set_deterministic_rounding(cfg.secagg.deterministic_rounding);
+    sa->set_complete_graph_max(static_cast<uint32_t>(cfg.secagg.complete_graph_max));
+    sa->set_sparse_degree(static_cast<uint32_t>(cfg.secagg.sparse_degree));
+    protocols::validate_secagg(j);
+  }
+  return j;
+}
+
+std::unique_ptr<common::model::TransferModel> site_model(const v1::JobSpec& job, const std::string& backbone) {
+  auto model = common::model::TransferModel::create(backbone, model_spec(job.model()), job.seed());
+  if (model->layout().size() != static_cast<size_t>(job.layout().entries_size()))
+    throw ModelError("the job's parameter layout does not match the model built here");
+  for (size_t i = 0; i < model->layout().size(); ++i) {
+    const auto& mine = model->layout()[i];
+    const auto& theirs = job.layout().entries(static_cast<int>(i));
+    if (mine.name != theirs.name() || mine.shape != std::vector<int64_t>(theirs.shape().begin(), theirs.shape().end()))
+      throw ModelError("parameter '" + theirs.name() + "' in the job does not match '" + mine.name + "' here");
+  }
+  return model;
+}
+
+common::model::TrainOptions train_options(const v1::JobSpec& job, uint32_t round) {
+  const auto& t = job.training();
+  common::model::TrainOptions opt;
+  opt.optimizer = t.optimizer();
+  opt.lr = t.lr();
+  opt.momentum = t.momentum();
+  opt.weight_decay = t.weight_decay();
+  opt.epochs = t.epochs();
+  opt.batch_size = t.batch_size();
+  opt.prox_mu = t.prox_mu();
+  opt.seed = derive_seed(job.seed(), 1000 + job.site_index(), round);
+  return opt;
+}
+
+uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b) {
+  auto mix = [](uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  return mix(mix(mix(seed) ^ a) ^ b);
+}
+
+}  // namespace fedtl::app

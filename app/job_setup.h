@@ -1,0 +1,52 @@
+// Pieces every way of running a job shares (simulate now; coordinator/worker and mpi
+// later): loading the configured data, making or loading the backbone, and turning the job
+// config into the wire JobSpec and the model spec.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "app/config.h"
+#include "common/data/image_set.h"
+#include "common/model/transfer_model.h"
+#include "protocols/fedtl.pb.h"
+
+namespace fedtl::app {
+
+struct TaskData {
+  common::ImageSet source_train, source_test;  // source classes relabelled 0..S-1
+  common::ImageSet target_train, target_test;  // target classes relabelled 0..T-1
+  std::vector<std::string> target_names;
+};
+
+// Reads the configured dataset and splits it into source and target tasks.
+TaskData load_task_data(const app::JobConfig& cfg);
+
+common::model::InputSpec input_spec(const app::JobConfig& cfg);
+common::model::ModelSpec model_spec(const app::JobConfig& cfg);
+common::model::ModelSpec model_spec(const v1::ModelSpec& wire);
+
+// Returns the backbone bytes from cfg.backbone.path; when absent and pretrain_if_missing,
+// pre-trains the built-in CNN on the source classes and writes it there (atomically).
+std::string ensure_backbone(const app::JobConfig& cfg, const TaskData& data);
+// Pre-trains the built-in CNN on the source task and returns its TorchScript bytes.
+std::string pretrain_backbone(const app::JobConfig& cfg, const TaskData& data);
+
+// The job as sent to sites (site_index left 0) for a federation of num_sites sites.
+// Throws ConfigError when its secure aggregation settings cannot work.
+v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& backbone_sha256, uint64_t backbone_bytes,
+                          const std::vector<common::model::ParamInfo>& layout, uint32_t num_sites);
+
+// A site's model for `job`: built from the verified backbone and checked against the job's
+// parameter layout (the coordinator's model), so a mismatch fails before any training.
+// Throws ModelError.
+std::unique_ptr<common::model::TransferModel> site_model(const v1::JobSpec& job, const std::string& backbone);
+
+// The local training a job asks of a site in `round` (its shuffling seeded by job seed, site
+// and round, so every transport and every rank of a site shuffles alike).
+common::model::TrainOptions train_options(const v1::JobSpec& job, uint32_t round);
+
+// Derives independent 64-bit seeds from a job seed and indices (SplitMix64 mixing).
+uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0);
+
+}  // namespace fedtl::app

@@ -1,0 +1,62 @@
+// The application: what each fedtl subcommand does, callable from cli/ and from tests.
+#pragma once
+#include <optional>
+#include <ostream>
+#include <string>
+
+#include "app/config.h"
+#include "common/stop_signal.h"
+
+namespace fedtl::app {
+
+struct SimulateOverrides {
+  std::optional<int64_t> sites, rounds;
+  std::optional<uint64_t> seed;
+  std::optional<std::string> out;
+  bool baselines = false;
+  bool resume = false;  // continue from <out>/checkpoint.bin
+};
+
+struct SimulateResult {
+  double federated_accuracy = 0;
+  std::string model_sha256;
+  std::string out_dir;
+};
+
+// Prints a finished job's result on stdout's format: "federated_accuracy", "model_sha256" and
+// "out" lines (scripts and tests read them).
+void print_result(const SimulateResult& r, std::ostream& out);
+
+// Applies command-line overrides to a loaded job and validates the result.
+app::JobConfig apply_overrides(app::JobConfig cfg, const SimulateOverrides& o);
+
+// `fedtl simulate`: N sites as threads over the in-process transport. Writes metrics.jsonl,
+// summary.json, model.pt and accuracy.svg to cfg.out. Throws fedtl::Error.
+// `stop` (optional): SIGINT/SIGTERM end the job cleanly after the current round.
+SimulateResult run_simulate(const app::JobConfig& cfg, const common::StopSignal* stop = nullptr);
+
+// `fedtl pretrain`: trains the built-in CNN on the source classes and writes the backbone
+// (TorchScript) to `out_path` (default cfg.backbone.path).
+void run_pretrain(const app::JobConfig& cfg, const std::string& out_path);
+
+// `fedtl coordinator`: serves the job over mutual TLS to the sites listed in [federation];
+// writes the same outputs as simulate. `overrides` as for simulate (sites is ignored).
+SimulateResult run_coordinator(const app::JobConfig& cfg, const common::StopSignal* stop = nullptr);
+
+// `fedtl worker`: one site. Connects (and reconnects with backoff) to the coordinator,
+// verifies it, checks the job against the site policy, trains. Returns the process exit
+// status (0 when the job finished).
+// A coordinator that stops early for a restart (Shutdown.resume_expected) is waited for.
+// `stop` (optional): SIGINT/SIGTERM close the connection and end the worker with status 0.
+int run_worker(const app::SiteConfig& site, common::StopSignal* stop = nullptr);
+
+// `fedtl ca init|issue`: the federation's certificate authority and its kits.
+void run_ca_init(const std::string& dir, const std::string& federation);
+void run_ca_issue(const std::string& dir, const std::string& name, const std::string& role,
+                  const std::string& coordinator_address, const std::string& coordinator_name);
+
+// The sites' partition of the target training set, as simulate makes it.
+struct TaskData;
+std::vector<std::vector<int64_t>> site_partition(const app::JobConfig& cfg, const TaskData& data);
+
+}  // namespace fedtl::app

@@ -1,0 +1,217 @@
+// `fedtl simulate`: the coordinator on this thread, one worker thread per site, connected by
+// the in-process transport and speaking the real wire protocol.
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <thread>
+
+#include "app/run.h"
+#include "app/coordinator_job.h"
+#include "app/site_trainer.h"
+#include "common/errors.h"
+#include "common/files.h"
+#include "common/transport/inproc.h"
+#include "common/data/partition.h"
+#include "common/sha256.h"
+#include "worker/worker.h"
+
+namespace fedtl::app {
+namespace {
+
+using common::model::TransferModel;
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+// Accuracy a site would see: per-class recall weighted by the site's class mix.
+double mix_accuracy(const std::vector<std::vector<int64_t>>& confusion, const std::vector<int64_t>& counts) {
+  double acc = 0, total = 0;
+  for (size_t c = 0; c < confusion.size(); ++c) {
+    const double row = static_cast<double>(std::accumulate(confusion[c].begin(), confusion[c].end(), int64_t{0}));
+    if (row > 0) acc += static_cast<double>(counts[c]) * static_cast<double>(confusion[c][c]) / row;
+    total += static_cast<double>(counts[c]);
+  }
+  return total > 0 ? acc / total : 0;
+}
+
+common::model::TrainOptions baseline_options(const app::JobConfig& cfg, uint64_t seed) {
+  common::model::TrainOptions o;
+  o.optimizer = cfg.train.optimizer;
+  o.lr = cfg.train.lr;
+  o.momentum = cfg.train.momentum;
+  o.weight_decay = cfg.train.weight_decay;
+  o.epochs = cfg.baselines.epochs;
+  o.batch_size = cfg.train.batch_size;
+  o.seed = seed;
+  return o;
+}
+
+struct Baselines {
+  double central = 0, local_mean = 0, scratch = 0;
+  std::vector<common::model::EvalResult> local;  // per site
+};
+
+// Local-only (each site alone), centralised (all sites' labels pooled) and from scratch (the
+// built-in CNN from random initialisation, every layer trained on the pool), all with the
+// job's local optimiser for baselines.epochs epochs, evaluated on the global test set.
+Baselines run_baselines(CoordinatorJob& job, const std::vector<std::vector<int64_t>>& parts) {
+  const auto& cfg = job.config();
+  const auto& data = job.data();
+  const auto mspec = model_spec(cfg);
+  Baselines b;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    auto m = TransferModel::create(job.backbone(), mspec, cfg.seed);
+    auto fs = m->features(data.target_train.subset(parts[i]));
+    m->train(*fs, baseline_options(cfg, derive_seed(cfg.seed, 0x10ca1, i)));
+    b.local.push_back(m->evaluate(job.test_features()));
+    b.local_mean += b.local.back().accuracy / static_cast<double>(parts.size());
+  }
+  std::vector<int64_t> pooled;
+  for (const auto& p : parts) pooled.insert(pooled.end(), p.begin(), p.end());
+  std::sort(pooled.begin(), pooled.end());
+  const common::ImageSet pooled_set = data.target_train.subset(pooled);
+  auto central = TransferModel::create(job.backbone(), mspec, cfg.seed);
+  central->train(*central->features(pooled_set), baseline_options(cfg, derive_seed(cfg.seed, 0xce17)));
+  b.central = central->evaluate(job.test_features()).accuracy;
+  common::model::ModelSpec sspec = mspec;
+  sspec.freeze = "none";
+  auto scratch =
+      TransferModel::create(common::model::builtin_cnn(mspec.input, derive_seed(cfg.seed, 0x5c7a)), sspec, cfg.seed);
+  scratch->train(*scratch->features(pooled_set), baseline_options(cfg, derive_seed(cfg.seed, 0x5c7b)));
+  b.scratch = scratch->evaluate(*scratch->features(data.target_test)).accuracy;
+  return b;
+}
+
+}  // namespace
+
+app::JobConfig apply_overrides(app::JobConfig cfg, const SimulateOverrides& o) {
+  if (o.sites) cfg.partition.sites = *o.sites;
+  if (o.rounds) cfg.rounds = *o.rounds;
+  if (o.seed) cfg.seed = *o.seed;
+  if (o.out) cfg.out = *o.out;
+  if (o.baselines) cfg.baselines.enabled = true;
+  if (o.resume) cfg.resume = true;
+  cfg.min_sites = std::min<int64_t>(cfg.min_sites, cfg.partition.sites);
+  app::validate(cfg);
+  return cfg;
+}
+
+void run_pretrain(const app::JobConfig& cfg, const std::string& out_path) {
+  common::model::set_torch_threads(static_cast<int>(cfg.threads));
+  TaskData data = load_task_data(cfg);
+  std::string bytes = pretrain_backbone(cfg, data);
+  common::write_file_atomic(out_path, bytes);
+  spdlog::info("wrote backbone {} ({} bytes, sha256 {})", out_path, bytes.size(), common::sha256_hex(bytes));
+}
+
+std::vector<std::vector<int64_t>> site_partition(const app::JobConfig& cfg, const TaskData& data) {
+  common::PartitionSpec pspec = cfg.partition;
+  pspec.seed = derive_seed(cfg.seed, 0x5a17e5);
+  return common::partition(data.target_train.labels, static_cast<int64_t>(cfg.data.target_classes.size()), pspec);
+}
+
+SimulateResult run_simulate(const app::JobConfig& cfg, const common::StopSignal* stop) {
+  CoordinatorJob job(cfg);
+  if (stop) job.set_stop([stop] { return stop->requested(); });
+  const auto& data = job.data();
+  const int n = static_cast<int>(cfg.partition.sites);
+  const auto parts = site_partition(cfg, data);
+  const auto counts =
+      common::class_counts(data.target_train.labels, static_cast<int64_t>(cfg.data.target_classes.size()), parts);
+  static const char* scheme_names[] = {"iid", "dirichlet", "quantity"};
+  spdlog::info("partition: {} sites, scheme {}, alpha {}, {} labels per site (0 = split all)\n{}", n,
+               scheme_names[static_cast<int>(cfg.partition.scheme)], cfg.partition.alpha,
+               cfg.partition.samples_per_site, common::format_class_table(counts, data.target_names));
+
+  std::vector<std::string> names;
+  for (int i = 0; i < n; ++i) names.push_back("site-" + std::to_string(i));
+  auto coord = job.make_coordinator(names);
+  // One worker thread per site, each with its end of an in-process connection.
+  std::vector<std::unique_ptr<common::Connection>> worker_ends;
+  for (int i = 0; i < n; ++i) {
+    auto [coord_end, worker_end] = common::make_inproc_pair("coordinator", names[static_cast<size_t>(i)]);
+    coord->add_site(std::move(coord_end));
+    worker_ends.push_back(std::move(worker_end));
+  }
+  // As many sites compute at once as there are cores; the rest wait their turn.
+  common::ComputeSlots slots(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  std::vector<std::string> worker_errors(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      const auto idx = static_cast<size_t>(i);
+      try {
+        SiteTrainer trainer(data.target_train.subset(parts[idx]), &slots);
+        worker::WorkerOptions wopt;
+        wopt.site_name = names[idx];
+        worker::Worker(*worker_ends[idx], trainer, wopt).run();
+      } catch (const std::exception& e) {
+        worker_errors[idx] = e.what();
+        spdlog::error("{} failed: {}", names[idx], e.what());
+        worker_ends[idx]->close();
+      }
+    });
+  }
+  JobOutcome outcome;
+  try {
+    outcome = job.run(*coord, "inproc");
+  } catch (...) {
+    for (auto& e : worker_ends) e->close();
+    for (auto& t : threads) t.join();
+    throw;
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < worker_errors.size(); ++i)
+    if (!worker_errors[i].empty() && outcome.result.sites[i].active)
+      throw Error(names[i] + " failed: " + worker_errors[i]);
+
+  json sites = json::array();
+  for (size_t i = 0; i < static_cast<size_t>(n); ++i) {
+    const auto& si = outcome.result.sites[i];
+    sites.push_back({{"site", si.name}, {"samples", parts[i].size()}, {"class_counts", counts[i]},
+                     {"federated_accuracy_on_site_mix", mix_accuracy(outcome.final_eval.confusion, counts[i])},
+                     {"completed", si.active}});
+  }
+  json extra;
+  std::vector<common::PlotLine> lines;
+  if (cfg.baselines.enabled) {
+    const auto tb = Clock::now();
+    const Baselines b = run_baselines(job, parts);
+    for (size_t i = 0; i < b.local.size(); ++i) {
+      sites[i]["local_only_accuracy"] = b.local[i].accuracy;
+      sites[i]["local_only_accuracy_on_site_mix"] = mix_accuracy(b.local[i].confusion, counts[i]);
+    }
+    extra["centralized_accuracy"] = b.central;
+    extra["local_only_mean_accuracy"] = b.local_mean;
+    extra["scratch_accuracy"] = b.scratch;
+    extra["baseline_epochs"] = cfg.baselines.epochs;
+    const double fed = outcome.final_eval.accuracy;
+    spdlog::info("baselines ({} epochs, {:.1f} s): centralised {:.2f}%, local-only mean {:.2f}%, from scratch {:.2f}%",
+                 cfg.baselines.epochs, std::chrono::duration<double>(Clock::now() - tb).count(), 100 * b.central,
+                 100 * b.local_mean, 100 * b.scratch);
+    spdlog::info("federated vs centralised: {:+.2f} points; vs local-only mean: {:+.2f} points; "
+                 "transfer (centralised) vs scratch: {:+.2f} points",
+                 100 * (fed - b.central), 100 * (fed - b.local_mean), 100 * (b.central - b.scratch));
+    lines = {{"centralised", b.central}, {"local-only mean", b.local_mean}, {"from scratch", b.scratch}};
+  }
+  std::string table = "site        samples  federated(site mix)  local-only(global)\n";
+  for (const auto& s : sites) {
+    table += fmt::format("{:<10}  {:>7}  {:>18.2f}%  {:>17}\n", s["site"].get<std::string>(), s["samples"].get<size_t>(),
+                         100 * s["federated_accuracy_on_site_mix"].get<double>(),
+                         s.contains("local_only_accuracy")
+                             ? fmt::format("{:.2f}%", 100 * s["local_only_accuracy"].get<double>())
+                             : std::string("-"));
+  }
+  spdlog::info("per-site accuracy:\n{}", table);
+  extra["per_site"] = sites;
+  job.write_summary(outcome, "inproc", extra, lines);
+  return {outcome.final_eval.accuracy, outcome.model_sha256, cfg.out};
+}
+
+void print_result(const SimulateResult& r, std::ostream& out) {
+  out << "federated_accuracy " << r.federated_accuracy << "\nmodel_sha256 " << r.model_sha256 << "\nout " << r.out_dir
+      << "\n";
+}
+
+}  // namespace fedtl::app

@@ -1,0 +1,40 @@
+// The LibTorch-backed SiteRuntime: a site's model, its cached features and local training.
+#pragma once
+#include <functional>
+#include <memory>
+
+#include "common/compute_slots.h"
+#include "common/data/image_set.h"
+#include "common/model/transfer_model.h"
+#include "worker/site_runtime.h"
+
+namespace fedtl::app {
+
+class SiteTrainer : public worker::SiteRuntime {
+ public:
+  // Loads the site's labelled images once the job is known (its input spec decides how an
+  // image folder is decoded). The images never leave this object.
+  using DataLoader = std::function<common::ImageSet(const v1::JobSpec&)>;
+  // `slots` (optional, not owned) bounds concurrent feature caching and training across the
+  // sites of one process.
+  explicit SiteTrainer(DataLoader loader, common::ComputeSlots* slots = nullptr)
+      : loader_(std::move(loader)), slots_(slots) {}
+  explicit SiteTrainer(common::ImageSet data, common::ComputeSlots* slots = nullptr)
+      : data_(std::move(data)), loaded_(true), slots_(slots) {}
+  // prepare() loads the data and builds the model; the frozen-prefix features are cached
+  // at the first train_round(), so a federation comes up without waiting for every site's
+  // forward passes.
+  uint64_t prepare(const v1::JobSpec& job, const std::string& backbone_bytes) override;
+  worker::LocalUpdate train_round(uint32_t round, const std::vector<float>& global) override;
+
+ private:
+  DataLoader loader_;
+  common::ImageSet data_;
+  bool loaded_ = false;
+  common::ComputeSlots* slots_ = nullptr;
+  v1::JobSpec job_;
+  std::unique_ptr<common::model::TransferModel> model_;
+  std::unique_ptr<common::model::FeatureSet> features_;
+};
+
+}  // namespace fedtl::app

@@ -1,0 +1,32 @@
+#include <memory>
+
+#include "app/mpi_job.h"
+#include "app/run.h"
+#include "cli/commands.h"
+
+namespace fedtl::cli {
+
+Command add_mpi(CLI::App& app) {
+  struct Args {
+    std::string config;
+    app::SimulateOverrides ov;
+    app::MpiRunOptions opt;
+  };
+  auto a = std::make_shared<Args>();
+  auto* mp = app.add_subcommand("mpi", "run a job under mpirun: rank 0 coordinates, the other ranks are the sites");
+  mp->add_option("--config,-c", a->config, "job file (TOML)")->required();
+  mp->add_option("--rounds", a->ov.rounds, "federated rounds (overrides job.rounds)");
+  mp->add_option("--seed", a->ov.seed, "seed (overrides job.seed)");
+  mp->add_option("--out", a->ov.out, "output directory (overrides job.out)");
+  mp->add_option("--ranks-per-site", a->opt.ranks_per_site,
+                 "MPI ranks per site (default: $FEDTL_RANKS_PER_SITE or 1); run mpirun -np 1 + sites x this");
+  mp->add_option("--mpi-timeout", a->opt.timeout_s,
+                 "seconds a rank waits for its peers beyond the job's deadlines (default: $FEDTL_MPI_TIMEOUT_S or 300)");
+  return {mp, [a](common::StopSignal& stop) {
+            auto cfg = app::apply_overrides(app::load_job_config(a->config), a->ov);
+            a->opt.stop = &stop;  // under mpirun, SIGTERM prints why and exits 143 at once
+            return app::run_mpi(cfg, a->opt);
+          }};
+}
+
+}  // namespace fedtl::cli

@@ -1,0 +1,30 @@
+#include <iostream>
+#include <memory>
+
+#include "app/run.h"
+#include "cli/commands.h"
+
+namespace fedtl::cli {
+
+Command add_simulate(CLI::App& app) {
+  struct Args {
+    std::string config;
+    app::SimulateOverrides ov;
+  };
+  auto a = std::make_shared<Args>();
+  auto* sim = app.add_subcommand("simulate", "run a job with N simulated sites in this process (in-process transport)");
+  sim->add_option("--config,-c", a->config, "job file (TOML), e.g. examples/hospitals/job.toml")->required();
+  sim->add_option("--sites", a->ov.sites, "number of sites (overrides job.sites)");
+  sim->add_option("--rounds", a->ov.rounds, "federated rounds (overrides job.rounds)");
+  sim->add_option("--seed", a->ov.seed, "seed (overrides job.seed)");
+  sim->add_option("--out", a->ov.out, "output directory (overrides job.out)");
+  sim->add_flag("--baselines", a->ov.baselines, "also run local-only, centralised and from-scratch baselines");
+  sim->add_flag("--resume", a->ov.resume, "continue from the last good checkpoint in --out");
+  return {sim, [a](common::StopSignal& stop) {
+            auto cfg = app::apply_overrides(app::load_job_config(a->config), a->ov);
+            app::print_result(app::run_simulate(cfg, &stop), std::cout);
+            return 0;
+          }};
+}
+
+}  // namespace fedtl::cli

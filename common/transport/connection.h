@@ -1,0 +1,49 @@
+// The transport interface: the only thing the protocol code (coordinator/, worker/,
+// protocols/) knows about the network. Backends: in-process (inproc_transport.h), TLS over
+// TCP (Asio + OpenSSL) and MPI. A backend delivers whole frames, in order, reliably, or
+// fails with TransportError; it never interprets payloads.
+#pragma once
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "common/transport/framing.h"
+
+namespace fedtl::common {
+
+using Millis = std::chrono::milliseconds;
+
+// One bidirectional, ordered, reliable channel between two parties.
+// Thread safety: one thread may send while another receives; concurrent sends (or
+// concurrent receives) on the same connection must be serialised by the caller.
+class Connection {
+ public:
+  virtual ~Connection() = default;
+  // Sends one frame. Blocks until the frame is handed to the backend (not until the peer
+  // read it). Throws TransportError if the connection is closed or broken.
+  virtual void send(const Frame& frame) = 0;
+  // Receives the next frame, waiting up to `timeout`. Throws TimeoutError when nothing
+  // arrived in time (the connection stays usable), TransportError when the peer closed or
+  // the connection broke, ProtocolError for a malformed/oversized frame (the connection is
+  // then closed).
+  virtual Frame recv(Millis timeout) = 0;
+  // Closes both directions; idempotent. A blocked recv on either side wakes with
+  // TransportError.
+  virtual void close() = 0;
+  // The authenticated identity of the peer (site name from its certificate, "rank 3", ...).
+  virtual std::string peer_name() const = 0;
+  // Bytes sent/received so far including framing (for metrics).
+  virtual uint64_t bytes_sent() const = 0;
+  virtual uint64_t bytes_received() const = 0;
+};
+
+// Accepts incoming connections (coordinator side).
+class Listener {
+ public:
+  virtual ~Listener() = default;
+  // Waits up to `timeout` for the next connection. Throws TimeoutError when none came.
+  virtual std::unique_ptr<Connection> accept(Millis timeout) = 0;
+  virtual void close() = 0;
+};
+
+}  // namespace fedtl::common

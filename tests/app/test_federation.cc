@@ -1,0 +1,302 @@
+// Cross-institution runs: `fedtl coordinator` and `fedtl worker` over mutual TLS on loopback,
+// with hostile clients, site policy and a tampered backbone.
+#include <arpa/inet.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "app/run.h"
+#include "app/job_setup.h"
+#include "app/site_trainer.h"
+#include "app/config.h"
+#include "common/data/datasets.h"
+#include "common/errors.h"
+#include "common/files.h"
+#include "common/transport/inproc.h"
+#include "common/model/transfer_model.h"
+#include "common/transport/pki.h"
+#include "common/sha256.h"
+#include "common/transport/tls.h"
+#include "coordinator/coordinator.h"
+#include "worker/worker.h"
+
+namespace fs = std::filesystem;
+using namespace fedtl;
+using namespace std::chrono_literals;
+
+namespace {
+
+uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// A plaintext client that sends garbage and hangs up.
+void garbage_client(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    std::mt19937 rng(1);
+    std::string junk(4096, '\0');
+    for (auto& c : junk) c = static_cast<char>(rng());
+    (void)!::write(fd, junk.data(), junk.size());
+    std::this_thread::sleep_for(100ms);
+  }
+  ::close(fd);
+}
+
+class Federation : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(std::string(common::kFashionMnistDir) + "/t10k-images-idx3-ubyte.gz"))
+      GTEST_SKIP() << "dataset-fashion-mnist is not installed (scripts/setup installs it)";
+    dir_ = fs::temp_directory_path() / ("fedtl_fed_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    common::write_file_atomic((dir_ / "backbone.pt").string(),
+                              common::model::builtin_cnn(common::model::InputSpec{}, 1));
+    pki_ = (dir_ / "pki").string();
+    common::pki_init(pki_, "test-federation");
+    common::pki_issue(pki_, "coordinator", "coordinator");
+    port_ = free_port();
+    const std::string addr = "127.0.0.1:" + std::to_string(port_);
+    for (const char* s : {"hospital-a", "hospital-b", "hospital-c", "intruder"})
+      common::pki_issue(pki_, s, "worker", addr, "coordinator");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string kit(const std::string& name, const std::string& file) const {
+    return pki_ + "/kits/" + name + "/" + file;
+  }
+
+  app::JobConfig job(const std::string& out) const {
+    const std::string toml = R"(
+[job]
+name = "fed"
+seed = 9
+sites = 3
+rounds = 2
+min_sites = 2
+[partition]
+samples_per_site = 80
+[backbone]
+path = ")" + (dir_ / "backbone.pt").string() + R"("
+pretrain_if_missing = false
+[server]
+strategy = "fedavg"
+[federation]
+listen = "127.0.0.1:)" + std::to_string(port_) + R"("
+sites = ["hospital-a", "hospital-b", "hospital-c"]
+join_timeout_s = 60
+handshake_timeout_s = 2
+)";
+    std::ofstream((dir_ / "job.toml").string()) << toml;
+    auto cfg = app::load_job_config((dir_ / "job.toml").string());
+    cfg.federation.ca_cert = kit("coordinator", "ca.crt");
+    cfg.federation.cert = kit("coordinator", "coordinator.crt");
+    cfg.federation.key = kit("coordinator", "coordinator.key");
+    cfg.out = (dir_ / out).string();
+    return cfg;
+  }
+
+  app::SiteConfig site(const std::string& name, int index) const {
+    app::SiteConfig s;
+    s.name = name;
+    s.coordinator = "127.0.0.1:" + std::to_string(port_);
+    s.coordinator_name = "coordinator";
+    s.ca_cert = kit(name, "ca.crt");
+    s.cert = kit(name, name + ".crt");
+    s.key = kit(name, name + ".key");
+    s.cache_dir = (dir_ / ("site-" + name)).string();
+    s.data_source = "job-partition";
+    s.data_job = (dir_ / "job.toml").string();
+    s.partition_index = index;
+    s.give_up_after_s = 60;
+    return s;
+  }
+
+  // Writes site.toml for `name` and starts `fedtl worker` on it as a child process.
+  pid_t spawn_worker(const std::string& name, int index) const {
+    const auto s = site(name, index);
+    const std::string path = (dir_ / (name + ".toml")).string();
+    std::ofstream(path) << "[site]\nname = \"" << s.name << "\"\ncoordinator = \"" << s.coordinator
+                        << "\"\ncoordinator_name = \"coordinator\"\nca_cert = \"" << s.ca_cert << "\"\ncert = \""
+                        << s.cert << "\"\nkey = \"" << s.key << "\"\ncache_dir = \"" << s.cache_dir
+                        << "\"\nmax_backoff_s = 1\ngive_up_after_s = 60\n[data]\nsource = \"job-partition\"\njob = \"" << s.data_job
+                        << "\"\npartition_index = " << index << "\n";
+    const std::string bin = std::string(FEDTL_BINARY_DIR) + "/fedtl";
+    const std::string log = (dir_ / (name + ".log")).string();
+    pid_t pid = fork();
+    if (pid == 0) {
+      freopen(log.c_str(), "a", stderr);
+      freopen("/dev/null", "w", stdout);
+      for (int fd = 3; fd < 1024; ++fd) ::close(fd);  // not the coordinator's sockets (this process's)
+      execl(bin.c_str(), bin.c_str(), "worker", "--config", path.c_str(), nullptr);
+      _exit(127);
+    }
+    return pid;
+  }
+
+  fs::path dir_;
+  std::string pki_;
+  uint16_t port_ = 0;
+};
+
+}  // namespace
+
+TEST_F(Federation, TlsRunMatchesSimulateWhileHostileClientsAreRefused) {
+  auto cfg = job("tls");
+  cfg.secagg.enabled = true;  // the coordinator's default, made explicit for the simulate twin
+  cfg.secagg.threshold = 2;
+  auto coord = std::async(std::launch::async, [&] { return cli::run_coordinator(cfg); });
+  std::this_thread::sleep_for(1500ms);  // the coordinator loads data and starts listening
+
+  // Hostile: garbage bytes, a valid certificate whose name is not on the list, and a
+  // client certificate from another federation's CA.
+  garbage_client(port_);
+  common::TlsConfig intruder{kit("intruder", "ca.crt"), kit("intruder", "intruder.crt"), kit("intruder", "intruder.key")};
+  try {
+    auto c = common::tls_connect("127.0.0.1", port_, intruder, 5s);
+    EXPECT_THROW(c->recv(5s), fedtl::Error);  // refused: closed (or an Error frame) without a job
+  } catch (const fedtl::TransportError&) {
+  }
+  const std::string other = (dir_ / "other-pki").string();
+  common::pki_init(other, "other");
+  common::pki_issue(other, "hospital-a", "worker", "127.0.0.1:1");
+  common::TlsConfig foreign{other + "/kits/hospital-a/ca.crt", other + "/kits/hospital-a/hospital-a.crt",
+                            other + "/kits/hospital-a/hospital-a.key"};
+  EXPECT_THROW(
+      {
+        auto c = common::tls_connect("127.0.0.1", port_, foreign, 5s);
+        c->recv(5s);
+      },
+      fedtl::TransportError);
+
+  std::vector<std::future<int>> workers;
+  int i = 0;
+  for (const char* name : {"hospital-a", "hospital-b", "hospital-c"}) {
+    auto s = site(name, i++);
+    workers.push_back(std::async(std::launch::async, [s] { return cli::run_worker(s); }));
+  }
+  for (auto& w : workers) EXPECT_EQ(w.get(), 0);
+  const auto tls = coord.get();
+  EXPECT_GT(tls.federated_accuracy, 0.3);
+
+  auto sim_cfg = cfg;
+  sim_cfg.out = (dir_ / "sim").string();
+  EXPECT_EQ(cli::run_simulate(sim_cfg).model_sha256, tls.model_sha256);
+  EXPECT_TRUE(fs::exists(dir_ / "tls" / "summary.json"));
+  EXPECT_TRUE(fs::exists(fs::path(site("hospital-a", 0).cache_dir) / "backbones"));
+}
+
+TEST_F(Federation, SitePolicyRefusalIsExplainedAndTheJobGoesOn) {
+  auto cfg = job("policy");
+  auto coord = std::async(std::launch::async, [&] { return cli::run_coordinator(cfg); });
+  std::this_thread::sleep_for(1500ms);
+  auto strict = site("hospital-c", 2);
+  strict.policy.max_rounds = 1;  // the job runs 2
+  auto refused = std::async(std::launch::async, [strict] { return cli::run_worker(strict); });
+  auto a = std::async(std::launch::async, [s = site("hospital-a", 0)] { return cli::run_worker(s); });
+  auto b = std::async(std::launch::async, [s = site("hospital-b", 1)] { return cli::run_worker(s); });
+  EXPECT_EQ(refused.get(), 2);
+  EXPECT_EQ(a.get(), 0);
+  EXPECT_EQ(b.get(), 0);
+  coord.get();
+  const auto summary = nlohmann::json::parse(common::read_file((dir_ / "policy" / "summary.json").string()));
+  bool found = false;
+  for (const auto& s : summary["per_site"])
+    if (s["site"] == "hospital-c") {
+      found = true;
+      EXPECT_FALSE(s["completed"].get<bool>());
+      EXPECT_NE(s["dropped_reason"].get<std::string>().find("allows at most 1"), std::string::npos)
+          << s["dropped_reason"];
+    }
+  EXPECT_TRUE(found);
+}
+
+TEST_F(Federation, TamperedBackboneIsRefusedByEverySite) {
+  auto cfg = job("tamper");
+  const std::string backbone = common::read_file(cfg.backbone.path);
+  auto model = common::model::TransferModel::create(backbone, cli::model_spec(cfg), cfg.seed);
+  coordinator::CoordinatorOptions opt;
+  opt.job = cli::make_job_spec(cfg, common::sha256_hex(backbone), backbone.size(), model->layout(), 1);
+  opt.backbone = backbone;
+  opt.backbone[opt.backbone.size() / 2] ^= 0x5a;  // corrupted in transit (or by a bad coordinator)
+  opt.handshake_timeout = 20s;
+  struct NoEval : coordinator::Evaluator {
+    coordinator::RoundEval evaluate(const std::vector<float>&) override { return {}; }
+  } eval;
+  coordinator::Coordinator coord(opt, protocols::make_strategy(cfg.server), eval, model->params());
+  auto [c_end, w_end] = common::make_inproc_pair("coordinator", "site-0");
+  coord.add_site(std::move(c_end));
+  std::string worker_error;
+  std::thread t([&, conn = std::move(w_end)] {
+    cli::SiteTrainer trainer(common::read_fashion_mnist("t10k").select_classes(cfg.data.target_classes).subset({0, 1, 2}));
+    try {
+      worker::Worker(*conn, trainer, {"site-0"}).run();
+    } catch (const fedtl::ProtocolError& e) {
+      worker_error = e.what();
+    }
+  });
+  EXPECT_THROW(coord.run({}), fedtl::Error);  // no site completed the handshake
+  t.join();
+  EXPECT_NE(worker_error.find("digest mismatch"), std::string::npos) << worker_error;
+}
+
+TEST_F(Federation, WorkerKilledMidJobRejoinsAfterRestarting) {
+  auto cfg = job("rejoin");
+  cfg.rounds = 60;  // long enough for a restarted process to come back before the end
+  cfg.round_timeout_s = 20;
+  cfg.liveness_timeout_s = 5;
+  auto coord = std::async(std::launch::async, [&] { return cli::run_coordinator(cfg); });
+  std::this_thread::sleep_for(1500ms);
+  pid_t a = spawn_worker("hospital-a", 0), b = spawn_worker("hospital-b", 1), c = spawn_worker("hospital-c", 2);
+  const fs::path metrics = dir_ / "rejoin" / "metrics.jsonl";
+  auto rounds_done = [&] {
+    std::ifstream in(metrics);
+    int n = 0;
+    for (std::string l; std::getline(in, l);) ++n;
+    return n;
+  };
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while (rounds_done() < 1 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
+  ASSERT_GE(rounds_done(), 1);
+  ::kill(c, SIGKILL);  // hospital-c dies in the middle of the job
+  int status = 0;
+  ::waitpid(c, &status, 0);
+  while (rounds_done() < 3 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
+  c = spawn_worker("hospital-c", 2);  // ... and comes back
+  const auto result = coord.get();
+  for (pid_t p : {a, b, c}) {
+    ::waitpid(p, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  std::vector<int> reported;
+  std::ifstream in(metrics);
+  for (std::string l; std::getline(in, l);) reported.push_back(nlohmann::json::parse(l)["sites_reported"].get<int>());
+  ASSERT_EQ(reported.size(), 60u);
+  EXPECT_EQ(*std::min_element(reported.begin(), reported.end()), 2);  // rounds without hospital-c
+  EXPECT_EQ(reported.back(), 3);                                      // it rejoined
+  EXPECT_GT(result.federated_accuracy, 0.3);
+}

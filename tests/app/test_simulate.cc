@@ -1,0 +1,152 @@
+// End to end: `fedtl simulate` over the in-process transport on real Fashion-MNIST.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "app/run.h"
+#include "app/config.h"
+#include "common/data/datasets.h"
+#include "common/errors.h"
+#include "common/files.h"
+#include "common/model/transfer_model.h"
+
+namespace fs = std::filesystem;
+using namespace fedtl;
+
+namespace {
+
+class Simulate : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("fedtl_e2e_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+    // A randomly initialised built-in CNN stands in for a pre-trained one: the test is
+    // about the protocol and outputs, and pre-training would take a minute.
+    common::write_file_atomic((dir_ / "backbone.pt").string(),
+                              common::model::builtin_cnn(common::model::InputSpec{}, 1));
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+
+  void SetUp() override {
+    if (!fs::exists(std::string(common::kFashionMnistDir) + "/t10k-images-idx3-ubyte.gz"))
+      GTEST_SKIP() << "dataset-fashion-mnist is not installed (scripts/setup installs it)";
+  }
+
+  static app::JobConfig small_job(const std::string& name) {
+    std::string toml = R"(
+[job]
+name = "e2e"
+seed = 5
+sites = 3
+rounds = 2
+[partition]
+scheme = "dirichlet"
+alpha = 1.0
+samples_per_site = 100
+[backbone]
+path = ")" + (dir_ / "backbone.pt").string() + R"("
+pretrain_if_missing = false
+[train]
+epochs = 2
+[server]
+strategy = "fedavg"
+[baselines]
+epochs = 3
+)";
+    auto cfg = app::parse_job_config(toml, "e2e.toml");
+    cfg.out = (dir_ / name).string();
+    return cfg;
+  }
+
+  static fs::path dir_;
+};
+fs::path Simulate::dir_;
+
+nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(common::read_file(p.string())); }
+
+}  // namespace
+
+TEST_F(Simulate, ThreeSitesTwoRoundsBeatChanceAndWriteEveryOutput) {
+  auto cfg = small_job("run1");
+  cfg.baselines.enabled = true;
+  const auto r = cli::run_simulate(cfg);
+  EXPECT_GT(r.federated_accuracy, 0.3);  // 5 classes: chance is 0.2; a random backbone, 2 rounds
+  const fs::path out = cfg.out;
+  for (const char* f : {"metrics.jsonl", "summary.json", "model.pt", "accuracy.svg"})
+    EXPECT_TRUE(fs::exists(out / f)) << f;
+  std::ifstream in(out / "metrics.jsonl");
+  std::string line;
+  int rounds = 0;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["round"], ++rounds);
+    for (const char* k : {"accuracy", "loss", "bytes_up", "bytes_down", "seconds"}) EXPECT_TRUE(j.contains(k)) << k;
+    EXPECT_GT(j["bytes_up"].get<double>(), 0);
+  }
+  EXPECT_EQ(rounds, 2);
+  auto s = read_json(out / "summary.json");
+  EXPECT_EQ(s["model_sha256"], r.model_sha256);
+  EXPECT_EQ(s["sites"], 3);
+  EXPECT_EQ(s["rounds"], 2);
+  for (const char* k : {"federated_accuracy", "centralized_accuracy", "local_only_mean_accuracy", "scratch_accuracy",
+                        "seconds"}) {
+    ASSERT_TRUE(s[k].is_number()) << k;
+    EXPECT_GT(s[k].get<double>(), 0.0) << k;
+  }
+  EXPECT_EQ(s["per_site"].size(), 3u);
+  // The exported model reproduces the reported accuracy's predictions shape.
+  auto test = common::read_fashion_mnist("t10k").subset({0, 1, 2});
+  EXPECT_EQ(common::model::run_exported_model((out / "model.pt").string(), test).size(), 3u * 5u);
+}
+
+TEST_F(Simulate, SameSeedSameDigestOtherSeedOtherDigest) {
+  auto a = cli::run_simulate(small_job("det_a"));
+  auto b = cli::run_simulate(small_job("det_b"));
+  EXPECT_EQ(a.model_sha256, b.model_sha256);
+  auto cfg = small_job("det_c");
+  cfg.seed = 6;
+  EXPECT_NE(cli::run_simulate(cfg).model_sha256, a.model_sha256);
+}
+
+TEST_F(Simulate, FedProxAndFedYogiRun) {
+  for (const char* strategy : {"fedprox", "fedyogi"}) {
+    auto cfg = small_job(std::string("s_") + strategy);
+    cfg.server.name = strategy;
+    cfg.server.prox_mu = 0.1;
+    if (std::string(strategy) == "fedyogi") cfg.server.server_lr = 0.01;
+    EXPECT_GT(cli::run_simulate(cfg).federated_accuracy, 0.3) << strategy;
+  }
+}
+
+TEST_F(Simulate, ImpossibleRequestsFailWithClearErrors) {
+  auto cfg = small_job("bad1");
+  cfg.partition.samples_per_site = 100000;
+  EXPECT_THROW(cli::run_simulate(cfg), ConfigError);
+  cfg = small_job("bad2");
+  cfg.data.dir = (dir_ / "nowhere").string();
+  try {
+    cli::run_simulate(cfg);
+    FAIL() << "missing dataset accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("dataset-fashion-mnist"), std::string::npos) << e.what();
+  }
+  cfg = small_job("bad3");
+  cfg.backbone.channels = 3;
+  cfg.backbone.mean = cfg.backbone.std = {0.5, 0.5, 0.5};
+  EXPECT_THROW(cli::run_simulate(cfg), ModelError);
+  EXPECT_FALSE(fs::exists(fs::path(cfg.out) / "summary.json"));  // nothing passed off as a result
+}
+
+TEST_F(Simulate, CommandLineReportsErrorsInOneLineAndExitsNonZero) {
+  const fs::path bad = dir_ / "bad.toml";
+  std::ofstream(bad) << "[job]\nrounds = 3\nfrobnicate = 1\n";
+  const std::string cmd = std::string(FEDTL_BINARY_DIR) + "/fedtl simulate --config " + bad.string() + " 2>" +
+                          (dir_ / "err.txt").string();
+  const int rc = std::system(cmd.c_str());
+  EXPECT_NE(rc, 0);
+  const std::string err = common::read_file((dir_ / "err.txt").string());
+  EXPECT_NE(err.find("unknown key 'job.frobnicate'"), std::string::npos) << err;
+  EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+}

@@ -1,0 +1,243 @@
+// Model layer: backbone loading and splitting, the feature cache, training, export.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "common/errors.h"
+#include "common/model/transfer_model.h"
+
+namespace fs = std::filesystem;
+using namespace fedtl::common;
+using namespace fedtl::common::model;
+
+namespace {
+
+const char* kPython = "/usr/bin/python3";  // Debian's python3, where python3-torch installs
+
+// Random-ish but learnable images: class k has a bright square at a class-specific spot.
+ImageSet synthetic_images(int64_t n, int64_t c, int64_t h, int64_t w, int64_t classes, uint64_t seed) {
+  ImageSet s;
+  s.channels = c;
+  s.height = h;
+  s.width = w;
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> noise(0, 60);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = i % classes;
+    s.labels.push_back(k);
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < w; ++x) {
+          const bool on = (y / (h / 2) == (k % 2)) && (x / (w / 3) == (k % 3));
+          s.pixels.push_back(static_cast<uint8_t>(on ? 200 + noise(rng) / 2 : noise(rng)));
+        }
+  }
+  return s;
+}
+
+ModelSpec cnn_spec(const std::string& freeze = "all_but_last", const std::string& head = "linear") {
+  ModelSpec m;
+  m.freeze = freeze;
+  m.unfrozen = 1;
+  m.head = head;
+  m.hidden = 16;
+  m.num_classes = 4;
+  return m;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double d = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) d = std::max(d, std::abs(double(a[i]) - double(b[i])));
+  return d;
+}
+
+fs::path temp_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("fedtl_test_model_" + name + "_" + std::to_string(::getpid()));
+  fs::create_directories(p);
+  return p;
+}
+
+void write_floats(const fs::path& p, const std::vector<float>& v) {
+  std::ofstream o(p, std::ios::binary);
+  o.write(reinterpret_cast<const char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
+}
+
+bool python_has(const std::string& module) {
+  const std::string cmd = std::string(kPython) + " -c 'import " + module + "' >/dev/null 2>&1";
+  return std::system(cmd.c_str()) == 0;
+}
+
+}  // namespace
+
+TEST(TransferModel, BuiltinCnnSplitsAndLaysOutParameters) {
+  set_torch_threads(1);
+  auto m = TransferModel::create(builtin_cnn(InputSpec{}, 1), cnn_spec(), 7);
+  EXPECT_EQ(m->feature_dim(), 128);
+  ASSERT_EQ(m->layout().size(), 4u);  // fc.weight, fc.bias, head weight, head bias
+  EXPECT_EQ(m->layout()[0].name, "backbone.fc.weight");
+  EXPECT_EQ(m->layout()[0].shape, (std::vector<int64_t>{128, 64 * 7 * 7}));
+  EXPECT_EQ(m->layout()[2].shape, (std::vector<int64_t>{4, 128}));
+  EXPECT_EQ(m->num_params(), 128 * 3136 + 128 + 4 * 128 + 4);
+  auto p = m->params();
+  for (auto& v : p) v += 0.5f;
+  m->set_params(p);
+  EXPECT_EQ(m->params(), p);
+  EXPECT_THROW(m->set_params(std::vector<float>(3)), fedtl::ModelError);
+}
+
+TEST(TransferModel, SameSeedSameInitialisationDifferentSeedDifferent) {
+  const std::string bb = builtin_cnn(InputSpec{}, 1);
+  EXPECT_EQ(TransferModel::create(bb, cnn_spec(), 3)->params(), TransferModel::create(bb, cnn_spec(), 3)->params());
+  EXPECT_NE(TransferModel::create(bb, cnn_spec(), 3)->params(), TransferModel::create(bb, cnn_spec(), 4)->params());
+  EXPECT_EQ(builtin_cnn(InputSpec{}, 5), builtin_cnn(InputSpec{}, 5));
+}
+
+TEST(TransferModel, CachedTrainingEqualsRecomputing) {
+  const std::string bb = builtin_cnn(InputSpec{}, 2);
+  ImageSet data = synthetic_images(96, 1, 28, 28, 4, 1);
+  TrainOptions opt;
+  opt.epochs = 3;
+  opt.batch_size = 16;
+  opt.seed = 11;
+  auto a = TransferModel::create(bb, cnn_spec(), 5);
+  auto b = TransferModel::create(bb, cnn_spec(), 5);
+  auto fa = a->features(data);
+  auto fb = b->features(data, /*keep_inputs=*/true);
+  a->train(*fa, opt);
+  opt.recompute_features = true;
+  b->train(*fb, opt);
+  EXPECT_LT(max_abs_diff(a->params(), b->params()), 1e-5);
+  EXPECT_NE(a->params(), TransferModel::create(bb, cnn_spec(), 5)->params());  // it did train
+  opt.recompute_features = true;
+  EXPECT_THROW(a->train(*fa, opt), fedtl::ModelError);  // no inputs kept
+}
+
+TEST(TransferModel, TrainingLearnsALearnableTask) {
+  const std::string bb = builtin_cnn(InputSpec{}, 3);
+  auto m = TransferModel::create(bb, cnn_spec("all_but_last", "mlp"), 1);
+  auto train = m->features(synthetic_images(200, 1, 28, 28, 4, 2));
+  auto test = m->features(synthetic_images(80, 1, 28, 28, 4, 3));
+  const double before = m->evaluate(*test).accuracy;
+  TrainOptions opt;
+  opt.optimizer = "adam";
+  opt.lr = 1e-3;
+  opt.epochs = 8;
+  auto st = m->train(*train, opt);
+  const auto ev = m->evaluate(*test);
+  EXPECT_GT(ev.accuracy, 0.9) << "before " << before;
+  EXPECT_GT(st.accuracy, 0.9);
+  int64_t total = 0;
+  for (auto& row : ev.confusion)
+    for (auto v : row) total += v;
+  EXPECT_EQ(total, 80);
+}
+
+TEST(TransferModel, ProximalTermKeepsWeightsCloserToStart) {
+  const std::string bb = builtin_cnn(InputSpec{}, 3);
+  auto data = synthetic_images(64, 1, 28, 28, 4, 9);
+  auto plain = TransferModel::create(bb, cnn_spec(), 1);
+  auto prox = TransferModel::create(bb, cnn_spec(), 1);
+  const auto start = plain->params();
+  TrainOptions opt;
+  opt.epochs = 5;
+  opt.lr = 0.1;
+  plain->train(*plain->features(data), opt);
+  opt.prox_mu = 5.0;
+  prox->train(*prox->features(data), opt);
+  auto dist = [&](const std::vector<float>& p) {
+    double s = 0;
+    for (size_t i = 0; i < p.size(); ++i) s += (p[i] - start[i]) * (p[i] - start[i]);
+    return std::sqrt(s);
+  };
+  EXPECT_LT(dist(prox->params()), 0.8 * dist(plain->params()));
+}
+
+TEST(TransferModel, GreyImagesAreReplicatedAndResizedForAnRgbBackbone) {
+  InputSpec rgb;
+  rgb.channels = 3;
+  rgb.height = 32;
+  rgb.width = 32;
+  rgb.mean = {0.5, 0.5, 0.5};
+  rgb.std = {0.25, 0.25, 0.25};
+  ModelSpec spec = cnn_spec("all");
+  spec.input = rgb;
+  auto m = TransferModel::create(builtin_cnn(rgb, 4), spec, 1);
+  auto logits = m->logits(synthetic_images(5, 1, 28, 28, 4, 1));
+  EXPECT_EQ(logits.size(), 5u * 4u);
+}
+
+TEST(TransferModel, BadBackbonesAreRefusedWithReasons) {
+  EXPECT_THROW(TransferModel::create("not a torchscript file", cnn_spec(), 1), fedtl::ModelError);
+  ModelSpec wrong = cnn_spec();
+  wrong.input.channels = 3;
+  wrong.input.mean = wrong.input.std = {1, 1, 1};
+  try {
+    TransferModel::create(builtin_cnn(InputSpec{}, 1), wrong, 1);
+    FAIL() << "a 1-channel backbone accepted 3-channel input";
+  } catch (const fedtl::ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("rejects input"), std::string::npos) << e.what();
+  }
+  ModelSpec too_many = cnn_spec();
+  too_many.unfrozen = 4;
+  EXPECT_THROW(TransferModel::create(builtin_cnn(InputSpec{}, 1), too_many, 1), fedtl::ModelError);
+}
+
+TEST(TransferModel, ExportRoundTripsInCppAndPython) {
+  const fs::path dir = temp_dir("export");
+  auto m = TransferModel::create(builtin_cnn(InputSpec{}, 6), cnn_spec("all_but_last", "mlp"), 2);
+  auto data = synthetic_images(48, 1, 28, 28, 4, 5);
+  TrainOptions opt;
+  opt.epochs = 2;
+  m->train(*m->features(data), opt);
+  const auto expected = m->logits(data);
+  const std::string path = (dir / "model.pt").string();
+  m->export_torchscript(path);
+  EXPECT_LT(max_abs_diff(run_exported_model(path, data), expected), 1e-5);
+
+  ASSERT_TRUE(python_has("torch")) << kPython << " cannot import torch: install python3-torch (scripts/setup does)";
+  std::vector<float> input;
+  for (uint8_t p : data.pixels) input.push_back(static_cast<float>(p) / 255.0f);
+  write_floats(dir / "input.f32", input);
+  write_floats(dir / "expected.f32", expected);
+  const std::string cmd = std::string(kPython) + " " + FEDTL_SOURCE_DIR + "/tests/common/model/check_export.py " + path + " " +
+                          (dir / "input.f32").string() + " 48 1 28 28 " + (dir / "expected.f32").string();
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  fs::remove_all(dir);
+}
+
+TEST(TransferModel, TorchvisionResNetTracedInPythonWorks) {
+  if (!python_has("torchvision")) GTEST_SKIP() << "python3-torchvision is not installed (scripts/setup installs it)";
+  const fs::path dir = temp_dir("resnet");
+  const std::string bb_path = (dir / "resnet18.pt").string();
+  const std::string cmd = std::string(kPython) + " " + FEDTL_SOURCE_DIR + "/tests/common/model/make_resnet.py " + bb_path + " 32";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::ifstream in(bb_path, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ModelSpec spec = cnn_spec("all");
+  spec.input.channels = 3;
+  spec.input.height = spec.input.width = 32;
+  spec.input.mean = {0.485, 0.456, 0.406};
+  spec.input.std = {0.229, 0.224, 0.225};
+  auto frozen = TransferModel::create(bytes, spec, 1);
+  EXPECT_EQ(frozen->feature_dim(), 512);
+  EXPECT_EQ(frozen->num_params(), 512 * 4 + 4);
+  // Fine-tune layer4 too: its children run in order (avgpool's 4-D output is pooled).
+  spec.freeze = "all_but_last";
+  spec.unfrozen = 3;  // layer4, avgpool, fc (Identity)
+  auto tuned = TransferModel::create(bytes, spec, 1);
+  EXPECT_GT(tuned->num_params(), 8'000'000);
+  auto data = synthetic_images(8, 1, 28, 28, 4, 1);  // grey 28x28 -> RGB 32x32
+  TrainOptions opt;
+  opt.batch_size = 4;
+  tuned->train(*tuned->features(data), opt);
+  const auto expected = tuned->logits(data);
+  const std::string out = (dir / "model.pt").string();
+  tuned->export_torchscript(out);
+  EXPECT_LT(max_abs_diff(run_exported_model(out, data), expected), 1e-4);
+  fs::remove_all(dir);
+}
