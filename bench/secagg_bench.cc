@@ -69,7 +69,7 @@ Sample run_once(uint32_t n, uint64_t m, double dropout, uint32_t round, bool mea
   ServerSession server(cfg);
   std::vector<std::unique_ptr<ClientSession>> c;
   uint64_t up0 = 0;  // bytes site 0 sends, framing included
-  auto framed = [](const Frame& f) { return f.payload.size() + common::kFrameHeaderSize; };
+  auto framed = [](const Frame& f) { return f.payload.size() + fedtl::common::kFrameHeaderSize; };
   for (uint32_t u = 0; u < n; ++u) {
     c.push_back(std::make_unique<ClientSession>(cfg, u));
     auto k = c[u]->advertise_keys();

@@ -169,7 +169,7 @@ TEST_F(Federation, TlsRunMatchesSimulateWhileHostileClientsAreRefused) {
   auto cfg = job("tls");
   cfg.secagg.enabled = true;  // the coordinator's default, made explicit for the simulate twin
   cfg.secagg.threshold = 2;
-  auto coord = std::async(std::launch::async, [&] { return cli::run_coordinator(cfg); });
+  auto coord = std::async(std::launch::async, [&] { return app::run_coordinator(cfg); });
   std::this_thread::sleep_for(1500ms);  // the coordinator loads data and starts listening
 
   // Hostile: garbage bytes, a valid certificate whose name is not on the list, and a
@@ -197,7 +197,7 @@ TEST_F(Federation, TlsRunMatchesSimulateWhileHostileClientsAreRefused) {
   int i = 0;
   for (const char* name : {"hospital-a", "hospital-b", "hospital-c"}) {
     auto s = site(name, i++);
-    workers.push_back(std::async(std::launch::async, [s] { return cli::run_worker(s); }));
+    workers.push_back(std::async(std::launch::async, [s] { return app::run_worker(s); }));
   }
   for (auto& w : workers) EXPECT_EQ(w.get(), 0);
   const auto tls = coord.get();
@@ -205,20 +205,20 @@ TEST_F(Federation, TlsRunMatchesSimulateWhileHostileClientsAreRefused) {
 
   auto sim_cfg = cfg;
   sim_cfg.out = (dir_ / "sim").string();
-  EXPECT_EQ(cli::run_simulate(sim_cfg).model_sha256, tls.model_sha256);
+  EXPECT_EQ(app::run_simulate(sim_cfg).model_sha256, tls.model_sha256);
   EXPECT_TRUE(fs::exists(dir_ / "tls" / "summary.json"));
   EXPECT_TRUE(fs::exists(fs::path(site("hospital-a", 0).cache_dir) / "backbones"));
 }
 
 TEST_F(Federation, SitePolicyRefusalIsExplainedAndTheJobGoesOn) {
   auto cfg = job("policy");
-  auto coord = std::async(std::launch::async, [&] { return cli::run_coordinator(cfg); });
+  auto coord = std::async(std::launch::async, [&] { return app::run_coordinator(cfg); });
   std::this_thread::sleep_for(1500ms);
   auto strict = site("hospital-c", 2);
   strict.policy.max_rounds = 1;  // the job runs 2
-  auto refused = std::async(std::launch::async, [strict] { return cli::run_worker(strict); });
-  auto a = std::async(std::launch::async, [s = site("hospital-a", 0)] { return cli::run_worker(s); });
-  auto b = std::async(std::launch::async, [s = site("hospital-b", 1)] { return cli::run_worker(s); });
+  auto refused = std::async(std::launch::async, [strict] { return app::run_worker(strict); });
+  auto a = std::async(std::launch::async, [s = site("hospital-a", 0)] { return app::run_worker(s); });
+  auto b = std::async(std::launch::async, [s = site("hospital-b", 1)] { return app::run_worker(s); });
   EXPECT_EQ(refused.get(), 2);
   EXPECT_EQ(a.get(), 0);
   EXPECT_EQ(b.get(), 0);
@@ -238,9 +238,9 @@ TEST_F(Federation, SitePolicyRefusalIsExplainedAndTheJobGoesOn) {
 TEST_F(Federation, TamperedBackboneIsRefusedByEverySite) {
   auto cfg = job("tamper");
   const std::string backbone = common::read_file(cfg.backbone.path);
-  auto model = common::model::TransferModel::create(backbone, cli::model_spec(cfg), cfg.seed);
+  auto model = common::model::TransferModel::create(backbone, app::model_spec(cfg), cfg.seed);
   coordinator::CoordinatorOptions opt;
-  opt.job = cli::make_job_spec(cfg, common::sha256_hex(backbone), backbone.size(), model->layout(), 1);
+  opt.job = app::make_job_spec(cfg, common::sha256_hex(backbone), backbone.size(), model->layout(), 1);
   opt.backbone = backbone;
   opt.backbone[opt.backbone.size() / 2] ^= 0x5a;  // corrupted in transit (or by a bad coordinator)
   opt.handshake_timeout = 20s;
@@ -252,7 +252,7 @@ TEST_F(Federation, TamperedBackboneIsRefusedByEverySite) {
   coord.add_site(std::move(c_end));
   std::string worker_error;
   std::thread t([&, conn = std::move(w_end)] {
-    cli::SiteTrainer trainer(common::read_fashion_mnist("t10k").select_classes(cfg.data.target_classes).subset({0, 1, 2}));
+    app::SiteTrainer trainer(common::read_fashion_mnist("t10k").select_classes(cfg.data.target_classes).subset({0, 1, 2}));
     try {
       worker::Worker(*conn, trainer, {"site-0"}).run();
     } catch (const fedtl::ProtocolError& e) {
@@ -269,7 +269,7 @@ TEST_F(Federation, WorkerKilledMidJobRejoinsAfterRestarting) {
   cfg.rounds = 60;  // long enough for a restarted process to come back before the end
   cfg.round_timeout_s = 20;
   cfg.liveness_timeout_s = 5;
-  auto coord = std::async(std::launch::async, [&] { return cli::run_coordinator(cfg); });
+  auto coord = std::async(std::launch::async, [&] { return app::run_coordinator(cfg); });
   std::this_thread::sleep_for(1500ms);
   pid_t a = spawn_worker("hospital-a", 0), b = spawn_worker("hospital-b", 1), c = spawn_worker("hospital-c", 2);
   const fs::path metrics = dir_ / "rejoin" / "metrics.jsonl";

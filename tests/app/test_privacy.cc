@@ -64,7 +64,7 @@ delta = 1e-5
 }  // namespace
 
 TEST_F(Privacy, CentralModeReportsTheAccountantsEpsilonEveryRound) {
-  cli::run_simulate(job("central", "central"));
+  app::run_simulate(job("central", "central"));
   const auto lines = metrics("central");
   ASSERT_EQ(lines.size(), 3u);
   double last = 0;
@@ -83,7 +83,7 @@ TEST_F(Privacy, TargetEpsilonStopsCleanlyWithTheModelSaved) {
   auto cfg = job("target", "central");
   cfg.rounds = 10;
   cfg.privacy.target_epsilon = protocols::dp::epsilon(1.5, 1.0, 2, 1e-5) + 1e-6;  // room for 2 rounds
-  cli::run_simulate(cfg);
+  app::run_simulate(cfg);
   EXPECT_EQ(metrics("target").size(), 2u);
   const auto s = nlohmann::json::parse(common::read_file((dir_ / "target" / "summary.json").string()));
   EXPECT_EQ(s["rounds_completed"], 2);
@@ -94,21 +94,21 @@ TEST_F(Privacy, TargetEpsilonStopsCleanlyWithTheModelSaved) {
 
 TEST_F(Privacy, NoiseCostsAccuracyAndModesDiffer) {
   auto none = job("none", "none");
-  const double clean = cli::run_simulate(none).federated_accuracy;
+  const double clean = app::run_simulate(none).federated_accuracy;
   auto loud = job("loud", "central");
   loud.privacy.noise_multiplier = 50;  // noise far above the clipped updates
-  EXPECT_LT(cli::run_simulate(loud).federated_accuracy, clean);
-  const auto local = cli::run_simulate(job("local", "local"));
-  const auto central = cli::run_simulate(job("central2", "central"));
+  EXPECT_LT(app::run_simulate(loud).federated_accuracy, clean);
+  const auto local = app::run_simulate(job("local", "local"));
+  const auto central = app::run_simulate(job("central2", "central"));
   EXPECT_NE(local.model_sha256, central.model_sha256);
 }
 
 TEST_F(Privacy, DistributedNoiseNeedsSecureAggregation) {
-  EXPECT_THROW(cli::run_simulate(job("dist_plain", "distributed")), ConfigError);
+  EXPECT_THROW(app::run_simulate(job("dist_plain", "distributed")), ConfigError);
   auto cfg = job("dist", "distributed");
   cfg.secagg.enabled = true;
   cfg.secagg.threshold = 2;
-  const auto r = cli::run_simulate(cfg);
+  const auto r = app::run_simulate(cfg);
   EXPECT_EQ(metrics("dist").size(), 3u);
   EXPECT_GT(metrics("dist").back()["epsilon"].get<double>(), 0);
   EXPECT_FALSE(r.model_sha256.empty());

@@ -121,7 +121,7 @@ class Reliability : public ::testing::Test {
 }  // namespace
 
 TEST_F(Reliability, SigkillMidJobThenResumeReachesTheUninterruptedDigest) {
-  const std::string uninterrupted = cli::run_simulate(config("full")).model_sha256;
+  const std::string uninterrupted = app::run_simulate(config("full")).model_sha256;
   const pid_t pid = spawn("killed");
   wait_for_rounds("killed", 3);
   ::kill(pid, SIGKILL);
@@ -131,7 +131,7 @@ TEST_F(Reliability, SigkillMidJobThenResumeReachesTheUninterruptedDigest) {
   ASSERT_LT(lines("killed"), 8u);
   auto cfg = config("killed");
   cfg.resume = true;
-  EXPECT_EQ(cli::run_simulate(cfg).model_sha256, uninterrupted);
+  EXPECT_EQ(app::run_simulate(cfg).model_sha256, uninterrupted);
   EXPECT_EQ(lines("killed"), 8u);  // one metrics line per round, none twice
 }
 
@@ -150,16 +150,16 @@ TEST_F(Reliability, SigtermStopsCleanlyWithACheckpointAndExitZero) {
             s["rounds_completed"].get<uint32_t>());
   auto cfg = config("term");
   cfg.resume = true;
-  EXPECT_EQ(cli::run_simulate(cfg).model_sha256, cli::run_simulate(config("term_full")).model_sha256);
+  EXPECT_EQ(app::run_simulate(cfg).model_sha256, app::run_simulate(config("term_full")).model_sha256);
 }
 
 TEST_F(Reliability, ResumeRefusesAnotherJobsCheckpoint) {
   auto cfg = config("other");
   cfg.rounds = 1;
-  cli::run_simulate(cfg);
+  app::run_simulate(cfg);
   cfg.resume = true;
   cfg.train.lr = 0.5;  // a different job
-  EXPECT_THROW(cli::run_simulate(cfg), ConfigError);
+  EXPECT_THROW(app::run_simulate(cfg), ConfigError);
 }
 
 namespace {
@@ -177,14 +177,14 @@ class SlowTrainer : public worker::SiteRuntime {
   }
 
  private:
-  cli::SiteTrainer inner_;
+  app::SiteTrainer inner_;
   std::chrono::milliseconds delay_;
   uint32_t slow_round_;
 };
 
-coordinator::Coordinator::Result run_with_slow_site(cli::CoordinatorJob& job, std::chrono::milliseconds delay,
+coordinator::Coordinator::Result run_with_slow_site(app::CoordinatorJob& job, std::chrono::milliseconds delay,
                                                     std::chrono::milliseconds heartbeat) {
-  const auto parts = cli::site_partition(job.config(), job.data());
+  const auto parts = app::site_partition(job.config(), job.data());
   std::vector<std::string> names = {"site-0", "site-1", "site-2"};
   auto coord = job.make_coordinator(names);
   std::vector<std::thread> threads;
@@ -213,7 +213,7 @@ TEST_F(Reliability, SlowSiteWithHeartbeatsIsWaitedForNotDeclaredDead) {
   cfg.rounds = 2;
   cfg.liveness_timeout_s = 0.5;  // far shorter than the slow site's training
   cfg.round_timeout_s = 30;
-  cli::CoordinatorJob job(cfg);
+  app::CoordinatorJob job(cfg);
   const auto r = run_with_slow_site(job, 2000ms, 100ms);
   EXPECT_EQ(r.rounds[0].sites_reported, 3u);
   EXPECT_EQ(r.rounds[1].sites_reported, 3u);
@@ -224,7 +224,7 @@ TEST_F(Reliability, SiteBeyondTheDeadlineMissesThatRoundOnly) {
   auto cfg = config("late");
   cfg.rounds = 3;
   cfg.round_timeout_s = 3.0;  // generous for the fast sites, even under sanitizers
-  cli::CoordinatorJob job(cfg);
+  app::CoordinatorJob job(cfg);
   const auto r = run_with_slow_site(job, 5000ms, 100ms);
   EXPECT_EQ(r.rounds[0].sites_reported, 2u);  // late in round 1
   EXPECT_EQ(r.rounds[2].sites_reported, 3u);  // back by round 3

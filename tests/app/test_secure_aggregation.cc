@@ -91,7 +91,7 @@ void vanishing_site(std::unique_ptr<common::Connection> c) {
   c->close();
 }
 
-std::vector<float> one_round(cli::CoordinatorJob& cj, const std::vector<std::vector<int64_t>>& parts, int honest,
+std::vector<float> one_round(app::CoordinatorJob& cj, const std::vector<std::vector<int64_t>>& parts, int honest,
                              bool with_vanisher) {
   std::vector<std::string> names;
   for (int i = 0; i < honest + (with_vanisher ? 1 : 0); ++i) names.push_back("site-" + std::to_string(i));
@@ -105,7 +105,7 @@ std::vector<float> one_round(cli::CoordinatorJob& cj, const std::vector<std::vec
       continue;
     }
     threads.emplace_back([&, i, conn = std::shared_ptr<common::Connection>(std::move(w_end))] {
-      cli::SiteTrainer trainer(cj.data().target_train.subset(parts[static_cast<size_t>(i)]));
+      app::SiteTrainer trainer(cj.data().target_train.subset(parts[static_cast<size_t>(i)]));
       worker::Worker(*conn, trainer, {names[static_cast<size_t>(i)]}).run();
     });
   }
@@ -125,11 +125,11 @@ TEST_F(SecureRounds, SimulateIsDeterministicLearnsAndSaysItWasSecure) {
     cfg.train.epochs = 3;
     return cfg;
   };
-  auto a = cli::run_simulate(learning("a", true));
-  auto b = cli::run_simulate(learning("b", true));
+  auto a = app::run_simulate(learning("a", true));
+  auto b = app::run_simulate(learning("b", true));
   EXPECT_EQ(a.model_sha256, b.model_sha256);
   EXPECT_GT(a.federated_accuracy, 0.3);
-  auto plain = cli::run_simulate(learning("plain", false));
+  auto plain = app::run_simulate(learning("plain", false));
   EXPECT_NE(plain.model_sha256, a.model_sha256);  // quantisation makes the sums differ slightly
   EXPECT_NEAR(plain.federated_accuracy, a.federated_accuracy, 0.05);
   auto s = nlohmann::json::parse(common::read_file((dir_ / "a" / "summary.json").string()));
@@ -140,14 +140,14 @@ TEST_F(SecureRounds, SiteVanishingMidRoundLeavesExactlyTheSurvivorsSum) {
   auto secure_cfg = job("secure", 4, true);
   secure_cfg.rounds = 1;
   secure_cfg.round_timeout_s = 30;
-  cli::CoordinatorJob secure_job(secure_cfg);
-  const auto parts = cli::site_partition(secure_cfg, secure_job.data());
+  app::CoordinatorJob secure_job(secure_cfg);
+  const auto parts = app::site_partition(secure_cfg, secure_job.data());
   const auto secure = one_round(secure_job, parts, 3, /*with_vanisher=*/true);
 
   // The same three honest sites, aggregated in the clear.
   auto plain_cfg = secure_cfg;
   plain_cfg.secagg.enabled = false;
-  cli::CoordinatorJob plain_job(plain_cfg);
+  app::CoordinatorJob plain_job(plain_cfg);
   const auto plain = one_round(plain_job, parts, 3, false);
   ASSERT_EQ(plain.size(), secure.size());
   double max_diff = 0;

@@ -71,7 +71,7 @@ nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(commo
 TEST_F(Simulate, ThreeSitesTwoRoundsBeatChanceAndWriteEveryOutput) {
   auto cfg = small_job("run1");
   cfg.baselines.enabled = true;
-  const auto r = cli::run_simulate(cfg);
+  const auto r = app::run_simulate(cfg);
   EXPECT_GT(r.federated_accuracy, 0.3);  // 5 classes: chance is 0.2; a random backbone, 2 rounds
   const fs::path out = cfg.out;
   for (const char* f : {"metrics.jsonl", "summary.json", "model.pt", "accuracy.svg"})
@@ -102,12 +102,12 @@ TEST_F(Simulate, ThreeSitesTwoRoundsBeatChanceAndWriteEveryOutput) {
 }
 
 TEST_F(Simulate, SameSeedSameDigestOtherSeedOtherDigest) {
-  auto a = cli::run_simulate(small_job("det_a"));
-  auto b = cli::run_simulate(small_job("det_b"));
+  auto a = app::run_simulate(small_job("det_a"));
+  auto b = app::run_simulate(small_job("det_b"));
   EXPECT_EQ(a.model_sha256, b.model_sha256);
   auto cfg = small_job("det_c");
   cfg.seed = 6;
-  EXPECT_NE(cli::run_simulate(cfg).model_sha256, a.model_sha256);
+  EXPECT_NE(app::run_simulate(cfg).model_sha256, a.model_sha256);
 }
 
 TEST_F(Simulate, FedProxAndFedYogiRun) {
@@ -116,18 +116,18 @@ TEST_F(Simulate, FedProxAndFedYogiRun) {
     cfg.server.name = strategy;
     cfg.server.prox_mu = 0.1;
     if (std::string(strategy) == "fedyogi") cfg.server.server_lr = 0.01;
-    EXPECT_GT(cli::run_simulate(cfg).federated_accuracy, 0.3) << strategy;
+    EXPECT_GT(app::run_simulate(cfg).federated_accuracy, 0.3) << strategy;
   }
 }
 
 TEST_F(Simulate, ImpossibleRequestsFailWithClearErrors) {
   auto cfg = small_job("bad1");
   cfg.partition.samples_per_site = 100000;
-  EXPECT_THROW(cli::run_simulate(cfg), ConfigError);
+  EXPECT_THROW(app::run_simulate(cfg), ConfigError);
   cfg = small_job("bad2");
   cfg.data.dir = (dir_ / "nowhere").string();
   try {
-    cli::run_simulate(cfg);
+    app::run_simulate(cfg);
     FAIL() << "missing dataset accepted";
   } catch (const DataError& e) {
     EXPECT_NE(std::string(e.what()).find("dataset-fashion-mnist"), std::string::npos) << e.what();
@@ -135,7 +135,7 @@ TEST_F(Simulate, ImpossibleRequestsFailWithClearErrors) {
   cfg = small_job("bad3");
   cfg.backbone.channels = 3;
   cfg.backbone.mean = cfg.backbone.std = {0.5, 0.5, 0.5};
-  EXPECT_THROW(cli::run_simulate(cfg), ModelError);
+  EXPECT_THROW(app::run_simulate(cfg), ModelError);
   EXPECT_FALSE(fs::exists(fs::path(cfg.out) / "summary.json"));  // nothing passed off as a result
 }
 

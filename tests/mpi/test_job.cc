@@ -1,4 +1,4 @@
-// `fedtl mpi` end to end (cli::run_mpi inside the test's MPI context) and how a job ends
+// `fedtl mpi` end to end (app::run_mpi inside the test's MPI context) and how a job ends
 // when a rank dies or hangs.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -38,10 +38,10 @@ class MpiJob : public ::testing::Test {
 TEST_F(MpiJob, SameDigestAsSimulate) {
   if (ctx_->size() != 4) GTEST_SKIP() << "run with mpirun -np 4";
   auto cfg = mpitest::small_mpi_job("mpi_run");
-  cli::MpiRunOptions opt;
+  app::MpiRunOptions opt;
   opt.ranks_per_site = 1;
   opt.timeout_s = 60;
-  ASSERT_EQ(cli::run_mpi(*ctx_, cfg, opt), 0);
+  ASSERT_EQ(app::run_mpi(*ctx_, cfg, opt), 0);
   if (ctx_->rank() != 0) return;
   const auto s = read_json(cfg.out + "/summary.json");
   EXPECT_EQ(s["transport"], "mpi");
@@ -52,7 +52,7 @@ TEST_F(MpiJob, SameDigestAsSimulate) {
   for (const auto& site : s["per_site"]) EXPECT_TRUE(site["completed"].get<bool>()) << site.dump();
 
   auto sim_cfg = mpitest::small_mpi_job("simulate_run");
-  const auto sim = cli::run_simulate(sim_cfg);
+  const auto sim = app::run_simulate(sim_cfg);
   EXPECT_EQ(s["model_sha256"], sim.model_sha256);
   EXPECT_DOUBLE_EQ(s["federated_accuracy"].get<double>(), sim.federated_accuracy);
 }
@@ -64,17 +64,17 @@ TEST_F(MpiJob, SecureAggregationSameDigestAsSimulate) {
   auto cfg = mpitest::small_mpi_job("mpi_secagg");
   cfg.secagg.enabled = true;
   cfg.secagg.threshold = 2;
-  cli::MpiRunOptions opt;
+  app::MpiRunOptions opt;
   opt.ranks_per_site = 1;
   opt.timeout_s = 60;
-  ASSERT_EQ(cli::run_mpi(*ctx_, cfg, opt), 0);
+  ASSERT_EQ(app::run_mpi(*ctx_, cfg, opt), 0);
   if (ctx_->rank() != 0) return;
   const auto s = read_json(cfg.out + "/summary.json");
   EXPECT_TRUE(s["secure_aggregation"].get<bool>());
   auto sim_cfg = mpitest::small_mpi_job("simulate_secagg");
   sim_cfg.secagg.enabled = true;
   sim_cfg.secagg.threshold = 2;
-  EXPECT_EQ(s["model_sha256"], cli::run_simulate(sim_cfg).model_sha256);
+  EXPECT_EQ(s["model_sha256"], app::run_simulate(sim_cfg).model_sha256);
 }
 
 // mpirun -np 5: two sites of two ranks each train data-parallel; the result matches
@@ -83,17 +83,17 @@ TEST_F(MpiJob, TwoRankSitesMatchSimulateWithinRounding) {
   if (ctx_->size() != 5) GTEST_SKIP() << "run with mpirun -np 5";
   auto cfg = mpitest::small_mpi_job("mpi_k2", 2);
   cfg.train.batch_size = 20;  // 100 samples per site: every batch (and slice) is whole
-  cli::MpiRunOptions opt;
+  app::MpiRunOptions opt;
   opt.ranks_per_site = 2;
   opt.timeout_s = 60;
-  ASSERT_EQ(cli::run_mpi(*ctx_, cfg, opt), 0);
+  ASSERT_EQ(app::run_mpi(*ctx_, cfg, opt), 0);
   if (ctx_->rank() != 0) return;
   const auto s = read_json(cfg.out + "/summary.json");
   EXPECT_EQ(s["ranks_per_site"], 2);
   EXPECT_EQ(s["world_size"], 5);
   auto sim_cfg = mpitest::small_mpi_job("simulate_k2", 2);
   sim_cfg.train.batch_size = 20;
-  const auto sim = cli::run_simulate(sim_cfg);
+  const auto sim = app::run_simulate(sim_cfg);
   EXPECT_NEAR(s["federated_accuracy"].get<double>(), sim.federated_accuracy, 0.01);
   EXPECT_GT(sim.federated_accuracy, 0.3);
   // Per-round training losses agree closely (they are sums of the ranks' shares).
@@ -113,25 +113,25 @@ TEST_F(MpiJob, TwoRankSitesMatchSimulateWithinRounding) {
 // coordinator and two sites). Rank 2 dies (abort) before its second round, or hangs.
 TEST_F(MpiJob, DISABLED_FaultRankAborts) {
   auto cfg = mpitest::small_mpi_job("fault_abort", 2);
-  cli::MpiRunOptions opt;
+  app::MpiRunOptions opt;
   opt.ranks_per_site = 1;
   opt.timeout_s = 20;
   opt.before_train = [](int rank, uint32_t round) {
     if (rank == 2 && round == 2) std::abort();
   };
-  cli::run_mpi(*ctx_, cfg, opt);
+  app::run_mpi(*ctx_, cfg, opt);
 }
 
 TEST_F(MpiJob, DISABLED_FaultRankHangs) {
   auto cfg = mpitest::small_mpi_job("fault_hang", 2);
   cfg.round_timeout_s = 3;
-  cli::MpiRunOptions opt;
+  app::MpiRunOptions opt;
   opt.ranks_per_site = 1;
   opt.timeout_s = 4;
   opt.before_train = [](int rank, uint32_t) {
     if (rank == 2) std::this_thread::sleep_for(std::chrono::minutes(10));
   };
-  cli::run_mpi(*ctx_, cfg, opt);
+  app::run_mpi(*ctx_, cfg, opt);
 }
 
 // --- launched without mpirun: these start mpirun themselves --------------------------------
