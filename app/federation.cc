@@ -8,6 +8,7 @@
 
 #include "app/run.h"
 #include "app/coordinator_job.h"
+#include "app/site_data.h"
 #include "app/site_trainer.h"
 #include "common/data/datasets.h"
 #include "common/errors.h"
@@ -41,26 +42,6 @@ std::pair<std::string, uint16_t> split_address(const std::string& addr, const st
 }
 
 milliseconds ms(double seconds) { return milliseconds(static_cast<int64_t>(seconds * 1000)); }
-
-// The site's data: an image folder decoded for the job's input, or its slice of a job
-// file's partition (what simulate gives the same site).
-common::ImageSet load_site_data(const app::SiteConfig& site, const v1::JobSpec& job) {
-  if (site.data_source == "folder") {
-    const auto& m = job.model();
-    auto images = common::read_image_folder(site.data_dir, m.in_channels(), m.in_height(), m.in_width());
-    if (static_cast<int64_t>(images.class_names.size()) != static_cast<int64_t>(m.num_classes()))
-      throw DataError("site data folder '" + site.data_dir + "' has " + std::to_string(images.class_names.size()) +
-                      " classes; the job trains " + std::to_string(m.num_classes()));
-    return images;
-  }
-  auto cfg = app::load_job_config(site.data_job);
-  TaskData data = load_task_data(cfg);
-  auto parts = site_partition(cfg, data);
-  if (site.partition_index >= static_cast<int64_t>(parts.size()))
-    throw ConfigError("data.partition_index " + std::to_string(site.partition_index) + " is outside the job's " +
-                      std::to_string(parts.size()) + " sites");
-  return data.target_train.subset(parts[static_cast<size_t>(site.partition_index)]);
-}
 
 // Backbones the site already holds, by digest (files named <sha256>.pt, re-verified).
 std::map<std::string, std::string> load_backbone_cache(const std::string& dir) {

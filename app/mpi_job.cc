@@ -31,6 +31,7 @@ int run_mpi(common::mpi::MpiContext&, const app::JobConfig&, const MpiRunOptions
 #include "app/run.h"
 #include "app/coordinator_job.h"
 #include "app/job_setup.h"
+#include "app/site_data.h"
 #include "app/site_trainer.h"
 #include "common/mpi/mpi_context.h"
 #include "common/transport/mpi.h"
@@ -186,13 +187,6 @@ class LeaderRuntime : public worker::SiteRuntime {
   Millis timeout_;
 };
 
-// The site's data: its slice of the job's partition, exactly as simulate gives it.
-common::ImageSet load_site_images(const app::JobConfig& cfg, int site) {
-  TaskData data = load_task_data(cfg);
-  const auto parts = site_partition(cfg, data);
-  return data.target_train.subset(parts.at(static_cast<size_t>(site)));
-}
-
 void run_coordinator_rank(MpiContext& ctx, common::mpi::TransportComm& tcomm, const app::JobConfig& cfg,
                           const Plan& plan) {
   const int n = plan.layout.sites;
@@ -225,7 +219,7 @@ void run_coordinator_rank(MpiContext& ctx, common::mpi::TransportComm& tcomm, co
 void run_leader_rank(MpiContext& ctx, common::mpi::TransportComm& tcomm, SiteComm& site, const app::JobConfig& cfg,
                      const Plan& plan, const MpiRunOptions& opt) {
   const int s = site.site();
-  common::ImageSet images = load_site_images(cfg, s);
+  common::ImageSet images = site_slice(cfg, s);
   spdlog::debug("{}: {} labelled images", site_name(s), images.size());
   if (!ctx.barrier(plan.startup, "start barrier"))
     throw TimeoutError("the coordinator (rank 0) was not ready within " + std::to_string(plan.startup.count() / 1000) +
@@ -255,7 +249,7 @@ void run_leader_rank(MpiContext& ctx, common::mpi::TransportComm& tcomm, SiteCom
 
 void run_follower_rank(MpiContext& ctx, SiteComm& site, const app::JobConfig& cfg, const Plan& plan,
                        const MpiRunOptions& opt) {
-  SiteShard shard(load_site_images(cfg, site.site()), site, plan.slack);
+  SiteShard shard(site_slice(cfg, site.site()), site, plan.slack);
   if (!ctx.barrier(plan.startup, "start barrier"))
     throw TimeoutError("the coordinator (rank 0) was not ready within " + std::to_string(plan.startup.count() / 1000) +
                        " s");

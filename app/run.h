@@ -55,8 +55,5 @@ void run_ca_init(const std::string& dir, const std::string& federation);
 void run_ca_issue(const std::string& dir, const std::string& name, const std::string& role,
                   const std::string& coordinator_address, const std::string& coordinator_name);
 
-// The sites' partition of the target training set, as simulate makes it.
-struct TaskData;
-std::vector<std::vector<int64_t>> site_partition(const app::JobConfig& cfg, const TaskData& data);
 
 }  // namespace fedtl::app

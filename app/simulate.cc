@@ -9,6 +9,7 @@
 
 #include "app/run.h"
 #include "app/coordinator_job.h"
+#include "app/site_data.h"
 #include "app/site_trainer.h"
 #include "common/errors.h"
 #include "common/files.h"
@@ -103,12 +104,6 @@ void run_pretrain(const app::JobConfig& cfg, const std::string& out_path) {
   std::string bytes = pretrain_backbone(cfg, data);
   common::write_file_atomic(out_path, bytes);
   spdlog::info("wrote backbone {} ({} bytes, sha256 {})", out_path, bytes.size(), common::sha256_hex(bytes));
-}
-
-std::vector<std::vector<int64_t>> site_partition(const app::JobConfig& cfg, const TaskData& data) {
-  common::PartitionSpec pspec = cfg.partition;
-  pspec.seed = derive_seed(cfg.seed, 0x5a17e5);
-  return common::partition(data.target_train.labels, static_cast<int64_t>(cfg.data.target_classes.size()), pspec);
 }
 
 SimulateResult run_simulate(const app::JobConfig& cfg, const common::StopSignal* stop) {

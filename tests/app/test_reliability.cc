@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "app/run.h"
+#include "app/site_data.h"
 #include "app/coordinator_job.h"
 #include "app/site_trainer.h"
 #include "common/checkpoint.h"

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "app/run.h"
+#include "app/site_data.h"
 #include "app/coordinator_job.h"
 #include "app/site_trainer.h"
 #include "app/config.h"
