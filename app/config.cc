@@ -59,6 +59,18 @@ class Section {
     }
   }
 
+  // A string key with a fixed vocabulary: `parse` maps a name to its value (nullopt: not a
+  // name it knows); an unknown name is refused naming the key and the choices.
+  template <typename T, typename Parse>
+  void get_choice(const char* key, T& out, Parse parse, const char* choices) {
+    std::string name;
+    get(key, name);
+    if (!t_ || !t_->get(key)) return;
+    auto v = parse(name);
+    if (!v) throw ConfigError(qualified(key) + " must be " + choices + " (got \"" + name + "\")");
+    out = *v;
+  }
+
   void reject_unknown() const {
     if (!t_) return;
     for (const auto& [k, v] : *t_) {
@@ -77,6 +89,30 @@ class Section {
   std::string name_;
   std::set<std::string> seen_;
 };
+
+namespace model = common::model;
+
+std::optional<DataSource> parse_data_source(const std::string& n) {
+  if (n == "fashion-mnist") return DataSource::kFashionMnist;
+  if (n == "folder") return DataSource::kFolder;
+  return std::nullopt;
+}
+
+std::optional<SiteDataSource> parse_site_data_source(const std::string& n) {
+  if (n == "folder") return SiteDataSource::kFolder;
+  if (n == "job-partition") return SiteDataSource::kJobPartition;
+  return std::nullopt;
+}
+
+// "none" is a valid choice (privacy off), hence the nested optional.
+std::optional<std::optional<protocols::dp::NoiseMode>> parse_privacy_mode(const std::string& n) {
+  using protocols::dp::NoiseMode;
+  if (n == "none") return std::optional<NoiseMode>{};
+  if (n == "central") return NoiseMode::kCentral;
+  if (n == "distributed") return NoiseMode::kDistributed;
+  if (n == "local") return NoiseMode::kLocal;
+  return std::nullopt;
+}
 
 const toml::table* subtable(const toml::table& root, const char* name) {
   const toml::node* n = root.get(name);
@@ -106,7 +142,7 @@ JobConfig from_table(const toml::table& root) {
   job.reject_unknown();
 
   Section data(subtable(root, "data"), "data");
-  data.get("source", c.data.source);
+  data.get_choice("source", c.data.source, parse_data_source, "\"fashion-mnist\" or \"folder\"");
   data.get("dir", c.data.dir);
   data.get("test_dir", c.data.test_dir);
   data.get("source_classes", c.data.source_classes);
@@ -131,7 +167,7 @@ JobConfig from_table(const toml::table& root) {
   bb.get("width", c.backbone.width);
   bb.get("mean", c.backbone.mean);
   bb.get("std", c.backbone.std);
-  bb.get("freeze", c.backbone.freeze);
+  bb.get_choice("freeze", c.backbone.freeze, model::parse_freeze, "\"all\", \"all_but_last\" or \"none\"");
   bb.get("unfrozen", c.backbone.unfrozen);
   bb.reject_unknown();
 
@@ -142,12 +178,12 @@ JobConfig from_table(const toml::table& root) {
   pre.reject_unknown();
 
   Section head(subtable(root, "head"), "head");
-  head.get("type", c.head.type);
+  head.get_choice("type", c.head.type, model::parse_head_type, "\"linear\" or \"mlp\"");
   head.get("hidden", c.head.hidden);
   head.reject_unknown();
 
   Section tr(subtable(root, "train"), "train");
-  tr.get("optimizer", c.train.optimizer);
+  tr.get_choice("optimizer", c.train.optimizer, model::parse_optimizer, "\"sgd\" or \"adam\"");
   tr.get("lr", c.train.lr);
   tr.get("momentum", c.train.momentum);
   tr.get("weight_decay", c.train.weight_decay);
@@ -198,7 +234,7 @@ JobConfig from_table(const toml::table& root) {
   sa.reject_unknown();
 
   Section pv(subtable(root, "privacy"), "privacy");
-  pv.get("mode", c.privacy.mode);
+  pv.get_choice("mode", c.privacy.mode, parse_privacy_mode, "\"none\", \"central\", \"distributed\" or \"local\"");
   pv.get("noise_multiplier", c.privacy.noise_multiplier);
   pv.get("clip_norm", c.privacy.clip_norm);
   pv.get("delta", c.privacy.delta);
@@ -257,9 +293,7 @@ void validate(const JobConfig& c) {
   require(c.min_sites >= 1 && c.min_sites <= c.partition.sites,
           "job.min_sites must be between 1 and job.sites (got " + std::to_string(c.min_sites) + ")");
   require(!c.out.empty(), "job.out must not be empty");
-  require(c.data.source == "fashion-mnist" || c.data.source == "folder",
-          "data.source must be \"fashion-mnist\" or \"folder\" (got \"" + c.data.source + "\")");
-  if (c.data.source == "folder") require(!c.data.dir.empty(), "data.dir is required when data.source = \"folder\"");
+  if (c.data.source == DataSource::kFolder) require(!c.data.dir.empty(), "data.dir is required when data.source = \"folder\"");
   require(c.data.target_classes.size() >= 2, "data.target_classes needs at least 2 classes");
   std::set<int64_t> tgt(c.data.target_classes.begin(), c.data.target_classes.end());
   require(tgt.size() == c.data.target_classes.size(), "data.target_classes has duplicates");
@@ -275,16 +309,11 @@ void validate(const JobConfig& c) {
               c.backbone.std.size() == static_cast<size_t>(c.backbone.channels),
           "backbone.mean and backbone.std need one value per backbone channel");
   for (double s : c.backbone.std) require(s > 0, "backbone.std values must be > 0");
-  require(c.backbone.freeze == "all" || c.backbone.freeze == "all_but_last" || c.backbone.freeze == "none",
-          "backbone.freeze must be \"all\", \"all_but_last\" or \"none\" (got \"" + c.backbone.freeze + "\")");
-  require(c.backbone.unfrozen >= 1 || c.backbone.freeze != "all_but_last", "backbone.unfrozen must be >= 1");
+  require(c.backbone.unfrozen >= 1 || c.backbone.freeze != common::model::Freeze::kAllButLast,
+          "backbone.unfrozen must be >= 1");
   require(c.pretrain.epochs >= 1 && c.pretrain.batch_size >= 1 && c.pretrain.lr > 0,
           "pretrain.epochs, pretrain.batch_size and pretrain.lr must be positive");
-  require(c.head.type == "linear" || c.head.type == "mlp",
-          "head.type must be \"linear\" or \"mlp\" (got \"" + c.head.type + "\")");
   require(c.head.hidden >= 1, "head.hidden must be >= 1");
-  require(c.train.optimizer == "sgd" || c.train.optimizer == "adam",
-          "train.optimizer must be \"sgd\" or \"adam\" (got \"" + c.train.optimizer + "\")");
   require(c.train.lr > 0, "train.lr must be > 0 (got " + std::to_string(c.train.lr) + ")");
   require(c.train.momentum >= 0 && c.train.momentum < 1, "train.momentum must be in [0, 1)");
   require(c.train.weight_decay >= 0, "train.weight_decay must be >= 0");
@@ -300,9 +329,7 @@ void validate(const JobConfig& c) {
   require(c.secagg.complete_graph_max >= 2 && c.secagg.sparse_degree >= 0,
           "secure_aggregation.complete_graph_max must be >= 2 and sparse_degree >= 0");
   const auto& pv = c.privacy;
-  require(pv.mode == "none" || pv.mode == "central" || pv.mode == "distributed" || pv.mode == "local",
-          "privacy.mode must be \"none\", \"central\", \"distributed\" or \"local\" (got \"" + pv.mode + "\")");
-  if (pv.mode != "none") {
+  if (pv.mode) {
     require(pv.noise_multiplier > 0 || pv.target_epsilon > 0,
             "privacy.noise_multiplier must be > 0 (or 0 with privacy.target_epsilon > 0 to calibrate it)");
     require(pv.noise_multiplier >= 0, "privacy.noise_multiplier must be > 0");
@@ -354,7 +381,7 @@ SiteConfig load_site_config(const std::string& path) {
   site.get("give_up_after_s", c.give_up_after_s);
   site.reject_unknown();
   Section data(subtable(root, "data"), "data");
-  data.get("source", c.data_source);
+  data.get_choice("source", c.data_source, parse_site_data_source, "\"folder\" or \"job-partition\"");
   data.get("dir", c.data_dir);
   data.get("job", c.data_job);
   data.get("partition_index", c.partition_index);
@@ -373,14 +400,16 @@ SiteConfig load_site_config(const std::string& path) {
   require(!c.name.empty(), "site.name is required (the name on the site's certificate)");
   require(c.coordinator.find(':') != std::string::npos, "site.coordinator must be host:port");
   require(!c.ca_cert.empty() && !c.cert.empty() && !c.key.empty(), "site.ca_cert, site.cert and site.key are required");
-  require(c.data_source == "folder" || c.data_source == "job-partition",
-          "data.source must be \"folder\" or \"job-partition\"");
-  if (c.data_source == "folder") require(!c.data_dir.empty(), "data.dir is required for data.source = \"folder\"");
-  if (c.data_source == "job-partition")
+  if (c.data_source == SiteDataSource::kFolder) require(!c.data_dir.empty(), "data.dir is required for data.source = \"folder\"");
+  if (c.data_source == SiteDataSource::kJobPartition)
     require(!c.data_job.empty() && c.partition_index >= 0, "data.job and data.partition_index are required for \"job-partition\"");
   require(c.connect_timeout_s > 0 && c.max_backoff_s > 0 && c.give_up_after_s > 0, "site timeouts must be > 0");
   if (c.cache_dir.empty()) c.cache_dir = "runs/site-" + c.name;
   return c;
+}
+
+std::string privacy_mode_name(const std::optional<protocols::dp::NoiseMode>& mode) {
+  return mode ? protocols::dp::to_string(*mode) : "none";
 }
 
 }  // namespace fedtl::app

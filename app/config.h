@@ -8,13 +8,20 @@
 #include <vector>
 
 #include "common/data/partition.h"
+#include "common/model/transfer_model.h"
+#include "protocols/dp/mechanism.h"
 #include "protocols/strategy.h"
 #include "worker/site_policy.h"
 
 namespace fedtl::app {
 
+// Where a job's images come from (data.source).
+enum class DataSource { kFashionMnist, kFolder };  // "fashion-mnist" | "folder"
+// Where a TLS site's images come from (site.toml data.source).
+enum class SiteDataSource { kFolder, kJobPartition };  // "folder" | "job-partition"
+
 struct DataConfig {
-  std::string source = "fashion-mnist";  // "fashion-mnist" | "folder"
+  DataSource source = DataSource::kFashionMnist;
   std::string dir;                       // fashion-mnist: IDX dir (default: Debian package dir);
                                          // folder: training image folder (class sub-folders)
   std::string test_dir;                  // folder: test image folder
@@ -27,8 +34,8 @@ struct BackboneConfig {
   bool pretrain_if_missing = true;  // make it with the built-in CNN when the file is absent
   int64_t channels = 1, height = 28, width = 28;      // what the backbone takes
   std::vector<double> mean{0.2860}, std{0.3530};     // per-channel normalisation
-  std::string freeze = "all_but_last";  // "all" | "all_but_last" | "none"
-  int64_t unfrozen = 1;                 // N top-level children trained for "all_but_last"
+  common::model::Freeze freeze = common::model::Freeze::kAllButLast;  // "all" | "all_but_last" | "none"
+  int64_t unfrozen = 1;  // N top-level children trained for "all_but_last"
 };
 
 struct PretrainConfig {
@@ -38,12 +45,12 @@ struct PretrainConfig {
 };
 
 struct HeadConfig {
-  std::string type = "linear";  // "linear" | "mlp"
+  common::model::HeadType type = common::model::HeadType::kLinear;  // "linear" | "mlp"
   int64_t hidden = 128;         // mlp hidden width
 };
 
 struct TrainConfig {
-  std::string optimizer = "sgd";  // "sgd" | "adam"
+  common::model::Optimizer optimizer = common::model::Optimizer::kSgd;  // "sgd" | "adam"
   double lr = 0.05;
   double momentum = 0.0;
   double weight_decay = 0.0;
@@ -81,7 +88,8 @@ struct SecureAggregationConfig {
 
 // [privacy]: client-level differential privacy (DP-FedAvg, McMahan et al. 2018).
 struct PrivacyConfig {
-  std::string mode = "none";     // "none" | "central" | "distributed" | "local"
+  // "none" (nullopt) | "central" | "distributed" | "local"
+  std::optional<protocols::dp::NoiseMode> mode;
   double noise_multiplier = 1.0; // sigma (set 0 with target_epsilon > 0 to calibrate it)
   double clip_norm = 1.0;        // C
   double delta = 1e-5;
@@ -126,12 +134,15 @@ struct SiteConfig {
   // [data] source = "folder": dir is a folder of class sub-folders; "job-partition": the
   // site's slice (partition_index) of the partition `job` (a job.toml) defines — what
   // `fedtl simulate` gives that site, for demos and equivalence checks.
-  std::string data_source = "folder";
+  SiteDataSource data_source = SiteDataSource::kFolder;
   std::string data_dir, data_job;
   int64_t partition_index = -1;
   double connect_timeout_s = 30, max_backoff_s = 30, give_up_after_s = 3600;
   worker::SitePolicy policy;
 };
+
+// The job file's spelling of a privacy mode: "none" for nullopt.
+std::string privacy_mode_name(const std::optional<protocols::dp::NoiseMode>& mode);
 
 // Parses site.toml; relative paths are resolved against the file's directory. Throws
 // ConfigError naming unknown keys and bad values.

@@ -38,7 +38,7 @@ CoordinatorJob::CoordinatorJob(const app::JobConfig& cfg) : cfg_(cfg), start_(Cl
   model_ = common::model::TransferModel::create(backbone_, model_spec(cfg_), cfg_.seed);
   test_features_ = model_->features(data_.target_test);
   spdlog::info("model: {} trainable parameters ({} feature dims into a {} head); test features cached ({:.1f} MB)",
-               model_->num_params(), model_->feature_dim(), cfg_.head.type, test_features_->bytes() / 1e6);
+               model_->num_params(), model_->feature_dim(), common::model::to_string(cfg_.head.type), test_features_->bytes() / 1e6);
   evaluator_ = std::make_unique<Evaluator>(*model_, *test_features_);
 }
 
@@ -117,7 +117,7 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
                  {"sites_reported", r.sites_reported}, {"applied", r.applied}, {"bytes_up", r.bytes_up},
                  {"bytes_down", r.bytes_down}, {"seconds", r.seconds}, {"transport", transport},
                  {"secure_aggregation", cfg_.secagg.enabled.value_or(false)}};
-    if (cfg_.privacy.mode != "none") {
+    if (cfg_.privacy.mode) {
       line["epsilon"] = r.epsilon;
       line["delta"] = cfg_.privacy.delta;
       line["clip_norm"] = r.clip_norm;
@@ -165,8 +165,8 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
   }
   s["round_bytes_up"] = up;
   s["round_bytes_down"] = down;
-  s["privacy"] = cfg_.privacy.mode;
-  if (cfg_.privacy.mode != "none") {
+  s["privacy"] = privacy_mode_name(cfg_.privacy.mode);
+  if (cfg_.privacy.mode) {
     s["epsilon"] = o.result.epsilon;
     s["delta"] = cfg_.privacy.delta;
     s["noise_multiplier"] = noise_multiplier_;

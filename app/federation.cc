@@ -16,6 +16,7 @@
 #include "common/transport/pki.h"
 #include "common/sha256.h"
 #include "common/transport/tls.h"
+#include "protocols/messages.h"
 #include "worker/site_policy.h"
 #include "worker/worker.h"
 
@@ -151,13 +152,11 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop) {
       return 2;  // the worker logged the refusal and told the coordinator why
     } catch (const ConfigError&) {
       throw;
+    } catch (const protocols::PeerRefused& e) {  // the coordinator said no: retrying will not help
+      spdlog::error("[{}] coordinator refused this site: {}", site.name, e.what());
+      return 2;
     } catch (const ProtocolError& e) {
-      const std::string what = e.what();
-      if (what.rfind("peer refused", 0) == 0) {  // the coordinator said no: retrying will not help
-        spdlog::error("[{}] coordinator refused this site: {}", site.name, what);
-        return 2;
-      }
-      spdlog::warn("[{}] protocol error: {}; reconnecting", site.name, what);
+      spdlog::warn("[{}] protocol error: {}; reconnecting", site.name, e.what());
     } catch (const fedtl::Error& e) {
       if (stop) stop->on_stop(nullptr);
       if (stop && stop->requested()) {

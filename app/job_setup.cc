@@ -7,9 +7,11 @@
 
 #include "common/data/datasets.h"
 #include "common/errors.h"
+#include "common/seeds.h"
 #include "common/files.h"
 #include "common/sha256.h"
 #include "protocols/dp/accountant.h"
+#include "protocols/job_check.h"
 #include "protocols/secure_round.h"
 
 namespace fedtl::app {
@@ -18,7 +20,7 @@ namespace fs = std::filesystem;
 TaskData load_task_data(const app::JobConfig& cfg) {
   TaskData d;
   common::ImageSet train, test;
-  if (cfg.data.source == "fashion-mnist") {
+  if (cfg.data.source == DataSource::kFashionMnist) {
     const std::string dir = cfg.data.dir.empty() ? common::kFashionMnistDir : cfg.data.dir;
     train = common::read_fashion_mnist("train", dir);
     test = common::read_fashion_mnist("t10k", dir);
@@ -64,16 +66,75 @@ common::model::InputSpec input_spec(const app::JobConfig& cfg) {
   return in;
 }
 
-common::model::ModelSpec model_spec(const app::JobConfig& cfg) {
-  common::model::ModelSpec m;
-  m.input = input_spec(cfg);
-  m.freeze = cfg.backbone.freeze;
-  m.unfrozen = cfg.backbone.unfrozen;
-  m.head = cfg.head.type;
-  m.hidden = cfg.head.hidden;
-  m.num_classes = static_cast<int64_t>(cfg.data.target_classes.size());
+namespace {
+
+namespace model = common::model;
+
+// The one translation of each vocabulary between the model layer and the wire.
+v1::Freeze to_wire(model::Freeze f) {
+  switch (f) {
+    case model::Freeze::kAll: return v1::FREEZE_ALL;
+    case model::Freeze::kAllButLast: return v1::FREEZE_ALL_BUT_LAST;
+    case model::Freeze::kNone: return v1::FREEZE_NONE;
+  }
+  return v1::FREEZE_UNSPECIFIED;
+}
+v1::HeadType to_wire(model::HeadType h) { return h == model::HeadType::kMlp ? v1::HEAD_MLP : v1::HEAD_LINEAR; }
+v1::Optimizer to_wire(model::Optimizer o) { return o == model::Optimizer::kAdam ? v1::OPTIMIZER_ADAM : v1::OPTIMIZER_SGD; }
+
+model::Freeze from_wire(v1::Freeze f) {
+  switch (f) {
+    case v1::FREEZE_ALL: return model::Freeze::kAll;
+    case v1::FREEZE_ALL_BUT_LAST: return model::Freeze::kAllButLast;
+    case v1::FREEZE_NONE: return model::Freeze::kNone;
+    default: throw ProtocolError("model.freeze " + std::to_string(f) + " is not one this build knows");
+  }
+}
+model::HeadType from_wire(v1::HeadType h) {
+  switch (h) {
+    case v1::HEAD_LINEAR: return model::HeadType::kLinear;
+    case v1::HEAD_MLP: return model::HeadType::kMlp;
+    default: throw ProtocolError("model.head " + std::to_string(h) + " is not one this build knows");
+  }
+}
+model::Optimizer from_wire(v1::Optimizer o) {
+  switch (o) {
+    case v1::OPTIMIZER_SGD: return model::Optimizer::kSgd;
+    case v1::OPTIMIZER_ADAM: return model::Optimizer::kAdam;
+    default: throw ProtocolError("training.optimizer " + std::to_string(o) + " is not one this build knows");
+  }
+}
+
+}  // namespace
+
+v1::ModelSpec wire_model_spec(const app::JobConfig& cfg) {
+  v1::ModelSpec m;
+  m.set_head(to_wire(cfg.head.type));
+  m.set_hidden(static_cast<uint32_t>(cfg.head.hidden));
+  m.set_num_classes(static_cast<uint32_t>(cfg.data.target_classes.size()));
+  m.set_freeze(to_wire(cfg.backbone.freeze));
+  m.set_unfrozen(static_cast<uint32_t>(cfg.backbone.unfrozen));
+  m.set_in_channels(static_cast<uint32_t>(cfg.backbone.channels));
+  m.set_in_height(static_cast<uint32_t>(cfg.backbone.height));
+  m.set_in_width(static_cast<uint32_t>(cfg.backbone.width));
+  for (double v : cfg.backbone.mean) m.add_mean(v);
+  for (double v : cfg.backbone.std) m.add_std(v);
   return m;
 }
+
+v1::TrainingSpec wire_training_spec(const app::JobConfig& cfg) {
+  v1::TrainingSpec t;
+  t.set_optimizer(to_wire(cfg.train.optimizer));
+  t.set_lr(cfg.train.lr);
+  t.set_momentum(cfg.train.momentum);
+  t.set_weight_decay(cfg.train.weight_decay);
+  t.set_epochs(static_cast<uint32_t>(cfg.train.epochs));
+  t.set_batch_size(static_cast<uint32_t>(cfg.train.batch_size));
+  t.set_prox_mu(cfg.server.name == "fedprox" ? cfg.server.prox_mu : 0.0);
+  return t;
+}
+
+common::model::ModelSpec model_spec(const app::JobConfig& cfg) { return model_spec(wire_model_spec(cfg)); }
 
 common::model::ModelSpec model_spec(const v1::ModelSpec& w) {
   common::model::ModelSpec m;
@@ -82,9 +143,9 @@ common::model::ModelSpec model_spec(const v1::ModelSpec& w) {
   m.input.width = w.in_width();
   m.input.mean.assign(w.mean().begin(), w.mean().end());
   m.input.std.assign(w.std().begin(), w.std().end());
-  m.freeze = w.freeze();
+  m.freeze = from_wire(w.freeze());
   m.unfrozen = w.unfrozen();
-  m.head = w.head();
+  m.head = from_wire(w.head());
   m.hidden = w.hidden();
   m.num_classes = w.num_classes();
   return m;
@@ -96,7 +157,7 @@ std::string pretrain_backbone(const app::JobConfig& cfg, const TaskData& data) {
   opt.epochs = cfg.pretrain.epochs;
   opt.batch_size = cfg.pretrain.batch_size;
   opt.lr = cfg.pretrain.lr;
-  opt.seed = derive_seed(cfg.seed, 0xbacb0e);
+  opt.seed = common::derive_seed(cfg.seed, common::seed_stream::kPretrain);
   opt.on_epoch = [&](int64_t e, double loss, double acc) {
     spdlog::info("pretrain epoch {}/{}: loss {:.4f}, source-test accuracy {:.2f}%", e, opt.epochs, loss, 100 * acc);
   };
@@ -128,25 +189,8 @@ v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& sha, uin
   j.set_rounds(static_cast<uint32_t>(cfg.rounds));
   j.set_backbone_sha256(sha);
   j.set_backbone_bytes(nbytes);
-  auto* m = j.mutable_model();
-  m->set_head(cfg.head.type);
-  m->set_hidden(static_cast<uint32_t>(cfg.head.hidden));
-  m->set_num_classes(static_cast<uint32_t>(cfg.data.target_classes.size()));
-  m->set_freeze(cfg.backbone.freeze);
-  m->set_unfrozen(static_cast<uint32_t>(cfg.backbone.unfrozen));
-  m->set_in_channels(static_cast<uint32_t>(cfg.backbone.channels));
-  m->set_in_height(static_cast<uint32_t>(cfg.backbone.height));
-  m->set_in_width(static_cast<uint32_t>(cfg.backbone.width));
-  for (double v : cfg.backbone.mean) m->add_mean(v);
-  for (double v : cfg.backbone.std) m->add_std(v);
-  auto* t = j.mutable_training();
-  t->set_optimizer(cfg.train.optimizer);
-  t->set_lr(cfg.train.lr);
-  t->set_momentum(cfg.train.momentum);
-  t->set_weight_decay(cfg.train.weight_decay);
-  t->set_epochs(static_cast<uint32_t>(cfg.train.epochs));
-  t->set_batch_size(static_cast<uint32_t>(cfg.train.batch_size));
-  t->set_prox_mu(cfg.server.name == "fedprox" ? cfg.server.prox_mu : 0.0);
+  *j.mutable_model() = wire_model_spec(cfg);
+  *j.mutable_training() = wire_training_spec(cfg);
   for (const auto& p : layout) {
     auto* e = j.mutable_layout()->add_entries();
     e->set_name(p.name);
@@ -154,9 +198,9 @@ v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& sha, uin
   }
   for (int64_t k : cfg.data.target_classes) j.add_target_classes(k);
   j.set_min_sites(static_cast<uint32_t>(cfg.min_sites));
-  if (cfg.privacy.mode != "none") {
+  if (cfg.privacy.mode) {
     auto* pv = j.mutable_privacy();
-    pv->set_mode(cfg.privacy.mode);
+    pv->set_mode(protocols::to_wire(cfg.privacy.mode));
     double sigma = cfg.privacy.noise_multiplier;
     if (sigma <= 0)  // calibrate: the smallest sigma that keeps epsilon within target over the job
       sigma = protocols::dp::noise_multiplier(cfg.privacy.target_epsilon, cfg.privacy.sampling_rate, cfg.rounds,
@@ -166,7 +210,7 @@ v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& sha, uin
     pv->set_sampling_rate(cfg.privacy.sampling_rate);
     pv->set_expected_sites(
         std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(cfg.privacy.sampling_rate * num_sites))));
-    if (cfg.privacy.mode == "distributed" && !cfg.secagg.enabled.value_or(false))
+    if (cfg.privacy.mode == protocols::dp::NoiseMode::kDistributed && !cfg.secagg.enabled.value_or(false))
       throw ConfigError("privacy.mode = \"distributed\" needs secure aggregation (the coordinator must never see an "
                         "un-noised sum of fewer than all shares); set [secure_aggregation] enabled = true");
     if (cfg.privacy.adaptive_clip && cfg.secagg.enabled.value_or(false))
@@ -202,28 +246,23 @@ std::unique_ptr<common::model::TransferModel> site_model(const v1::JobSpec& job,
   return model;
 }
 
-common::model::TrainOptions train_options(const v1::JobSpec& job, uint32_t round) {
-  const auto& t = job.training();
+common::model::TrainOptions train_options(const v1::TrainingSpec& t) {
   common::model::TrainOptions opt;
-  opt.optimizer = t.optimizer();
+  opt.optimizer = from_wire(t.optimizer());
   opt.lr = t.lr();
   opt.momentum = t.momentum();
   opt.weight_decay = t.weight_decay();
   opt.epochs = t.epochs();
   opt.batch_size = t.batch_size();
   opt.prox_mu = t.prox_mu();
-  opt.seed = derive_seed(job.seed(), 1000 + job.site_index(), round);
   return opt;
 }
 
-uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b) {
-  auto mix = [](uint64_t z) {
-    z += 0x9e3779b97f4a7c15ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  };
-  return mix(mix(mix(seed) ^ a) ^ b);
+common::model::TrainOptions train_options(const v1::JobSpec& job, uint32_t round) {
+  common::model::TrainOptions opt = train_options(job.training());
+  // Keyed by site and round only, so every transport and every rank of a site shuffle alike.
+  opt.seed = common::derive_seed(common::derive_seed(job.seed(), common::seed_stream::kShuffle, job.site_index()), round);
+  return opt;
 }
 
 }  // namespace fedtl::app

@@ -23,7 +23,13 @@ struct TaskData {
 TaskData load_task_data(const app::JobConfig& cfg);
 
 common::model::InputSpec input_spec(const app::JobConfig& cfg);
-common::model::ModelSpec model_spec(const app::JobConfig& cfg);
+// Each setting is translated once from the job file to the wire (wire_*) and once from the
+// wire to the model layer (model_spec, train_options); the coordinator's own model goes
+// through the wire form too, so it is built exactly as the sites build theirs.
+v1::ModelSpec wire_model_spec(const app::JobConfig& cfg);
+v1::TrainingSpec wire_training_spec(const app::JobConfig& cfg);
+common::model::ModelSpec model_spec(const app::JobConfig& cfg);  // = model_spec(wire_model_spec(cfg))
+// Throws ProtocolError for an enum value this build does not know.
 common::model::ModelSpec model_spec(const v1::ModelSpec& wire);
 
 // Returns the backbone bytes from cfg.backbone.path; when absent and pretrain_if_missing,
@@ -45,8 +51,8 @@ std::unique_ptr<common::model::TransferModel> site_model(const v1::JobSpec& job,
 // The local training a job asks of a site in `round` (its shuffling seeded by job seed, site
 // and round, so every transport and every rank of a site shuffles alike).
 common::model::TrainOptions train_options(const v1::JobSpec& job, uint32_t round);
+// The optimiser settings alone (seed 0); throws ProtocolError for an unknown optimizer.
+common::model::TrainOptions train_options(const v1::TrainingSpec& training);
 
-// Derives independent 64-bit seeds from a job seed and indices (SplitMix64 mixing).
-uint64_t derive_seed(uint64_t seed, uint64_t a, uint64_t b = 0);
 
 }  // namespace fedtl::app

@@ -12,6 +12,7 @@
 #include "app/site_data.h"
 #include "app/site_trainer.h"
 #include "common/errors.h"
+#include "common/seeds.h"
 #include "common/files.h"
 #include "common/transport/inproc.h"
 #include "common/data/partition.h"
@@ -37,13 +38,9 @@ double mix_accuracy(const std::vector<std::vector<int64_t>>& confusion, const st
 }
 
 common::model::TrainOptions baseline_options(const app::JobConfig& cfg, uint64_t seed) {
-  common::model::TrainOptions o;
-  o.optimizer = cfg.train.optimizer;
-  o.lr = cfg.train.lr;
-  o.momentum = cfg.train.momentum;
-  o.weight_decay = cfg.train.weight_decay;
+  common::model::TrainOptions o = train_options(wire_training_spec(cfg));
+  o.prox_mu = 0;  // the baselines train alone: no proximal term
   o.epochs = cfg.baselines.epochs;
-  o.batch_size = cfg.train.batch_size;
   o.seed = seed;
   return o;
 }
@@ -64,7 +61,7 @@ Baselines run_baselines(CoordinatorJob& job, const std::vector<std::vector<int64
   for (size_t i = 0; i < parts.size(); ++i) {
     auto m = TransferModel::create(job.backbone(), mspec, cfg.seed);
     auto fs = m->features(data.target_train.subset(parts[i]));
-    m->train(*fs, baseline_options(cfg, derive_seed(cfg.seed, 0x10ca1, i)));
+    m->train(*fs, baseline_options(cfg, common::derive_seed(cfg.seed, common::seed_stream::kBaselineLocal, i)));
     b.local.push_back(m->evaluate(job.test_features()));
     b.local_mean += b.local.back().accuracy / static_cast<double>(parts.size());
   }
@@ -73,13 +70,13 @@ Baselines run_baselines(CoordinatorJob& job, const std::vector<std::vector<int64
   std::sort(pooled.begin(), pooled.end());
   const common::ImageSet pooled_set = data.target_train.subset(pooled);
   auto central = TransferModel::create(job.backbone(), mspec, cfg.seed);
-  central->train(*central->features(pooled_set), baseline_options(cfg, derive_seed(cfg.seed, 0xce17)));
+  central->train(*central->features(pooled_set), baseline_options(cfg, common::derive_seed(cfg.seed, common::seed_stream::kBaselineCentral)));
   b.central = central->evaluate(job.test_features()).accuracy;
   common::model::ModelSpec sspec = mspec;
-  sspec.freeze = "none";
+  sspec.freeze = common::model::Freeze::kNone;
   auto scratch =
-      TransferModel::create(common::model::builtin_cnn(mspec.input, derive_seed(cfg.seed, 0x5c7a)), sspec, cfg.seed);
-  scratch->train(*scratch->features(pooled_set), baseline_options(cfg, derive_seed(cfg.seed, 0x5c7b)));
+      TransferModel::create(common::model::builtin_cnn(mspec.input, common::derive_seed(cfg.seed, common::seed_stream::kScratchInit)), sspec, cfg.seed);
+  scratch->train(*scratch->features(pooled_set), baseline_options(cfg, common::derive_seed(cfg.seed, common::seed_stream::kScratchTrain)));
   b.scratch = scratch->evaluate(*scratch->features(data.target_test)).accuracy;
   return b;
 }

@@ -5,12 +5,13 @@
 #include "common/data/datasets.h"
 #include "common/data/partition.h"
 #include "common/errors.h"
+#include "common/seeds.h"
 
 namespace fedtl::app {
 
 std::vector<std::vector<int64_t>> site_partition(const JobConfig& cfg, const TaskData& data) {
   common::PartitionSpec pspec = cfg.partition;
-  pspec.seed = derive_seed(cfg.seed, 0x5a17e5);
+  pspec.seed = common::derive_seed(cfg.seed, common::seed_stream::kPartition);
   return common::partition(data.target_train.labels, static_cast<int64_t>(cfg.data.target_classes.size()), pspec);
 }
 
@@ -25,7 +26,7 @@ common::ImageSet site_slice(const JobConfig& cfg, const TaskData& data, int64_t 
 common::ImageSet site_slice(const JobConfig& cfg, int64_t site) { return site_slice(cfg, load_task_data(cfg), site); }
 
 common::ImageSet load_site_data(const SiteConfig& site, const v1::JobSpec& job) {
-  if (site.data_source == "folder") {
+  if (site.data_source == SiteDataSource::kFolder) {
     const auto& m = job.model();
     auto images = common::read_image_folder(site.data_dir, m.in_channels(), m.in_height(), m.in_width());
     if (static_cast<int64_t>(images.class_names.size()) != static_cast<int64_t>(m.num_classes()))

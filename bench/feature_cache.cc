@@ -62,7 +62,7 @@ RunResult run(const std::string& backbone, const ModelSpec& spec, const ImageSet
   for (int64_t round = 1; round <= rounds; ++round) {
     model->set_params(global);
     TrainOptions opt;
-    opt.optimizer = "sgd";
+    opt.optimizer = Optimizer::kSgd;
     opt.lr = 0.05;
     opt.batch_size = 32;
     opt.epochs = epochs;
@@ -120,9 +120,9 @@ int main(int argc, char** argv) {
     }
 
     ModelSpec spec;  // 1x28x28, Fashion-MNIST normalisation
-    spec.freeze = "all_but_last";
+    spec.freeze = Freeze::kAllButLast;
     spec.unfrozen = 1;
-    spec.head = "linear";
+    spec.head = HeadType::kLinear;
     spec.num_classes = 5;
     const std::string backbone = builtin_cnn(spec.input, 3);
 

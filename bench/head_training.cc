@@ -73,7 +73,7 @@ def forward(self, x):
 
 json run_case(TransferModel& model, const FeatureSet& fs, int64_t epochs, int reps) {
   TrainOptions opt;
-  opt.optimizer = "sgd";
+  opt.optimizer = Optimizer::kSgd;
   opt.lr = kLr;
   opt.batch_size = kBatch;
   opt.epochs = epochs;
@@ -115,8 +115,8 @@ json linear512(int reps) {
   spec.input.height = spec.input.width = 1;
   spec.input.mean = {0.5};
   spec.input.std = {0.25};
-  spec.freeze = "all";
-  spec.head = "linear";
+  spec.freeze = Freeze::kAll;
+  spec.head = HeadType::kLinear;
   spec.num_classes = kClasses;
   auto model = TransferModel::create(identity_backbone(), spec, 1);
   auto fs = model->features(images);
@@ -126,9 +126,9 @@ json linear512(int reps) {
 json demo_head(int reps) {
   const int64_t n = 2048, epochs = 5;
   ModelSpec spec;  // 1x28x28, Fashion-MNIST normalisation
-  spec.freeze = "all_but_last";
+  spec.freeze = Freeze::kAllButLast;
   spec.unfrozen = 1;
-  spec.head = "linear";
+  spec.head = HeadType::kLinear;
   spec.num_classes = kClasses;
   ImageSet images;
   images.channels = 1;

@@ -130,10 +130,13 @@ class Coordinator {
   struct Site;
   Site* attach(std::unique_ptr<common::Connection> conn);
   bool admit(Site& s);                        // Hello -> JobSpec -> backbone
-  bool await_ready(Site& s, std::chrono::steady_clock::time_point deadline);
+  // Ready (or a refusal) within `timeout`; true when the site is ready. A timeout drops the
+  // site only with drop_on_timeout (the join loop polls every admitted site in turn).
+  bool await_ready(Site& s, std::chrono::milliseconds timeout, bool drop_on_timeout);
   void join_phase();
   void accept_rejoiners();
-  void drop(Site& s, const std::string& reason);
+  // refused: the site refused the job (a typed Error frame): it will not come back for it.
+  void drop(Site& s, const std::string& reason, bool refused = false);
   RoundRecord run_round(uint32_t round);
   struct Aggregate {
     std::vector<double> mean;  // Σ w_i Δ_i / Σ w_i
@@ -142,8 +145,8 @@ class Coordinator {
     size_t below_clip = 0;     // DP adaptive clipping: reports at or below the clip norm
   };
   using TimePoint = std::chrono::steady_clock::time_point;
-  // Plain: each site's Update in the clear. Secure: the secagg steps (coordinator/
-  // secure_round.cc); the coordinator learns only the sum. nullopt: nothing to apply.
+  // Plain: each site's Update in the clear (plain_round.cc). Secure: the secagg steps (
+  // secure_relay.cc); the coordinator learns only the sum. nullopt: nothing to apply.
   std::optional<Aggregate> plain_aggregate(uint32_t round, TimePoint deadline);
   std::optional<Aggregate> secure_aggregate(uint32_t round, TimePoint deadline);
   void privatize(uint32_t round, Aggregate& agg);

@@ -15,10 +15,10 @@ void check_frame_type(const Frame& f, MessageType expected) {
   if (f.type == MessageType::kError) {
     v1::ErrorMessage err;
     if (!err.ParseFromString(f.payload)) {
-      throw ProtocolError(std::string("peer refused (unreadable Error message) while expecting ") +
-                          message_type_name(expected));
+      throw PeerRefused(ErrorCode::kInternal, std::string("peer refused (unreadable Error message) while expecting ") +
+                                                  message_type_name(expected));
     }
-    throw ProtocolError("peer refused: " + err.message());
+    throw PeerRefused(static_cast<ErrorCode>(err.code()), "peer refused: " + err.message());
   }
   throw ProtocolError(std::string("expected a ") + message_type_name(expected) +
                       " message, received " + message_type_name(f.type));

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/errors.h"
 #include "common/transport/framing.h"
 #include "protocols/fedtl.pb.h"
 
@@ -27,6 +28,19 @@ enum class ErrorCode : uint32_t {
   kBadConfig = 7,
 };
 
+// The peer answered with an Error frame: a typed refusal. Callers decide on code(), never on
+// the text (e.g. a worker refused with kUnauthorized or kPolicyRefused does not retry).
+class PeerRefused : public ProtocolError {
+ public:
+  PeerRefused(ErrorCode code, const std::string& message) : ProtocolError(message), code_(code) {}
+  ErrorCode code() const { return code_; }
+
+ private:
+  ErrorCode code_;
+};
+
+// Throws PeerRefused (with the peer's code; kInternal when unreadable) for an Error frame and
+// ProtocolError for any other type than `expected`.
 void check_frame_type(const Frame& f, MessageType expected);
 [[noreturn]] void throw_encode_failure(MessageType t);
 [[noreturn]] void throw_decode_failure(MessageType t);

@@ -62,7 +62,7 @@ bool Worker::secure_round(const v1::JobSpec& job, const v1::RoundStart& start, c
   // Under differential privacy every site counts the same (weight 1): the sensitivity bound
   // is per site, not per sample.
   const double weight =
-      job.privacy().mode().empty() ? static_cast<double>(up.num_samples) / job.secagg().weight_bound() : 1.0;
+      job.privacy().mode() == v1::PRIVACY_OFF ? static_cast<double>(up.num_samples) / job.secagg().weight_bound() : 1.0;
   if (weight > 1.0)
     throw PolicyError("this site has " + std::to_string(up.num_samples) + " samples, above the job's weight bound " +
                       std::to_string(job.secagg().weight_bound()));

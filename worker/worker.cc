@@ -6,9 +6,11 @@
 #include <thread>
 
 #include "common/errors.h"
+#include "common/seeds.h"
 #include "common/sha256.h"
 #include "protocols/messages.h"
 #include "protocols/dp/mechanism.h"
+#include "protocols/job_check.h"
 #include "protocols/secure_round.h"
 
 namespace fedtl::worker {
@@ -49,7 +51,7 @@ WorkerResult Worker::run() {
   v1::Hello hello;
   hello.set_protocol_version(common::kProtocolVersion);
   hello.set_site_name(opt_.site_name);
-  hello.set_fedtl_version("0.1.0");
+  hello.set_fedtl_version(FEDTL_VERSION);
   for (const auto& kv : opt_.backbone_cache) hello.add_backbone_sha256(kv.first);
   send(to_frame(hello));
 
@@ -57,6 +59,11 @@ WorkerResult Worker::run() {
   const auto& job = job_;
   spdlog::debug("[{}] job '{}': {} rounds, backbone {}", opt_.site_name, job.job_name(), job.rounds(),
                 job.backbone_sha256().substr(0, 12));
+  if (const std::string why = protocols::job_spec_problem(job); !why.empty()) {
+    spdlog::error("[{}] job '{}' refused: {}", opt_.site_name, job.job_name(), why);
+    send(protocols::error_frame(protocols::ErrorCode::kBadConfig, why));
+    throw ConfigError("job '" + job.job_name() + "' refused: " + why);
+  }
   if (opt_.check_job) {
     const std::string why = opt_.check_job(job);
     if (!why.empty()) {
@@ -151,12 +158,14 @@ common::Frame Worker::next_frame() {
 LocalUpdate Worker::train_private(const v1::RoundStart& start, const std::vector<float>& global, bool* below_clip) {
   LocalUpdate up = runtime_.train_round(start.round(), global);
   const auto& pv = job_.privacy();
-  if (pv.mode().empty()) return up;
+  const auto mode = protocols::noise_mode(pv);
+  if (!mode) return up;
   namespace dp = protocols::dp;
-  dp::DpParams params{dp::parse_noise_mode(pv.mode()), pv.noise_multiplier(),
+  dp::DpParams params{*mode, pv.noise_multiplier(),
                       start.clip_norm() > 0 ? start.clip_norm() : pv.clip_norm()};
-  const uint64_t seed = (job_.seed() * 0x9e3779b97f4a7c15ULL) ^ (uint64_t{start.round()} << 32) ^
-                        (uint64_t{job_.site_index()} * 0xbf58476d1ce4e5b9ULL) ^ opt_.noise_secret;
+  const uint64_t seed = common::derive_seed(
+      common::derive_seed(job_.seed(), common::seed_stream::kSiteNoise, job_.site_index()),
+      start.round(), opt_.noise_secret);
   dp::GaussianNoise noise(seed);
   const double norm = dp::privatize_site_update(up.delta, params, pv.expected_sites(), noise);
   if (below_clip) *below_clip = dp::AdaptiveClipper::indicator(norm, params.clip_norm);

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "common/errors.h"
+#include "common/seeds.h"
 #include "common/files.h"
 #include "common/sha256.h"
 
@@ -236,10 +237,10 @@ std::unique_ptr<TransferModel> TransferModel::create(const std::string& backbone
     Tensor full_flat = pool_flatten(full);
 
     size_t n_trainable = 0;
-    if (spec.freeze == "all") {
+    if (spec.freeze == Freeze::kAll) {
       impl->whole_frozen = true;
     } else {
-      n_trainable = spec.freeze == "none" ? children.size() : static_cast<size_t>(spec.unfrozen);
+      n_trainable = spec.freeze == Freeze::kNone ? children.size() : static_cast<size_t>(spec.unfrozen);
       if (children.empty() || n_trainable > children.size())
         throw ModelError("backbone has " + std::to_string(children.size()) + " top-level children; cannot train the last " +
                          std::to_string(n_trainable));
@@ -258,7 +259,7 @@ std::unique_ptr<TransferModel> TransferModel::create(const std::string& backbone
         impl->layout.push_back({"backbone." + child + "." + p.name, p.value.sizes().vec()});
       }
     }
-    std::mt19937_64 rng(init_seed ^ 0x9e3779b97f4a7c15ULL);
+    std::mt19937_64 rng(derive_seed(init_seed, seed_stream::kHeadInit));
     auto add_linear = [&](const std::string& name, int64_t in, int64_t out) {
       const double bound = 1.0 / std::sqrt(static_cast<double>(in));
       impl->head.push_back(seeded_uniform({out, in}, bound, rng));
@@ -266,13 +267,14 @@ std::unique_ptr<TransferModel> TransferModel::create(const std::string& backbone
       impl->layout.push_back({"head." + name + ".weight", {out, in}});
       impl->layout.push_back({"head." + name + ".bias", {out}});
     };
-    if (spec.head == "linear") {
-      add_linear("fc", impl->feature_dim, spec.num_classes);
-    } else if (spec.head == "mlp") {
-      add_linear("fc1", impl->feature_dim, spec.hidden);
-      add_linear("fc2", spec.hidden, spec.num_classes);
-    } else {
-      throw ModelError("unknown head type '" + spec.head + "'");
+    switch (spec.head) {
+      case HeadType::kLinear:
+        add_linear("fc", impl->feature_dim, spec.num_classes);
+        break;
+      case HeadType::kMlp:
+        add_linear("fc1", impl->feature_dim, spec.hidden);
+        add_linear("fc2", spec.hidden, spec.num_classes);
+        break;
     }
     for (auto& t : impl->head) impl->params.push_back(t);
     for (auto& p : impl->params) impl->num_params += p.numel();
@@ -340,12 +342,15 @@ TrainStats TransferModel::train(const FeatureSet& data, const TrainOptions& opt)
     const auto t0 = Clock::now();
     for (auto& p : impl_->params) p.set_requires_grad(true);
     std::unique_ptr<torch::optim::Optimizer> optim;
-    if (opt.optimizer == "adam") {
-      optim = std::make_unique<torch::optim::Adam>(
-          impl_->params, torch::optim::AdamOptions(opt.lr).weight_decay(opt.weight_decay));
-    } else {
-      optim = std::make_unique<torch::optim::SGD>(
-          impl_->params, torch::optim::SGDOptions(opt.lr).momentum(opt.momentum).weight_decay(opt.weight_decay));
+    switch (opt.optimizer) {
+      case Optimizer::kAdam:
+        optim = std::make_unique<torch::optim::Adam>(
+            impl_->params, torch::optim::AdamOptions(opt.lr).weight_decay(opt.weight_decay));
+        break;
+      case Optimizer::kSgd:
+        optim = std::make_unique<torch::optim::SGD>(
+            impl_->params, torch::optim::SGDOptions(opt.lr).momentum(opt.momentum).weight_decay(opt.weight_decay));
+        break;
     }
     std::vector<Tensor> anchor;
     if (opt.prox_mu > 0)

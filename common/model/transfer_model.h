@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,11 +29,26 @@ struct InputSpec {
   std::vector<double> mean{0.2860}, std{0.3530};
 };
 
+// Which top-level backbone children train: none of them (kAll: the head alone), the last
+// ModelSpec::unfrozen of them, or all of them.
+enum class Freeze { kAll, kAllButLast, kNone };
+enum class HeadType { kLinear, kMlp };  // a linear layer, or linear-ReLU-linear
+enum class Optimizer { kSgd, kAdam };
+
+// The job file's spelling of each value ("all_but_last", "mlp", "adam", ...) and back; the
+// parsers return nullopt for a name they do not know (the caller names the key).
+const char* to_string(Freeze f);
+const char* to_string(HeadType h);
+const char* to_string(Optimizer o);
+std::optional<Freeze> parse_freeze(const std::string& name);
+std::optional<HeadType> parse_head_type(const std::string& name);
+std::optional<Optimizer> parse_optimizer(const std::string& name);
+
 struct ModelSpec {
   InputSpec input;
-  std::string freeze = "all_but_last";  // "all" | "all_but_last" | "none" (top-level children)
-  int64_t unfrozen = 1;                 // trained backbone children for "all_but_last"
-  std::string head = "linear";          // "linear" | "mlp"
+  Freeze freeze = Freeze::kAllButLast;
+  int64_t unfrozen = 1;                 // trained backbone children for kAllButLast
+  HeadType head = HeadType::kLinear;
   int64_t hidden = 128;
   int64_t num_classes = 5;
 };
@@ -44,7 +60,7 @@ struct ParamInfo {
 };
 
 struct TrainOptions {
-  std::string optimizer = "sgd";  // "sgd" | "adam"
+  Optimizer optimizer = Optimizer::kSgd;
   double lr = 0.05, momentum = 0.0, weight_decay = 0.0;
   int64_t epochs = 1, batch_size = 32;
   double prox_mu = 0.0;           // FedProx: adds mu*(w - w_start) to every gradient

@@ -46,7 +46,8 @@ noise_multiplier = 1.5
 clip_norm = 0.5
 delta = 1e-5
 )");
-    cfg.privacy.mode = mode;
+    cfg.privacy.mode = mode == "none" ? std::nullopt
+                                      : std::optional<protocols::dp::NoiseMode>(protocols::dp::parse_noise_mode(mode));
     cfg.backbone.path = (dir_ / "backbone.pt").string();
     cfg.backbone.pretrain_if_missing = false;
     cfg.out = (dir_ / out).string();

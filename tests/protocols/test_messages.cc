@@ -49,10 +49,10 @@ TEST(Messages, JobSpecWithNestedMessages) {
   m.set_backbone_sha256("ff00");
   m.set_backbone_bytes(123456789);
   auto* model = m.mutable_model();
-  model->set_head("mlp");
+  model->set_head(v1::HEAD_MLP);
   model->set_hidden(128);
   model->set_num_classes(10);
-  model->set_freeze("all_but_last");
+  model->set_freeze(v1::FREEZE_ALL_BUT_LAST);
   model->set_unfrozen(2);
   model->set_in_channels(1);
   model->set_in_height(28);
@@ -60,7 +60,7 @@ TEST(Messages, JobSpecWithNestedMessages) {
   model->add_mean(0.2860);
   model->add_std(0.3530);
   auto* tr = m.mutable_training();
-  tr->set_optimizer("adam");
+  tr->set_optimizer(v1::OPTIMIZER_ADAM);
   tr->set_lr(0.001);
   tr->set_momentum(0.9);
   tr->set_weight_decay(1e-4);
@@ -78,7 +78,7 @@ TEST(Messages, JobSpecWithNestedMessages) {
   m.set_secure_aggregation(true);
   const v1::JobSpec back = round_trip(m);
   EXPECT_TRUE(MessageDifferencer::Equals(m, back));
-  EXPECT_EQ(back.model().freeze(), "all_but_last");
+  EXPECT_EQ(back.model().freeze(), v1::FREEZE_ALL_BUT_LAST);
   EXPECT_DOUBLE_EQ(back.training().prox_mu(), 0.01);
   EXPECT_EQ(back.layout().entries(0).shape(1), 128);
   EXPECT_EQ(back.target_classes(1), -1);

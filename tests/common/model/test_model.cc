@@ -41,9 +41,9 @@ ImageSet synthetic_images(int64_t n, int64_t c, int64_t h, int64_t w, int64_t cl
 
 ModelSpec cnn_spec(const std::string& freeze = "all_but_last", const std::string& head = "linear") {
   ModelSpec m;
-  m.freeze = freeze;
+  m.freeze = *parse_freeze(freeze);
   m.unfrozen = 1;
-  m.head = head;
+  m.head = *parse_head_type(head);
   m.hidden = 16;
   m.num_classes = 4;
   return m;
@@ -124,7 +124,7 @@ TEST(TransferModel, TrainingLearnsALearnableTask) {
   auto test = m->features(synthetic_images(80, 1, 28, 28, 4, 3));
   const double before = m->evaluate(*test).accuracy;
   TrainOptions opt;
-  opt.optimizer = "adam";
+  opt.optimizer = Optimizer::kAdam;
   opt.lr = 1e-3;
   opt.epochs = 8;
   auto st = m->train(*train, opt);
@@ -227,7 +227,7 @@ TEST(TransferModel, TorchvisionResNetTracedInPythonWorks) {
   EXPECT_EQ(frozen->feature_dim(), 512);
   EXPECT_EQ(frozen->num_params(), 512 * 4 + 4);
   // Fine-tune layer4 too: its children run in order (avgpool's 4-D output is pooled).
-  spec.freeze = "all_but_last";
+  spec.freeze = Freeze::kAllButLast;
   spec.unfrozen = 3;  // layer4, avgpool, fc (Identity)
   auto tuned = TransferModel::create(bytes, spec, 1);
   EXPECT_GT(tuned->num_params(), 8'000'000);

@@ -1,0 +1,42 @@
+// Internal to coordinator/: the state the Coordinator's files share (the site slots, the DP
+// state) and the helpers they all use. Not part of the library's interface.
+#pragma once
+#include <chrono>
+#include <memory>
+
+#include "coordinator/coordinator.h"
+#include "protocols/dp/accountant.h"
+#include "protocols/dp/mechanism.h"
+
+namespace fedtl::coordinator {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// Time left until `deadline`, at least 1 ms (a receive with 0 would not wait at all).
+milliseconds until(Clock::time_point deadline);
+
+// Receives the next frame from a site during a round: heartbeats are consumed here; silence
+// longer than `liveness` before the deadline means the site is gone (TransportError); the
+// deadline passing throws TimeoutError.
+common::Frame recv_live(common::Connection& conn, Clock::time_point deadline, milliseconds liveness);
+
+struct Coordinator::Site {
+  std::unique_ptr<common::Connection> conn;  // null until the site connects
+  SiteInfo info;
+  bool admitted = false;  // job (and backbone) sent; Ready pending
+  bool refused = false;   // the site refused the job (policy): it will not come back for it
+  uint64_t bytes_sent_before = 0, bytes_received_before = 0;  // of replaced connections
+  uint64_t sent() const { return bytes_sent_before + (conn ? conn->bytes_sent() : 0); }
+  uint64_t received() const { return bytes_received_before + (conn ? conn->bytes_received() : 0); }
+};
+
+struct Coordinator::Dp {
+  protocols::dp::DpParams params;
+  double sampling_rate = 1;
+  size_t expected_sites = 1;
+  protocols::dp::Accountant accountant;
+  std::unique_ptr<protocols::dp::AdaptiveClipper> clipper;
+};
+
+}  // namespace fedtl::coordinator

@@ -1,0 +1,198 @@
+// Joining: slots, the handshake (Hello -> JobSpec -> backbone -> Ready), refusals, drops
+// and rejoins.
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/errors.h"
+#include "coordinator/internal.h"
+#include "protocols/messages.h"
+
+namespace fedtl::coordinator {
+
+using protocols::from_frame;
+using common::MessageType;
+using protocols::to_frame;
+
+Coordinator::Site* Coordinator::attach(std::unique_ptr<common::Connection> conn) {
+  const std::string name = conn->peer_name();
+  Site* slot = nullptr;
+  if (opt_.site_names.empty()) {
+    sites_.push_back(std::make_unique<Site>());
+    slot = sites_.back().get();
+    slot->info.index = static_cast<uint32_t>(sites_.size() - 1);
+    slot->info.name = name;
+  } else {
+    for (auto& s : sites_)
+      if (s->info.name == name) slot = s.get();
+    if (!slot) {
+      spdlog::warn("refused '{}': not on the job's list of sites", name);
+      try {
+        conn->send(protocols::error_frame(protocols::ErrorCode::kUnauthorized,
+                                          "site '" + name + "' is not on this job's list of sites"));
+      } catch (const fedtl::Error&) {
+      }
+      conn->close();
+      return nullptr;
+    }
+  }
+  if (slot->conn) {  // a reconnect replaces a connection the site has given up on
+    slot->conn->close();
+    slot->bytes_sent_before += slot->conn->bytes_sent();
+    slot->bytes_received_before += slot->conn->bytes_received();
+  }
+  slot->conn = std::move(conn);
+  slot->info.active = false;
+  slot->admitted = false;
+  slot->info.dropped_reason.clear();
+  return slot;
+}
+
+void Coordinator::add_site(std::unique_ptr<common::Connection> conn) { attach(std::move(conn)); }
+
+void Coordinator::drop(Site& s, const std::string& reason, bool refused) {
+  if (!s.conn || (!s.info.active && !s.admitted && !s.info.dropped_reason.empty())) return;
+  s.info.active = false;
+  s.admitted = false;
+  s.info.dropped_reason = reason;
+  s.refused = refused;
+  spdlog::warn("site '{}' dropped: {}", s.info.name, reason);
+  s.conn->close();
+}
+
+bool Coordinator::admit(Site& s) {
+  try {
+    auto hello = from_frame<v1::Hello>(s.conn->recv(opt_.handshake_timeout));
+    if (hello.protocol_version() != common::kProtocolVersion) {
+      const std::string why = "site speaks protocol version " + std::to_string(hello.protocol_version()) +
+                              ", coordinator speaks " + std::to_string(common::kProtocolVersion);
+      s.conn->send(protocols::error_frame(protocols::ErrorCode::kVersionMismatch, why));
+      s.admitted = true;
+      drop(s, why);
+      return false;
+    }
+    v1::JobSpec job = opt_.job;
+    job.set_site_index(s.info.index);
+    s.conn->send(to_frame(job));
+    const auto& held = hello.backbone_sha256();
+    if (std::find(held.begin(), held.end(), job.backbone_sha256()) == held.end()) {
+      for (size_t off = 0;; off += opt_.chunk_bytes) {
+        v1::BackboneChunk c;
+        c.set_offset(off);
+        c.set_data(opt_.backbone.substr(std::min(off, opt_.backbone.size()), opt_.chunk_bytes));
+        c.set_last(off + opt_.chunk_bytes >= opt_.backbone.size());
+        s.conn->send(to_frame(c));
+        if (c.last()) break;
+      }
+    } else {
+      spdlog::info("site '{}' already holds backbone {}: download skipped", s.info.name,
+                   job.backbone_sha256().substr(0, 12));
+    }
+    s.admitted = true;
+    return true;
+  } catch (const protocols::PeerRefused& e) {
+    s.admitted = true;
+    drop(s, e.what(), /*refused=*/true);
+    return false;
+  } catch (const fedtl::Error& e) {
+    // A site that refuses the job closes while the backbone is still streaming: its Error
+    // frame, if it arrived, says why better than the broken pipe does.
+    std::string why = std::string("handshake failed: ") + e.what();
+    bool refused = false;
+    try {
+      for (;;) {
+        common::Frame f = s.conn->recv(milliseconds(200));
+        if (f.type == MessageType::kError) {
+          why = "refused: " + from_frame<v1::ErrorMessage>(f).message();
+          refused = true;
+          break;
+        }
+      }
+    } catch (const fedtl::Error&) {
+    }
+    s.admitted = true;
+    drop(s, why, refused);
+    return false;
+  }
+}
+
+bool Coordinator::await_ready(Site& s, milliseconds timeout, bool drop_on_timeout) {
+  try {
+    auto ready = from_frame<v1::Ready>(s.conn->recv(timeout));
+    if (ready.num_samples() == 0) throw ProtocolError("site reports 0 training samples");
+    s.info.num_samples = ready.num_samples();
+    s.info.active = true;
+    s.admitted = false;
+    spdlog::info("site '{}' (index {}) ready: {} samples", s.info.name, s.info.index, s.info.num_samples);
+    return true;
+  } catch (const TimeoutError& e) {
+    if (drop_on_timeout) drop(s, std::string("not ready: ") + e.what());
+    return false;
+  } catch (const protocols::PeerRefused& e) {
+    drop(s, std::string("not ready: ") + e.what(), /*refused=*/true);
+    return false;
+  } catch (const fedtl::Error& e) {
+    drop(s, std::string("not ready: ") + e.what());
+    return false;
+  }
+}
+
+void Coordinator::join_phase() {
+  // Job and backbone go to each site as it connects, so sites cache features in parallel.
+  if (listener_) {
+    const auto deadline = Clock::now() + opt_.join_timeout;
+    auto count = [&](bool ready) {
+      size_t n = 0;
+      for (auto& s : sites_) n += (ready ? s->info.active : (s->conn && s->admitted)) ? 1 : 0;
+      return n;
+    };
+    spdlog::info("waiting for {} sites to connect (quorum {}, up to {} s)", sites_.size(), opt_.min_sites,
+                 std::chrono::duration_cast<std::chrono::seconds>(opt_.join_timeout).count());
+    auto refused = [&] {
+      size_t n = 0;
+      for (auto& s : sites_) n += s->refused ? 1 : 0;
+      return n;
+    };
+    while (count(true) + refused() < sites_.size() && Clock::now() < deadline) {
+      try {
+        auto conn = listener_->accept(std::min(until(deadline), milliseconds(200)));
+        spdlog::info("'{}' connected", conn->peer_name());
+        if (Site* s = attach(std::move(conn))) admit(*s);
+      } catch (const TimeoutError&) {
+      }
+      // Collect Ready (or a refusal) from admitted sites without blocking on any one.
+      for (auto& s : sites_)
+        if (s->conn && s->admitted) await_ready(*s, milliseconds(1), /*drop_on_timeout=*/false);
+    }
+    for (auto& s : sites_)
+      if (s->conn && s->admitted) drop(*s, "not ready before the join deadline");
+    return;
+  }
+  for (auto& s : sites_)
+    if (s->conn) admit(*s);
+  const auto deadline = Clock::now() + opt_.handshake_timeout;
+  for (auto& s : sites_)
+    if (s->conn && s->admitted) await_ready(*s, until(deadline), /*drop_on_timeout=*/true);
+}
+
+void Coordinator::accept_rejoiners() {
+  if (!listener_) return;
+  for (;;) {
+    std::unique_ptr<common::Connection> conn;
+    try {
+      conn = listener_->accept(milliseconds(0));
+    } catch (const TimeoutError&) {
+      return;
+    } catch (const TransportError&) {
+      return;
+    }
+    spdlog::info("'{}' (re)connected", conn->peer_name());
+    if (Site* s = attach(std::move(conn)))
+      if (admit(*s)) await_ready(*s, opt_.handshake_timeout, /*drop_on_timeout=*/true);
+  }
+}
+
+}  // namespace fedtl::coordinator

@@ -1,0 +1,120 @@
+// A secure round: the coordinator relays keys and shares and unmasks only the sum.
+#include <string>
+#include <type_traits>
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/errors.h"
+#include "coordinator/internal.h"
+#include "protocols/messages.h"
+#include "protocols/secagg/wire.h"
+#include "protocols/secure_round.h"
+
+namespace fedtl::coordinator {
+
+using protocols::from_frame;
+using common::MessageType;
+using protocols::to_frame;
+
+// Secure aggregation (Bonawitz et al. 2017; protocols/secagg): the coordinator relays keys and
+// encrypted shares, sums masked inputs and unmasks only the sum. Sites that stall at any step
+// are left out of the rest of this round (they count as dropped); below the threshold the
+// round is abandoned and the sites are told to discard its secrets.
+std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t round, TimePoint deadline) {
+  namespace sa = protocols::secagg;
+  const uint64_t m = params_.size() + 1;  // [w, w·Δ]
+  std::vector<Site*> part;
+  for (auto& s : sites_)
+    if (s->info.active) part.push_back(s.get());
+  // Receives one message of type M from every site still in `part`, in site order; sites
+  // that time out leave `part` for this round, sites that misbehave are dropped.
+  auto collect = [&](auto tag, const char* step, auto&& handle) {
+    using M = typename decltype(tag)::type;
+    std::vector<Site*> kept;
+    for (Site* s : part) {
+      try {
+        for (;;) {
+          common::Frame f = recv_live(*s->conn, deadline, opt_.liveness_timeout);
+          if (f.type != protocols::type_of<M>()) {
+            const auto r = protocols::round_of(f);
+            if (r && *r < round) continue;  // a late message from an abandoned round
+          }
+          M msg = from_frame<M>(f);
+          if (msg.round() != round)
+            throw ProtocolError(std::string(step) + " for round " + std::to_string(msg.round()) + " during round " +
+                                std::to_string(round));
+          handle(*s, msg);
+          kept.push_back(s);
+          break;
+        }
+      } catch (const TimeoutError&) {
+        spdlog::warn("round {}: site '{}' missed the secure aggregation deadline at {}; left out of this round", round,
+                     s->info.name, step);
+      } catch (const sa::RoundAborted&) {
+        throw;
+      } catch (const fedtl::Error& e) {
+        drop(*s, std::string(step) + ": " + e.what());
+      }
+    }
+    part = kept;
+  };
+  auto send_each = [&](auto&& make) {
+    std::vector<Site*> kept;
+    for (Site* s : part) {
+      try {
+        s->conn->send(to_frame(make(*s)));
+        kept.push_back(s);
+      } catch (const fedtl::Error& e) {
+        drop(*s, std::string("send failed: ") + e.what());
+      }
+    }
+    part = kept;
+  };
+  try {
+    sa::ServerSession server(protocols::secagg_round_config(opt_.job, round, m));
+    auto own = [](Site& s, uint32_t site) {
+      if (site != s.info.index)
+        throw ProtocolError("message names site " + std::to_string(site) + " but comes from site " +
+                            std::to_string(s.info.index));
+    };
+    collect(std::common_type<v1::SecAggKeys>{}, "keys", [&](Site& s, const v1::SecAggKeys& k) {
+      own(s, k.site());
+      server.add_keys(k);
+    });
+    const auto keys = server.close_keys();
+    send_each([&](Site&) { return keys; });
+    collect(std::common_type<v1::SecAggShares>{}, "shares", [&](Site& s, const v1::SecAggShares& sh) {
+      own(s, sh.site());
+      server.add_shares(sh);
+    });
+    server.close_shares();
+    send_each([&](Site& s) { return server.shares_for(s.info.index); });
+    collect(std::common_type<v1::SecAggMasked>{}, "masked input", [&](Site& s, const v1::SecAggMasked& y) {
+      own(s, y.site());
+      server.add_masked(y);
+    });
+    const auto request = server.close_masked();
+    send_each([&](Site&) { return request; });
+    collect(std::common_type<v1::SecAggUnmaskShares>{}, "unmask shares",
+            [&](Site& s, const v1::SecAggUnmaskShares& u) {
+              own(s, u.site());
+              server.add_unmask_shares(u);
+            });
+    const std::vector<uint32_t> sum = server.finish();
+    const auto decoded = sa::decode_weighted_mean(sum, protocols::secagg_quant_spec(opt_.job));
+    spdlog::debug("round {}: secure sum of {} sites unmasked", round, server.survivors().size());
+    return Aggregate{decoded.mean, server.survivors().size(), std::nan(""), 0};
+  } catch (const sa::RoundAborted& e) {
+    spdlog::warn("round {}: secure aggregation abandoned: {}", round, e.what());
+    v1::SecAggAbort abort;
+    abort.set_round(round);
+    abort.set_reason(e.what());
+    send_each([&](Site&) { return abort; });
+    return std::nullopt;
+  }
+}
+
+}  // namespace fedtl::coordinator

@@ -1,0 +1,466 @@
+// Coordinator unit tests without LibTorch: the coordinator talks over in-process connections to
+// scripted fake sites, threads that speak the protocol by hand (protocols/messages.h): Hello,
+// JobSpec + BackboneChunks, Ready, then an Update of their choosing (or none) per RoundStart.
+// The job is a 10-float parameter vector; the strategy is FedAvg with server_lr 1, so after an
+// applied round params += the sample-weighted mean of the reported deltas.
+#include "coordinator/coordinator.h"
+
+#include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "common/errors.h"
+#include "common/sha256.h"
+#include "common/transport/inproc.h"
+#include "protocols/messages.h"
+
+namespace fedtl::coordinator {
+namespace {
+
+using namespace std::chrono_literals;
+using common::Connection;
+using common::Frame;
+using common::MessageType;
+using protocols::from_frame;
+using protocols::to_frame;
+
+constexpr size_t kParams = 10;
+const std::string kBackbone = "fake backbone bytes: 0123456789abcdef";
+
+v1::JobSpec make_job(uint32_t rounds) {
+  v1::JobSpec job;
+  job.set_job_name("unit");
+  job.set_seed(7);
+  job.set_rounds(rounds);
+  job.set_backbone_sha256(common::sha256_hex(kBackbone));
+  job.set_backbone_bytes(kBackbone.size());
+  job.mutable_training()->set_optimizer(v1::OPTIMIZER_SGD);  // sites refuse unspecified enums
+  job.mutable_model()->set_head(v1::HEAD_LINEAR);
+  job.mutable_model()->set_freeze(v1::FREEZE_ALL);
+  auto* e = job.mutable_layout()->add_entries();
+  e->set_name("head.weight");
+  e->add_shape(static_cast<int64_t>(kParams));
+  job.set_secure_aggregation(false);
+  return job;
+}
+
+// "Accuracy" = mean of the params, loss = 1 - that: a pure function of the parameters.
+class FormulaEvaluator : public Evaluator {
+ public:
+  RoundEval evaluate(const std::vector<float>& params) override {
+    double sum = 0;
+    for (float p : params) sum += p;
+    ++calls;
+    return {sum / static_cast<double>(params.size()), 1.0 - sum / static_cast<double>(params.size())};
+  }
+  int calls = 0;
+};
+
+CoordinatorOptions base_options(uint32_t rounds, std::vector<std::string> sites, size_t min_sites = 1) {
+  CoordinatorOptions o;
+  o.job = make_job(rounds);
+  o.backbone = kBackbone;
+  o.chunk_bytes = 8;  // several chunks
+  o.handshake_timeout = 3s;
+  o.round_timeout = 2s;
+  o.liveness_timeout = 5s;
+  o.join_timeout = 3s;
+  o.min_sites = min_sites;
+  o.site_names = std::move(sites);
+  return o;
+}
+
+// Site side of the handshake. Returns the JobSpec (the backbone is checked against it).
+v1::JobSpec site_handshake(Connection& c, const std::string& name, uint64_t samples) {
+  v1::Hello hello;
+  hello.set_protocol_version(common::kProtocolVersion);
+  hello.set_site_name(name);
+  c.send(to_frame(hello));
+  auto job = from_frame<v1::JobSpec>(c.recv(5s));
+  std::string bytes;
+  for (;;) {
+    auto chunk = from_frame<v1::BackboneChunk>(c.recv(5s));
+    EXPECT_EQ(chunk.offset(), bytes.size());
+    bytes += chunk.data();
+    if (chunk.last()) break;
+  }
+  EXPECT_EQ(common::sha256_hex(bytes), job.backbone_sha256());
+  v1::Ready ready;
+  ready.set_num_samples(samples);
+  ready.set_backbone_sha256(job.backbone_sha256());
+  c.send(to_frame(ready));
+  return job;
+}
+
+Frame update_frame(uint32_t round, uint64_t samples, const std::vector<float>& delta) {
+  v1::Update up;
+  up.set_round(round);
+  up.set_num_samples(samples);
+  protocols::pack_tensor(delta, up.mutable_delta());
+  up.set_train_loss(0.5);
+  return to_frame(up);
+}
+
+// What the site saw at the end of the job.
+struct SiteLog {
+  int rounds_seen = 0;
+  bool got_shutdown = false;
+  bool shutdown_success = false;
+  bool connection_closed = false;  // the coordinator closed it (dropped the site)
+};
+
+// Answers every RoundStart with `answer(start)` (nullopt: stay silent) until Shutdown or close.
+void answer_rounds(Connection& c, SiteLog& log, const std::function<std::optional<Frame>(const v1::RoundStart&)>& answer) {
+  for (;;) {
+    Frame f;
+    try {
+      f = c.recv(10s);
+    } catch (const TimeoutError&) {
+      ADD_FAILURE() << "site waited 10 s for the coordinator";
+      return;
+    } catch (const TransportError&) {
+      log.connection_closed = true;
+      return;
+    }
+    if (f.type == MessageType::kShutdown) {
+      log.got_shutdown = true;
+      log.shutdown_success = from_frame<v1::Shutdown>(f).success();
+      return;
+    }
+    auto start = from_frame<v1::RoundStart>(f);
+    ++log.rounds_seen;
+    EXPECT_EQ(protocols::unpack_tensor(start.params()).size(), kParams);
+    if (auto reply = answer(start)) c.send(*reply);
+  }
+}
+
+// A fake site on its own thread, connected to the coordinator through an inproc pair whose
+// coordinator end reports `name` as the peer.
+struct FakeSite {
+  std::unique_ptr<Connection> coord_end, site_end;
+  SiteLog log;
+  std::thread thread;
+  FakeSite(const std::string& name) {
+    auto [c, s] = common::make_inproc_pair("coordinator", name);  // c->peer_name() == name
+    coord_end = std::move(c);
+    site_end = std::move(s);
+  }
+  void start(std::function<void(Connection&, SiteLog&)> script) {
+    thread = std::thread([this, script] {
+      try {
+        script(*site_end, log);
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << "fake site failed: " << e.what();
+      }
+    });
+  }
+  ~FakeSite() {
+    if (thread.joinable()) thread.join();
+  }
+};
+
+// The usual honest site: handshake, then `delta` every round.
+std::function<void(Connection&, SiteLog&)> honest(const std::string& name, uint64_t samples, float delta) {
+  return [=](Connection& c, SiteLog& log) {
+    site_handshake(c, name, samples);
+    answer_rounds(c, log, [&](const v1::RoundStart& s) {
+      return std::optional<Frame>(update_frame(s.round(), samples, std::vector<float>(kParams, delta)));
+    });
+  };
+}
+
+void expect_params(const std::vector<float>& params, float value) {
+  ASSERT_EQ(params.size(), kParams);
+  for (float p : params) EXPECT_FLOAT_EQ(p, value);
+}
+
+const SiteInfo& site(const Coordinator::Result& r, const std::string& name) {
+  for (const auto& s : r.sites)
+    if (s.name == name) return s;
+  throw std::runtime_error("no site " + name);
+}
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override { spdlog::set_level(spdlog::level::err); }
+  void TearDown() override { spdlog::set_level(spdlog::level::info); }
+  FormulaEvaluator eval;
+  std::unique_ptr<protocols::Strategy> fedavg() { return protocols::make_strategy(protocols::StrategySpec{}); }
+};
+
+// Contract: two honest sites; aggregation is the sample-weighted mean, applied every round,
+// evaluated with the Evaluator, and every site gets a successful Shutdown.
+TEST_F(CoordinatorTest, HonestSitesAggregateWeightedBySamples) {
+  FakeSite a("site-0"), b("site-1");
+  a.start(honest("site-0", 10, 1.0f));
+  b.start(honest("site-1", 30, 3.0f));
+  Coordinator coord(base_options(2, {"site-0", "site-1"}, 2), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.add_site(std::move(a.coord_end));
+  coord.add_site(std::move(b.coord_end));
+  int callbacks = 0;
+  auto res = coord.run([&](const RoundRecord&) { ++callbacks; });
+  a.thread.join();
+  b.thread.join();
+  EXPECT_EQ(callbacks, 2);
+  ASSERT_EQ(res.rounds.size(), 2u);
+  for (const auto& r : res.rounds) {
+    EXPECT_TRUE(r.applied);
+    EXPECT_EQ(r.sites_reported, 2u);
+    EXPECT_EQ(r.sites_active, 2u);
+    EXPECT_GT(r.bytes_up, 0u);
+    EXPECT_GT(r.bytes_down, 0u);
+  }
+  expect_params(res.params, 2 * 2.5f);  // (10*1 + 30*3) / 40 = 2.5 per round
+  EXPECT_DOUBLE_EQ(res.rounds[1].accuracy, 5.0);
+  EXPECT_EQ(res.stop_reason, "");
+  EXPECT_TRUE(a.log.got_shutdown && a.log.shutdown_success);
+  EXPECT_TRUE(b.log.got_shutdown && b.log.shutdown_success);
+  EXPECT_EQ(site(res, "site-1").num_samples, 30u);
+  EXPECT_GT(res.handshake_bytes_down, 2 * kBackbone.size());
+}
+
+// Contract: fewer than min_sites reports abandon the round: applied == false and the global
+// model is unchanged (still evaluated); the silent site is only left out, not dropped.
+TEST_F(CoordinatorTest, QuorumMissedAbandonsTheRoundAndKeepsTheModel) {
+  FakeSite a("site-0"), b("site-1");
+  a.start(honest("site-0", 10, 1.0f));
+  b.start([](Connection& c, SiteLog& log) {
+    site_handshake(c, "site-1", 10);
+    answer_rounds(c, log, [](const v1::RoundStart&) { return std::optional<Frame>(); });  // never reports
+  });
+  auto opt = base_options(1, {"site-0", "site-1"}, 2);
+  opt.round_timeout = 300ms;
+  Coordinator coord(std::move(opt), fedavg(), eval, std::vector<float>(kParams, 0.25f));
+  coord.add_site(std::move(a.coord_end));
+  coord.add_site(std::move(b.coord_end));
+  auto res = coord.run(nullptr);
+  a.thread.join();
+  b.thread.join();
+  ASSERT_EQ(res.rounds.size(), 1u);
+  EXPECT_FALSE(res.rounds[0].applied);
+  EXPECT_EQ(res.rounds[0].sites_reported, 1u);
+  EXPECT_EQ(res.rounds[0].sites_active, 2u);
+  expect_params(res.params, 0.25f);
+  EXPECT_DOUBLE_EQ(res.rounds[0].accuracy, 0.25);
+  EXPECT_TRUE(site(res, "site-1").active);
+  EXPECT_TRUE(b.log.got_shutdown);
+}
+
+// Contract: a site that misses the deadline is left out of that round only: its late Update
+// (a huge delta here) is ignored, and it takes part in the next round.
+TEST_F(CoordinatorTest, LateUpdateIsIgnoredAndTheSiteTakesPartInTheNextRound) {
+  FakeSite a("site-0"), b("site-1");
+  a.start(honest("site-0", 10, 1.0f));
+  b.start([](Connection& c, SiteLog& log) {
+    site_handshake(c, "site-1", 10);
+    answer_rounds(c, log, [](const v1::RoundStart& s) {
+      if (s.round() == 1) {
+        std::this_thread::sleep_for(900ms);  // past round 1's 600 ms deadline, inside round 2
+        return std::optional<Frame>(update_frame(1, 10, std::vector<float>(kParams, 1000.f)));
+      }
+      return std::optional<Frame>(update_frame(s.round(), 10, std::vector<float>(kParams, 3.f)));
+    });
+  });
+  auto opt = base_options(2, {"site-0", "site-1"}, 1);
+  opt.round_timeout = 600ms;
+  Coordinator coord(std::move(opt), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.add_site(std::move(a.coord_end));
+  coord.add_site(std::move(b.coord_end));
+  auto res = coord.run(nullptr);
+  a.thread.join();
+  b.thread.join();
+  ASSERT_EQ(res.rounds.size(), 2u);
+  EXPECT_TRUE(res.rounds[0].applied);
+  EXPECT_EQ(res.rounds[0].sites_reported, 1u);
+  EXPECT_EQ(res.rounds[1].sites_reported, 2u);
+  expect_params(res.params, 1.f + 2.f);  // round 1: +1; round 2: +(1+3)/2
+  EXPECT_TRUE(site(res, "site-1").active);
+  EXPECT_EQ(b.log.rounds_seen, 2);
+  EXPECT_TRUE(b.log.got_shutdown);
+}
+
+// Contract: a malformed or invalid update (wrong parameter count, a NaN, zero samples) drops
+// that site (its connection is closed) and the job goes on with the honest site, which
+// finishes every round; the bad deltas never reach the model.
+TEST_F(CoordinatorTest, InvalidUpdatesDropTheirSitesAndTheJobGoesOn) {
+  FakeSite good("site-0"), wrong_size("site-1"), nan("site-2"), zero("site-3");
+  good.start(honest("site-0", 10, 1.0f));
+  auto bad = [](const std::string& name, std::function<Frame(uint32_t)> make) {
+    return [=](Connection& c, SiteLog& log) {
+      site_handshake(c, name, 10);
+      answer_rounds(c, log, [&](const v1::RoundStart& s) { return std::optional<Frame>(make(s.round())); });
+    };
+  };
+  wrong_size.start(bad("site-1", [](uint32_t r) { return update_frame(r, 10, std::vector<float>(kParams - 5, 9.f)); }));
+  nan.start(bad("site-2", [](uint32_t r) {
+    std::vector<float> d(kParams, 9.f);
+    d[3] = std::numeric_limits<float>::quiet_NaN();
+    return update_frame(r, 10, d);
+  }));
+  zero.start(bad("site-3", [](uint32_t r) { return update_frame(r, 0, std::vector<float>(kParams, 9.f)); }));
+  Coordinator coord(base_options(2, {"site-0", "site-1", "site-2", "site-3"}, 1), fedavg(), eval,
+                    std::vector<float>(kParams, 0.f));
+  for (FakeSite* s : {&good, &wrong_size, &nan, &zero}) coord.add_site(std::move(s->coord_end));
+  auto res = coord.run(nullptr);
+  for (FakeSite* s : {&good, &wrong_size, &nan, &zero}) s->thread.join();
+  ASSERT_EQ(res.rounds.size(), 2u);
+  EXPECT_EQ(res.rounds[0].sites_active, 4u);
+  EXPECT_EQ(res.rounds[0].sites_reported, 1u);
+  EXPECT_EQ(res.rounds[1].sites_active, 1u);
+  EXPECT_TRUE(res.rounds[1].applied);
+  expect_params(res.params, 2.f);
+  EXPECT_EQ(res.stop_reason, "");
+  EXPECT_TRUE(site(res, "site-0").active);
+  EXPECT_TRUE(good.log.got_shutdown && good.log.shutdown_success);
+  for (const char* n : {"site-1", "site-2", "site-3"}) {
+    EXPECT_FALSE(site(res, n).active) << n;
+    EXPECT_FALSE(site(res, n).dropped_reason.empty()) << n;
+  }
+  for (FakeSite* s : {&wrong_size, &nan, &zero}) {
+    EXPECT_TRUE(s->log.connection_closed);
+    EXPECT_FALSE(s->log.got_shutdown);
+    EXPECT_EQ(s->log.rounds_seen, 1);
+  }
+}
+
+// Contract: a site that sends a frame type a site must never send (a JobSpec, a RoundStart)
+// in place of its Update is dropped; the others go on.
+TEST_F(CoordinatorTest, SiteSendingACoordinatorOnlyFrameIsDropped) {
+  FakeSite good("site-0"), jobspec("site-1"), roundstart("site-2");
+  good.start(honest("site-0", 10, 1.0f));
+  jobspec.start([](Connection& c, SiteLog& log) {
+    auto job = site_handshake(c, "site-1", 10);
+    answer_rounds(c, log, [&](const v1::RoundStart&) { return std::optional<Frame>(to_frame(job)); });
+  });
+  roundstart.start([](Connection& c, SiteLog& log) {
+    site_handshake(c, "site-2", 10);
+    answer_rounds(c, log, [&](const v1::RoundStart& s) { return std::optional<Frame>(to_frame(s)); });
+  });
+  Coordinator coord(base_options(2, {"site-0", "site-1", "site-2"}, 1), fedavg(), eval,
+                    std::vector<float>(kParams, 0.f));
+  for (FakeSite* s : {&good, &jobspec, &roundstart}) coord.add_site(std::move(s->coord_end));
+  auto res = coord.run(nullptr);
+  for (FakeSite* s : {&good, &jobspec, &roundstart}) s->thread.join();
+  expect_params(res.params, 2.f);
+  EXPECT_EQ(res.rounds[0].sites_reported, 1u);
+  for (const char* n : {"site-1", "site-2"}) {
+    EXPECT_FALSE(site(res, n).active) << n;
+    EXPECT_FALSE(site(res, n).dropped_reason.empty()) << n;
+  }
+  EXPECT_TRUE(jobspec.log.connection_closed);
+  EXPECT_TRUE(roundstart.log.connection_closed);
+  EXPECT_TRUE(good.log.got_shutdown);
+}
+
+// Contract: a site answering the JobSpec with an ErrorMessage(kPolicyRefused) is recorded as
+// refused (dropped, reason says "refused" and carries its message); the others go on.
+TEST_F(CoordinatorTest, PolicyRefusalIsRecordedAndOthersGoOn) {
+  FakeSite good("site-0"), refuser("site-1");
+  good.start(honest("site-0", 10, 1.0f));
+  refuser.start([](Connection& c, SiteLog& log) {
+    v1::Hello hello;
+    hello.set_protocol_version(common::kProtocolVersion);
+    hello.set_site_name("site-1");
+    c.send(to_frame(hello));
+    from_frame<v1::JobSpec>(c.recv(5s));
+    c.send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: too many rounds"));
+    c.close();
+  });
+  Coordinator coord(base_options(1, {"site-0", "site-1"}, 1), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.add_site(std::move(good.coord_end));
+  coord.add_site(std::move(refuser.coord_end));
+  auto res = coord.run(nullptr);
+  good.thread.join();
+  refuser.thread.join();
+  const SiteInfo& r = site(res, "site-1");
+  EXPECT_FALSE(r.active);
+  EXPECT_NE(r.dropped_reason.find("refused"), std::string::npos) << r.dropped_reason;
+  EXPECT_NE(r.dropped_reason.find("too many rounds"), std::string::npos) << r.dropped_reason;
+  ASSERT_EQ(res.rounds.size(), 1u);
+  EXPECT_TRUE(res.rounds[0].applied);
+  EXPECT_EQ(res.rounds[0].sites_active, 1u);
+  expect_params(res.params, 1.f);
+  EXPECT_TRUE(good.log.got_shutdown);
+}
+
+// A Listener over a queue of in-process connections (what tls_listen is to TLS).
+class QueueListener : public common::Listener {
+ public:
+  void push(std::unique_ptr<Connection> c) {
+    std::lock_guard<std::mutex> lock(mu_);
+    q_.push_back(std::move(c));
+    cv_.notify_all();
+  }
+  std::unique_ptr<Connection> accept(common::Millis timeout) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return closed_ || !q_.empty(); }))
+      throw TimeoutError("no connection");
+    if (closed_) throw TransportError("listener closed");
+    auto c = std::move(q_.front());
+    q_.pop_front();
+    return c;
+  }
+  void close() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Connection>> q_;
+  bool closed_ = false;
+};
+
+// Contract: with a Listener, sites join through it and a site whose connection was lost
+// rejoins before a later round (new connection, same slot, full handshake) and takes part.
+TEST_F(CoordinatorTest, SiteRejoinsThroughTheListenerAfterALostConnection) {
+  QueueListener listener;
+  FakeSite good("site-0"), flaky("site-1");
+  listener.push(std::move(good.coord_end));
+  listener.push(std::move(flaky.coord_end));
+  good.start(honest("site-0", 10, 1.0f));
+  SiteLog second_log;
+  flaky.start([&](Connection& c, SiteLog& log) {
+    site_handshake(c, "site-1", 10);
+    answer_rounds(c, log, [&](const v1::RoundStart& s) {
+      if (s.round() == 1) return std::optional<Frame>(update_frame(1, 10, std::vector<float>(kParams, 3.f)));
+      // Round 2: reconnect (queued before the old connection goes, so it is there when the
+      // coordinator looks for rejoiners after this round), then lose the old connection.
+      auto [coord_end, site_end] = common::make_inproc_pair("coordinator", "site-1");
+      listener.push(std::move(coord_end));
+      c.close();
+      site_handshake(*site_end, "site-1", 10);
+      answer_rounds(*site_end, second_log, [](const v1::RoundStart& s2) {
+        return std::optional<Frame>(update_frame(s2.round(), 10, std::vector<float>(kParams, 5.f)));
+      });
+      return std::optional<Frame>();
+    });
+  });
+  Coordinator coord(base_options(3, {"site-0", "site-1"}, 1), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.set_listener(&listener);
+  auto res = coord.run(nullptr);
+  good.thread.join();
+  flaky.thread.join();
+  ASSERT_EQ(res.rounds.size(), 3u);
+  EXPECT_EQ(res.rounds[0].sites_reported, 2u);
+  EXPECT_EQ(res.rounds[1].sites_reported, 1u);
+  EXPECT_EQ(res.rounds[2].sites_reported, 2u);
+  expect_params(res.params, 2.f + 1.f + 3.f);  // (1+3)/2, 1, (1+5)/2
+  EXPECT_TRUE(site(res, "site-1").active);
+  EXPECT_EQ(second_log.rounds_seen, 1);
+  EXPECT_TRUE(second_log.got_shutdown);
+}
+
+}  // namespace
+}  // namespace fedtl::coordinator

@@ -1,0 +1,254 @@
+// Worker unit tests without LibTorch: the worker runs on its own thread against a scripted
+// fake coordinator (the test thread, speaking protocols/messages.h by hand over an inproc
+// pair) and a fake SiteRuntime that returns a fixed delta.
+#include "worker/worker.h"
+
+#include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <future>
+
+#include "common/errors.h"
+#include "common/sha256.h"
+#include "common/transport/inproc.h"
+#include "protocols/messages.h"
+
+namespace fedtl::worker {
+namespace {
+
+using namespace std::chrono_literals;
+using common::Connection;
+using common::Frame;
+using common::MessageType;
+using protocols::from_frame;
+using protocols::to_frame;
+
+constexpr size_t kParams = 10;
+const std::string kBackbone = "fake backbone bytes for the worker test";
+
+class FakeRuntime : public SiteRuntime {
+ public:
+  uint64_t prepare(const v1::JobSpec& job, const std::string& backbone_bytes) override {
+    ++prepared;
+    backbone = backbone_bytes;
+    return 42;
+  }
+  LocalUpdate train_round(uint32_t round, const std::vector<float>& global) override {
+    rounds.push_back(round);
+    last_global_size = global.size();
+    if (global.size() != kParams) throw ModelError("expected 10 parameters, got " + std::to_string(global.size()));
+    LocalUpdate up;
+    up.delta.assign(global.size(), 0.5f);
+    up.num_samples = 42;
+    up.train_loss = 0.25;
+    return up;
+  }
+  int prepared = 0;
+  std::string backbone;
+  std::vector<uint32_t> rounds;
+  size_t last_global_size = 0;
+};
+
+v1::JobSpec make_job(const std::string& backbone_digest = common::sha256_hex(kBackbone)) {
+  v1::JobSpec job;
+  job.set_job_name("unit");
+  job.set_rounds(2);
+  job.set_backbone_sha256(backbone_digest);
+  job.set_backbone_bytes(kBackbone.size());
+  job.mutable_training()->set_optimizer(v1::OPTIMIZER_SGD);  // sites refuse unspecified enums
+  job.mutable_model()->set_head(v1::HEAD_LINEAR);
+  job.mutable_model()->set_freeze(v1::FREEZE_ALL);
+  auto* e = job.mutable_layout()->add_entries();
+  e->set_name("head.weight");
+  e->add_shape(static_cast<int64_t>(kParams));
+  return job;
+}
+
+Frame round_start(uint32_t round, size_t n) {
+  v1::RoundStart s;
+  s.set_round(round);
+  protocols::pack_tensor(std::vector<float>(n, 1.f), s.mutable_params());
+  s.set_deadline_seconds(10);
+  return to_frame(s);
+}
+
+// Next non-heartbeat frame from the worker.
+Frame next(Connection& c) {
+  for (;;) {
+    Frame f = c.recv(5s);
+    if (f.type != MessageType::kHeartbeat) return f;
+  }
+}
+
+void send_backbone(Connection& c, const std::string& bytes, size_t chunk = 10) {
+  for (size_t off = 0;; off += chunk) {
+    v1::BackboneChunk ch;
+    ch.set_offset(off);
+    ch.set_data(bytes.substr(std::min(off, bytes.size()), chunk));
+    ch.set_last(off + chunk >= bytes.size());
+    c.send(to_frame(ch));
+    if (ch.last()) break;
+  }
+}
+
+class WorkerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    spdlog::set_level(spdlog::level::off);
+    auto [c, w] = common::make_inproc_pair("site-a", "coordinator");
+    coord = std::move(c);
+    wconn = std::move(w);
+    opt.site_name = "site-a";
+    opt.idle_timeout = 5s;
+    opt.heartbeat_interval = 1h;
+  }
+  void TearDown() override { spdlog::set_level(spdlog::level::info); }
+  std::future<WorkerResult> start() {
+    worker = std::make_unique<Worker>(*wconn, runtime, opt);
+    return std::async(std::launch::async, [this] { return worker->run(); });
+  }
+  // The worker's Hello, checked.
+  v1::Hello hello() {
+    auto h = from_frame<v1::Hello>(next(*coord));
+    EXPECT_EQ(h.protocol_version(), common::kProtocolVersion);
+    EXPECT_EQ(h.site_name(), "site-a");
+    return h;
+  }
+  std::unique_ptr<Connection> coord, wconn;
+  FakeRuntime runtime;
+  WorkerOptions opt;
+  std::unique_ptr<Worker> worker;
+};
+
+// Contract (worker.h): Hello -> JobSpec + chunks -> Ready(num_samples, verified digest); each
+// RoundStart answered with an Update carrying the runtime's delta, samples and metrics;
+// Shutdown ends run() with the coordinator's reason and success flag.
+TEST_F(WorkerTest, FullJobHelloReadyUpdatesShutdown) {
+  std::string stored;
+  opt.on_backbone = [&](const std::string& sha, const std::string& bytes) { stored = sha + ":" + bytes; };
+  auto run = start();
+  EXPECT_EQ(hello().backbone_sha256_size(), 0);
+  coord->send(to_frame(make_job()));
+  send_backbone(*coord, kBackbone);
+  auto ready = from_frame<v1::Ready>(next(*coord));
+  EXPECT_EQ(ready.num_samples(), 42u);
+  EXPECT_EQ(ready.backbone_sha256(), common::sha256_hex(kBackbone));
+  for (uint32_t r = 1; r <= 2; ++r) {
+    coord->send(round_start(r, kParams));
+    auto up = from_frame<v1::Update>(next(*coord));
+    EXPECT_EQ(up.round(), r);
+    EXPECT_EQ(up.num_samples(), 42u);
+    EXPECT_DOUBLE_EQ(up.train_loss(), 0.25);
+    EXPECT_EQ(protocols::unpack_tensor(up.delta(), kParams), std::vector<float>(kParams, 0.5f));
+  }
+  v1::Shutdown sd;
+  sd.set_reason("done");
+  sd.set_success(true);
+  coord->send(to_frame(sd));
+  const WorkerResult res = run.get();
+  EXPECT_EQ(res.rounds_trained, 2u);
+  EXPECT_TRUE(res.success);
+  EXPECT_EQ(res.shutdown_reason, "done");
+  EXPECT_FALSE(res.resume_expected);
+  EXPECT_EQ(runtime.backbone, kBackbone);
+  EXPECT_EQ(runtime.rounds, (std::vector<uint32_t>{1, 2}));
+  EXPECT_EQ(stored, common::sha256_hex(kBackbone) + ":" + kBackbone);
+}
+
+// Contract: a site holding the backbone lists its digest in Hello and expects no download.
+TEST_F(WorkerTest, CachedBackboneSkipsTheDownload) {
+  opt.backbone_cache[common::sha256_hex(kBackbone)] = kBackbone;
+  auto run = start();
+  const auto h = hello();
+  ASSERT_EQ(h.backbone_sha256_size(), 1);
+  EXPECT_EQ(h.backbone_sha256(0), common::sha256_hex(kBackbone));
+  coord->send(to_frame(make_job()));
+  EXPECT_EQ(from_frame<v1::Ready>(next(*coord)).num_samples(), 42u);
+  coord->send(to_frame(v1::Shutdown()));
+  EXPECT_EQ(run.get().rounds_trained, 0u);
+  EXPECT_EQ(runtime.backbone, kBackbone);
+}
+
+// Contract: a job that check_job rejects is refused with an Error frame carrying
+// ErrorCode::kPolicyRefused and the reason, then run() throws PolicyError; nothing is prepared.
+TEST_F(WorkerTest, PolicyRefusalSendsErrorPolicyRefused) {
+  opt.check_job = [](const v1::JobSpec& job) { return job.rounds() > 1 ? std::string("too many rounds") : ""; };
+  auto run = start();
+  hello();
+  coord->send(to_frame(make_job()));
+  send_backbone(*coord, kBackbone);  // the coordinator streams it before it sees the refusal
+  auto err = from_frame<v1::ErrorMessage>(next(*coord));
+  EXPECT_EQ(err.code(), static_cast<uint32_t>(protocols::ErrorCode::kPolicyRefused));
+  EXPECT_NE(err.message().find("too many rounds"), std::string::npos) << err.message();
+  EXPECT_THROW(run.get(), PolicyError);
+  EXPECT_EQ(runtime.prepared, 0);
+}
+
+// Contract: the downloaded backbone is verified against the JobSpec's SHA-256: a mismatch is
+// refused with Error(kBackboneDigest) and run() throws ProtocolError; nothing is prepared.
+TEST_F(WorkerTest, WrongBackboneDigestIsRefusedWithBackboneDigest) {
+  auto run = start();
+  hello();
+  coord->send(to_frame(make_job(common::sha256_hex("some other backbone"))));
+  send_backbone(*coord, kBackbone);
+  auto err = from_frame<v1::ErrorMessage>(next(*coord));
+  EXPECT_EQ(err.code(), static_cast<uint32_t>(protocols::ErrorCode::kBackboneDigest));
+  EXPECT_THROW(run.get(), ProtocolError);
+  EXPECT_EQ(runtime.prepared, 0);
+}
+
+// Contract (messages.h unpack_tensor): a RoundStart whose tensor count disagrees with its bytes
+// is malformed: run() throws ProtocolError and no training runs.
+TEST_F(WorkerTest, MalformedRoundStartTensorIsAProtocolError) {
+  auto run = start();
+  hello();
+  coord->send(to_frame(make_job()));
+  send_backbone(*coord, kBackbone);
+  from_frame<v1::Ready>(next(*coord));
+  v1::RoundStart s;
+  s.set_round(1);
+  protocols::pack_tensor(std::vector<float>(kParams, 1.f), s.mutable_params());
+  s.mutable_params()->set_count(kParams + 3);  // lies about its size
+  coord->send(to_frame(s));
+  EXPECT_THROW(run.get(), ProtocolError);
+  EXPECT_TRUE(runtime.rounds.empty());
+}
+
+// Behaviour (worker.h documents no check of RoundStart against the job's ParamLayout): a
+// well-formed RoundStart with the wrong parameter count goes to the runtime, whose error
+// (ModelError here, as the LibTorch trainer's would be) ends run(); no Update is sent.
+TEST_F(WorkerTest, RoundStartWithWrongParameterCountFailsTheRun) {
+  auto run = start();
+  hello();
+  coord->send(to_frame(make_job()));
+  send_backbone(*coord, kBackbone);
+  from_frame<v1::Ready>(next(*coord));
+  coord->send(round_start(1, kParams - 3));
+  EXPECT_THROW(run.get(), ModelError);
+  EXPECT_EQ(runtime.last_global_size, kParams - 3);
+  EXPECT_THROW(coord->recv(50ms), TimeoutError);  // no Update came
+}
+
+// Contract: heartbeats from the coordinator are ignored and Shutdown (with resume_expected)
+// stops the worker before any round.
+TEST_F(WorkerTest, ShutdownStopsTheWorkerAndCarriesResumeExpected) {
+  auto run = start();
+  hello();
+  coord->send(to_frame(make_job()));
+  send_backbone(*coord, kBackbone);
+  from_frame<v1::Ready>(next(*coord));
+  coord->send(to_frame(v1::Heartbeat()));
+  v1::Shutdown sd;
+  sd.set_reason("stopped by a signal");
+  sd.set_resume_expected(true);
+  coord->send(to_frame(sd));
+  const WorkerResult res = run.get();
+  EXPECT_EQ(res.rounds_trained, 0u);
+  EXPECT_FALSE(res.success);
+  EXPECT_TRUE(res.resume_expected);
+  EXPECT_EQ(res.shutdown_reason, "stopped by a signal");
+}
+
+}  // namespace
+}  // namespace fedtl::worker
