@@ -66,11 +66,13 @@ class MpiConnection final : public Connection {
     MPI_Status st;
     int rc = MPI_SUCCESS;
     const bool matched = poll_until(ctx_, deadline_after(timeout), [&] {
+      if (closed_here_) return true;  // close() from another thread wakes this receive
       reap_locked();
       int flag = 0;
       rc = MPI_Improbe(peer_, MPI_ANY_TAG, comm_, &flag, &msg, &st);
       return rc != MPI_SUCCESS || flag != 0;
     });
+    if (closed_here_) throw TransportError("MPI connection to " + name_ + " is closed");
     check(rc, ("waiting for a message from " + name_).c_str());
     if (!matched)
       throw TimeoutError("no message from " + name_ + " within " + std::to_string(timeout.count()) + " ms");

@@ -363,8 +363,11 @@ class TlsConnection final : public Connection {
     {
       std::lock_guard<std::mutex> lock(s_->mu);
       if (s_->closed_here) throw TransportError("TLS connection to " + s_->peer + " is closed");
-      if (s_->end == End::kBroken || s_->end == End::kProtocol) {
-        throw TransportError("cannot send to " + s_->peer + ": " + s_->end_reason);
+      // Once the peer has closed (cleanly or not) nothing sent would be read: fail the send
+      // rather than lose the frame (the Connection contract: delivered, or an error).
+      if (s_->end != End::kNone) {
+        throw TransportError("cannot send to " + s_->peer + ": " +
+                             (s_->end_reason.empty() ? std::string("it closed the connection") : s_->end_reason));
       }
     }
     auto done = std::make_shared<std::promise<error_code>>();

@@ -39,11 +39,6 @@ class MpiFactory final : public PairFactory {
     p.keep = comm;
     return p;
   }
-  std::string known_bug_close_wakes_own_recv() const override {
-    return "common/transport/mpi.cc:68-72 MpiConnection::recv polls MPI_Improbe until its deadline without "
-           "looking at closed_here_, so close() on this end never wakes a recv blocked on the same end: it "
-           "ends with TimeoutError at its timeout instead of TransportError at once";
-  }
   bool cross_sync(Millis timeout) override { return mpitest::mpi_test_context()->barrier(timeout, "contract sync"); }
   void finish() override { mpitest::mpi_test_context()->barrier(std::chrono::seconds(30), "contract case end"); }
 };

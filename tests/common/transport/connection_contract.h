@@ -55,13 +55,6 @@ class PairFactory {
   virtual bool cross_sync(Millis timeout) { return true; }
   // Called once a case is over, before the pair is destroyed (MPI: wait for the peer rank).
   virtual void finish() {}
-  // Non-empty: the backend is known to break "send() throws TransportError once the connection
-  // is closed" on the end whose PEER closed (after its recv reported the close); the cases
-  // skip that one assertion with this text instead of failing. Do not fix bugs here.
-  virtual std::string known_bug_send_after_peer_close() const { return ""; }
-  // Non-empty: the backend is known to break "close() wakes a recv blocked on the CLOSING end"
-  // (the peer end is still checked).
-  virtual std::string known_bug_close_wakes_own_recv() const { return ""; }
 };
 
 // A two-party barrier for the in-process case.
@@ -230,21 +223,12 @@ TEST_P(ConnectionContract, CloseWakesBlockedRecvOnBothSidesWithTransportError) {
         c.close();
       }
       blocked.join();
-      const std::string own_bug = GetParam()->known_bug_close_wakes_own_recv();
-      const bool own_bug_hit = closer && !own_bug.empty() && outcome == "timeout";
-      if (!own_bug_hit) {
-        EXPECT_EQ(outcome, "closed") << (closer ? "closing end" : "peer end");
-        EXPECT_LT(waited, 1500ms) << "recv not woken by the close";
-      }
+      EXPECT_EQ(outcome, "closed") << (closer ? "closing end" : "peer end");
+      EXPECT_LT(waited, 1500ms) << "recv not woken by the close";
       EXPECT_THROW(c.recv(100ms), TransportError);
-      const std::string bug = GetParam()->known_bug_send_after_peer_close();
-      if (closer || bug.empty()) {
-        EXPECT_THROW(c.send(frame_of(MessageType::kHeartbeat, "")), TransportError);
-      }
+      EXPECT_THROW(c.send(frame_of(MessageType::kHeartbeat, "")), TransportError);
       c.close();  // idempotent
       c.close();
-      if (own_bug_hit) GTEST_SKIP() << "known bug: " << own_bug;
-      if (!closer && !bug.empty()) GTEST_SKIP() << "known bug: " << bug;
     };
   };
   run(kDefaultMaxFrameBytes, role(false), role(true));
@@ -266,8 +250,6 @@ TEST_P(ConnectionContract, OversizedFrameIsProtocolErrorAndClosesTheConnection) 
         } catch (const TransportError&) {
         }
         EXPECT_EQ(recv_outcome(c, 10s), "closed");  // the receiver closed the connection
-        const std::string bug = GetParam()->known_bug_send_after_peer_close();
-        if (!bug.empty()) GTEST_SKIP() << "known bug: " << bug;
         EXPECT_THROW(c.send(frame_of(MessageType::kUpdate, "")), TransportError);
       },
       [&](Connection& c) {

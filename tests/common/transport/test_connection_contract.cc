@@ -29,11 +29,6 @@ class InprocFactory final : public PairFactory {
 class TlsFactory final : public PairFactory {
  public:
   std::string name() const override { return "tls"; }
-  std::string known_bug_send_after_peer_close() const override {
-    return "common/transport/tls.cc:366 TlsConnection::send only refuses kBroken/kProtocol ends; after the "
-           "peer closed (recv already threw TransportError: End::kPeerClosed) send() writes into the dead "
-           "socket and returns normally, so the frame is silently lost instead of TransportError";
-  }
   Pair make(uint32_t max_frame_bytes) override {
     std::call_once(once_, [this] { make_pki(); });
     TlsConfig s = config("coordinator", max_frame_bytes);
