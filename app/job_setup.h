@@ -1,6 +1,6 @@
-// Pieces every way of running a job shares (simulate now; coordinator/worker and mpi
-// later): loading the configured data, making or loading the backbone, and turning the job
-// config into the wire JobSpec and the model spec.
+// Pieces every way of running a job shares (simulate, the TLS coordinator and worker, mpi):
+// loading the configured data, making or loading the backbone, and turning the job config into
+// the wire JobSpec and the wire into the model layer's specs.
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -1,6 +1,6 @@
 // TLS transport benchmarks (scripts/bench backbone_distribution, wire_overhead), plus a helper
 // for bench/load_test.py. Everything runs on loopback with a federation PKI made in a temp
-// dir by common/pki.h, through the real TlsListener / tls_connect API.
+// dir by common/transport/pki.h, through the real TlsListener / tls_connect API.
 //
 //   bench_tls backbone_distribution [--reps N] [--mb M] [--workers W]
 //     A backbone of M MB (random bytes; default 40) streamed to W workers (default 8) the way

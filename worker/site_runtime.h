@@ -1,6 +1,6 @@
 // What a worker needs from the site's machine-learning side. The worker protocol loop
 // (worker.h) is plain code over this interface and the transport; the LibTorch
-// implementation lives with the application (cli/site_trainer.h), so the protocol code
+// implementation lives with the application (app/site_trainer.h), so the protocol code
 // compiles without LibTorch.
 #pragma once
 #include <cstdint>

@@ -1,7 +1,7 @@
 // MPI for fedtl's cluster mode: the process's MPI environment (MpiContext), the rules every
 // MPI call in fedtl follows, and the helpers that keep an MPI job from hanging.
 //
-// Only cluster-mode code (common/mpi/, cli/mpi_command.cc, tests) includes this header; the
+// Only cluster-mode code (common/mpi/, app/mpi_job.cc, tests) includes this header; the
 // protocol code sees MPI through common::Connection (mpi_transport.h) alone.
 //
 // Threading: MPI is initialised with MPI_THREAD_SERIALIZED. Every MPI call fedtl makes holds

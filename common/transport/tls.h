@@ -1,8 +1,8 @@
 // TLS backend of the transport interface: mutual TLS 1.3 over TCP (Boost.Asio + OpenSSL 3).
-// Both sides present a certificate signed by the federation CA (see common/pki.h) and verify
+// Both sides present a certificate signed by the federation CA (see common/transport/pki.h) and verify
 // the other's; a party's identity is its certificate's common name (CN), which is what
 // Connection::peer_name() reports. Frames travel with the wire framing of
-// protocols/framing.h. Asio and OpenSSL stay inside tls_transport.cc: this header is safe to
+// common/transport/framing.h. Asio and OpenSSL stay inside common/transport/tls.cc: this header is safe to
 // include from protocol code.
 //
 // Threading: a listener owns one I/O thread that accepts, runs every TLS handshake

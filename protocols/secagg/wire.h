@@ -1,5 +1,5 @@
 // Frames for the secure aggregation messages (protocols/secagg.proto). Frame types 16..31 are
-// reserved for secure aggregation in protocols/framing.h; this header fixes the numbers:
+// reserved for secure aggregation in common/transport/framing.h; this header fixes the numbers:
 //
 //   16 SecAggKeys          site -> coordinator   step 1
 //   17 SecAggKeyList       coordinator -> sites  step 1 -> 2

@@ -1,5 +1,5 @@
 // TLS transport and provisioning tests: a fresh federation PKI per test suite (made with
-// common/pki.h), mutual TLS 1.3 over loopback, and hostile peers that must be refused while
+// common/transport/pki.h), mutual TLS 1.3 over loopback, and hostile peers that must be refused while
 // the listener keeps serving honest ones. Raw OpenSSL and POSIX clients play the peers that
 // the library itself would never produce (no certificate, plaintext, bad frame headers).
 #include <arpa/inet.h>
