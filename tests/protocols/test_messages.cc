@@ -1,3 +1,4 @@
+#include "protocols/job_check.h"
 #include "protocols/messages.h"
 
 #include <google/protobuf/util/message_differencer.h>
@@ -174,7 +175,32 @@ TEST(Messages, ErrorFrameBecomesPeerRefused) {
   } catch (const ProtocolError& e) {
     EXPECT_STREQ(e.what(), "peer refused: site not in allow-list");
   }
+  // The code survives into the exception the caller catches (no one parses the text).
+  try {
+    from_frame<v1::Ready>(f);
+    FAIL() << "expected PeerRefused";
+  } catch (const PeerRefused& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnauthorized);
+  }
   EXPECT_NO_THROW(check_frame_type(f, MessageType::kError));
+}
+
+TEST(JobCheck, KnownValuesPassAndUnknownOnesAreNamed) {
+  v1::JobSpec job;
+  job.mutable_training()->set_optimizer(v1::OPTIMIZER_ADAM);
+  job.mutable_model()->set_head(v1::HEAD_MLP);
+  job.mutable_model()->set_freeze(v1::FREEZE_NONE);
+  EXPECT_EQ(job_spec_problem(job), "");  // privacy off (0) is a valid choice
+  EXPECT_FALSE(noise_mode(job.privacy()).has_value());
+  job.mutable_privacy()->set_mode(v1::PRIVACY_DISTRIBUTED);
+  EXPECT_EQ(noise_mode(job.privacy()), dp::NoiseMode::kDistributed);
+  EXPECT_EQ(to_wire(std::optional<dp::NoiseMode>(dp::NoiseMode::kLocal)), v1::PRIVACY_LOCAL);
+  job.mutable_model()->set_freeze(static_cast<v1::Freeze>(17));
+  EXPECT_NE(job_spec_problem(job).find("model.freeze 17"), std::string::npos) << job_spec_problem(job);
+  job.mutable_model()->set_freeze(v1::FREEZE_ALL);
+  job.mutable_privacy()->set_mode(static_cast<v1::PrivacyMode>(5));
+  EXPECT_NE(job_spec_problem(job).find("privacy.mode 5"), std::string::npos);
+  EXPECT_THROW(noise_mode(job.privacy()), ProtocolError);
 }
 
 TEST(Messages, CorruptPayloadThrows) {

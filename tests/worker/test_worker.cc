@@ -4,6 +4,8 @@
 #include "worker/worker.h"
 
 #include <gtest/gtest.h>
+
+#include <functional>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -187,6 +189,38 @@ TEST_F(WorkerTest, PolicyRefusalSendsErrorPolicyRefused) {
 
 // Contract: the downloaded backbone is verified against the JobSpec's SHA-256: a mismatch is
 // refused with Error(kBackboneDigest) and run() throws ProtocolError; nothing is prepared.
+// A JobSpec with an enum value this build does not know (a newer or hostile coordinator) is
+// refused by name with kBadConfig before any work; nothing defaults to SGD or "all_but_last".
+TEST_F(WorkerTest, UnknownEnumValuesAreRefusedByName) {
+  struct Case {
+    const char* field;
+    std::function<void(v1::JobSpec&)> spoil;
+  };
+  const Case cases[] = {
+      {"training.optimizer", [](v1::JobSpec& j) { j.mutable_training()->set_optimizer(static_cast<v1::Optimizer>(7)); }},
+      {"training.optimizer", [](v1::JobSpec& j) { j.mutable_training()->set_optimizer(v1::OPTIMIZER_UNSPECIFIED); }},
+      {"model.head", [](v1::JobSpec& j) { j.mutable_model()->set_head(static_cast<v1::HeadType>(9)); }},
+      {"model.freeze", [](v1::JobSpec& j) { j.mutable_model()->set_freeze(v1::FREEZE_UNSPECIFIED); }},
+      {"privacy.mode", [](v1::JobSpec& j) { j.mutable_privacy()->set_mode(static_cast<v1::PrivacyMode>(42)); }},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.field);
+    worker.reset();
+    TearDown();
+    SetUp();
+    auto run = start();
+    hello();
+    v1::JobSpec job = make_job();
+    c.spoil(job);
+    coord->send(to_frame(job));
+    auto err = from_frame<v1::ErrorMessage>(next(*coord));
+    EXPECT_EQ(err.code(), static_cast<uint32_t>(protocols::ErrorCode::kBadConfig));
+    EXPECT_NE(err.message().find(c.field), std::string::npos) << err.message();
+    EXPECT_THROW(run.get(), ConfigError);
+    EXPECT_EQ(runtime.prepared, 0);
+  }
+}
+
 TEST_F(WorkerTest, WrongBackboneDigestIsRefusedWithBackboneDigest) {
   auto run = start();
   hello();
