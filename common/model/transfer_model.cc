@@ -3,6 +3,7 @@
 
 #include <torch/script.h>
 #include <torch/torch.h>
+#include <torch/csrc/jit/passes/inliner.h>
 
 #include <dlfcn.h>
 
@@ -12,6 +13,8 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include "common/errors.h"
@@ -132,9 +135,49 @@ std::string save_module(const torch::jit::Module& m) {
   return os.str();
 }
 
+// The reviewed allowlist (common/model/operator_allowlist.inc).
+const std::set<std::string>& operator_allowlist() {
+  static const std::set<std::string> ops = {
+#include "common/model/operator_allowlist.inc"
+  };
+  return ops;
+}
+
+// Every operator every method of every module of `m` uses, calls inlined (a method that calls
+// a function or another module's method brings that code in), nested blocks included; each
+// with the first "module.method" it was found in.
+std::vector<OperatorUse> collect_operators(const torch::jit::Module& m) {
+  std::map<std::string, std::string> first_use;
+  for (const auto& named : m.named_modules()) {
+    const std::string module = named.name.empty() ? "backbone" : "backbone." + named.name;
+    for (const auto& method : named.value.get_methods()) {
+      auto graph = method.graph()->copy();
+      torch::jit::Inline(*graph);
+      std::vector<torch::jit::Block*> blocks{graph->block()};
+      while (!blocks.empty()) {
+        torch::jit::Block* b = blocks.back();
+        blocks.pop_back();
+        for (torch::jit::Node* n : b->nodes()) {
+          first_use.emplace(n->kind().toQualString(), module + "." + method.name());
+          for (torch::jit::Block* sub : n->blocks()) blocks.push_back(sub);
+        }
+      }
+    }
+  }
+  std::vector<OperatorUse> out;
+  for (auto& [op, where] : first_use) out.push_back({op, where});
+  return out;
+}
+
 torch::jit::Module load_module(const std::string& bytes) {
   std::istringstream is(bytes);
-  return torch::jit::load(is, torch::kCPU);
+  torch::jit::Module m = torch::jit::load(is, torch::kCPU);
+  for (const auto& use : collect_operators(m))
+    if (!operator_allowlist().count(use.op))
+      throw ModelError("backbone refused: " + use.where + " uses operator '" + use.op +
+                       "', which is not on fedtl's allowlist of pure tensor operators "
+                       "(common/model/operator_allowlist.inc); a backbone may only compute");
+  return m;
 }
 
 // Packs every gradient into one buffer, lets the site's ranks average it, unpacks it.
@@ -628,5 +671,14 @@ void set_torch_threads(int n) {
   using SetThreads = void (*)(int);
   if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(n);
 }
+
+std::vector<OperatorUse> backbone_operators(const std::string& backbone_bytes) {
+  return guarded("reading the backbone's operators", [&] {
+    std::istringstream is(backbone_bytes);
+    return collect_operators(torch::jit::load(is, torch::kCPU));
+  });
+}
+
+bool operator_allowed(const std::string& op) { return operator_allowlist().count(op) > 0; }
 
 }  // namespace fedtl::common::model

@@ -173,4 +173,20 @@ std::vector<float> run_exported_model(const std::string& path, const ImageSet& i
 // LibTorch intra-op threads for this process (1 keeps results bit-reproducible).
 void set_torch_threads(int n);
 
+// A backbone may only compute. Every load of a TorchScript module (TransferModel::create and
+// everything that takes backbone bytes) walks all methods of all its modules, calls inlined,
+// and refuses with ModelError, naming the operator and "module.method", one that uses an
+// operator outside the reviewed allowlist (common/model/operator_allowlist.inc): nothing that
+// touches files, the network, processes or the Python runtime gets to run on a site's data.
+// Limit: TorchScript runs a module's __setstate__ while loading it, before the walk; the walk
+// covers __setstate__ too, so such a file is refused, but after that code ran once.
+struct OperatorUse {
+  std::string op;     // e.g. "aten::conv2d"
+  std::string where;  // the first "backbone.<submodule>.<method>" that uses it
+};
+// The operators `backbone_bytes` uses (for `fedtl worker --inspect-job` style listings).
+// Throws ModelError when the file does not load.
+std::vector<OperatorUse> backbone_operators(const std::string& backbone_bytes);
+bool operator_allowed(const std::string& op);
+
 }  // namespace fedtl::common::model

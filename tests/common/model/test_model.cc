@@ -241,3 +241,62 @@ TEST(TransferModel, TorchvisionResNetTracedInPythonWorks) {
   EXPECT_LT(max_abs_diff(run_exported_model(out, data), expected), 1e-4);
   fs::remove_all(dir);
 }
+
+namespace {
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+}  // namespace
+
+// A backbone is code: one that reads a site file (torch.from_file) is refused before it runs on
+// any data, and the refusal names the operator and where it is used. The built-in CNN and the
+// torchvision models traced in PyTorch use only allowlisted operators.
+TEST(BackboneOperators, FileReadingBackboneIsRefusedNamingOperatorAndMethod) {
+  ASSERT_TRUE(python_has("torch")) << kPython << " cannot import torch: install python3-torch (scripts/setup does)";
+  const fs::path dir = temp_dir("hostile");
+  const std::string secret = (dir / "patients.csv").string();
+  std::ofstream(secret) << "patient,diagnosis\nalice,positive\n" << std::string(64, 'x');
+  const std::string bb = (dir / "hostile.pt").string();
+  const std::string cmd = std::string(kPython) + " " + FEDTL_SOURCE_DIR + "/tests/common/model/make_hostile.py " + bb +
+                          " " + secret;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const std::string bytes = read_all(bb);
+  bool found = false;
+  for (const auto& use : backbone_operators(bytes))
+    if (use.op == "aten::from_file") {
+      found = true;
+      EXPECT_EQ(use.where, "backbone.forward");
+      EXPECT_FALSE(operator_allowed(use.op));
+    }
+  EXPECT_TRUE(found) << "the walk must see aten::from_file";
+  try {
+    TransferModel::create(bytes, cnn_spec("all"), 1);
+    FAIL() << "a file-reading backbone was accepted";
+  } catch (const fedtl::ModelError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("aten::from_file"), std::string::npos) << what;
+    EXPECT_NE(what.find("backbone.forward"), std::string::npos) << what;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(BackboneOperators, BuiltinAndTorchvisionBackbonesUseOnlyAllowedOperators) {
+  for (const auto& use : backbone_operators(builtin_cnn(InputSpec{}, 3)))
+    EXPECT_TRUE(operator_allowed(use.op)) << use.op << " in " << use.where;
+  if (!python_has("torchvision")) GTEST_SKIP() << "python3-torchvision is not installed (scripts/setup installs it)";
+  const fs::path dir = temp_dir("tv_ops");
+  const std::string script = (dir / "trace.py").string();
+  std::ofstream(script) << "import sys, torch, torchvision\n"
+                           "for name in ['resnet18', 'densenet121', 'efficientnet_b0', 'mobilenet_v2']:\n"
+                           "    net = getattr(torchvision.models, name)(weights=None).eval()\n"
+                           "    torch.jit.trace(net, torch.rand(1, 3, 64, 64)).save(sys.argv[1] + '/' + name + '.pt')\n";
+  const std::string cmd = std::string(kPython) + " " + script + " " + dir.string();
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  for (const char* name : {"resnet18", "densenet121", "efficientnet_b0", "mobilenet_v2"}) {
+    const auto uses = backbone_operators(read_all((dir / (std::string(name) + ".pt")).string()));
+    EXPECT_GT(uses.size(), 5u) << name;
+    for (const auto& use : uses) EXPECT_TRUE(operator_allowed(use.op)) << name << ": " << use.op << " in " << use.where;
+  }
+  fs::remove_all(dir);
+}
