@@ -73,6 +73,14 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
     }
     part = kept;
   };
+  auto abandon = [&](uint32_t r, const std::string& why) -> std::optional<Aggregate> {
+    spdlog::warn("round {}: secure aggregation abandoned: {}", r, why);
+    v1::SecAggAbort abort;
+    abort.set_round(r);
+    abort.set_reason(why);
+    send_each([&](Site&) { return abort; });
+    return std::nullopt;
+  };
   try {
     sa::ServerSession server(protocols::secagg_round_config(opt_.job, round, m));
     auto own = [](Site& s, uint32_t site) {
@@ -105,15 +113,20 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
             });
     const std::vector<uint32_t> sum = server.finish();
     const auto decoded = sa::decode_weighted_mean(sum, protocols::secagg_quant_spec(opt_.job));
+    // Each honest site's weight is its sample count over the public bound, at most 1: a sum
+    // above the survivor count means someone forged its weight coordinate.
+    const double survivors = static_cast<double>(server.survivors().size());
+    if (!(decoded.total_weight <= survivors * (1 + 1e-6)))
+      throw ProtocolError("the unmasked weight sum " + std::to_string(decoded.total_weight) + " exceeds the " +
+                          std::to_string(server.survivors().size()) + " survivors' bound (a forged weight)");
     spdlog::debug("round {}: secure sum of {} sites unmasked", round, server.survivors().size());
     return Aggregate{decoded.mean, server.survivors().size(), std::nan(""), 0};
   } catch (const sa::RoundAborted& e) {
-    spdlog::warn("round {}: secure aggregation abandoned: {}", round, e.what());
-    v1::SecAggAbort abort;
-    abort.set_round(round);
-    abort.set_reason(e.what());
-    send_each([&](Site&) { return abort; });
-    return std::nullopt;
+    return abandon(round, e.what());
+  } catch (const ProtocolError& e) {
+    // Forged or inconsistent shares, a weight out of range: THIS round cannot be trusted; the
+    // job goes on with the next one (the model is unchanged).
+    return abandon(round, std::string("unmasking failed: ") + e.what());
   }
 }
 

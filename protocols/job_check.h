@@ -3,6 +3,7 @@
 // (protocols/fedtl.proto); a value this build does not know (a newer coordinator, a corrupt
 // or hostile one) is refused by name, never mapped to a default.
 #pragma once
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -11,9 +12,14 @@
 
 namespace fedtl::protocols {
 
-// "" when every enum of `job` is one this build knows, else a one-line reason naming the field
-// and the value ("training.optimizer 7 is not one this site knows").
+// "" when every enum of `job` is one this build knows and its training settings describe work a
+// site can do (epochs and batch size >= 1, finite positive learning rate, ...), else a one-line
+// reason naming the field and the value ("training.optimizer 7 is not one this site knows").
 std::string job_spec_problem(const v1::JobSpec& job);
+
+// The number of float32 values the layout describes (the length of every RoundStart's params
+// and every Update's delta). Throws ProtocolError for a negative dimension or an overflow.
+uint64_t layout_numel(const v1::ParamLayout& layout);
 
 // PRIVACY_OFF -> nullopt. Throws ProtocolError for a value job_spec_problem refuses.
 std::optional<dp::NoiseMode> noise_mode(const v1::PrivacySpec& privacy);

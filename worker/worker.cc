@@ -2,6 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cmath>
+
 #include <condition_variable>
 #include <thread>
 
@@ -100,7 +102,17 @@ WorkerResult Worker::run() {
       if (r) continue;  // a message of a round this site already left
     }
     auto start = from_frame<v1::RoundStart>(f);
-    const auto global = protocols::unpack_tensor(start.params());
+    std::vector<float> global;
+    try {  // the global model must match the job's layout and be finite before it is trained on
+      global = protocols::unpack_tensor(start.params(), protocols::layout_numel(job.layout()));
+      for (float v : global)
+        if (!std::isfinite(v)) throw ProtocolError("the global parameters hold a non-finite value");
+    } catch (const ProtocolError& e) {
+      const std::string why = "RoundStart of round " + std::to_string(start.round()) + " refused: " + e.what();
+      spdlog::error("[{}] {}", opt_.site_name, why);
+      send(protocols::error_frame(protocols::ErrorCode::kBadMessage, why));
+      throw ProtocolError(why);
+    }
     const bool done = job.secure_aggregation() ? secure_round(job, start, global) : plain_round(start, global);
     if (done) ++result.rounds_trained;
   }

@@ -56,7 +56,10 @@ class Worker {
   Worker(common::Connection& conn, SiteRuntime& runtime, WorkerOptions options);
   // Runs until Shutdown. Throws ProtocolError/TransportError/fedtl::Error on failure; a
   // refusal or a failure to prepare is first reported to the coordinator as an Error frame.
-  // A job outside the site's policy: PolicyError (after telling the coordinator why).
+  // A job outside the site's policy: PolicyError (after telling the coordinator why). A job
+  // with an enum value this build does not know or impossible work (protocols/job_check.h):
+  // ConfigError after an Error kBadConfig. A RoundStart whose parameters do not match the
+  // job's layout or are not finite: ProtocolError after an Error kBadMessage, before training.
   WorkerResult run();
 
  private:

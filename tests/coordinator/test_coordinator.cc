@@ -46,6 +46,10 @@ v1::JobSpec make_job(uint32_t rounds) {
   job.mutable_training()->set_optimizer(v1::OPTIMIZER_SGD);  // sites refuse unspecified enums
   job.mutable_model()->set_head(v1::HEAD_LINEAR);
   job.mutable_model()->set_freeze(v1::FREEZE_ALL);
+  job.mutable_model()->set_num_classes(2);
+  job.mutable_training()->set_epochs(1);  // and refuse work they cannot do
+  job.mutable_training()->set_batch_size(8);
+  job.mutable_training()->set_lr(0.1);
   auto* e = job.mutable_layout()->add_entries();
   e->set_name("head.weight");
   e->add_shape(static_cast<int64_t>(kParams));

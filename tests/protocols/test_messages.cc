@@ -190,6 +190,13 @@ TEST(JobCheck, KnownValuesPassAndUnknownOnesAreNamed) {
   job.mutable_training()->set_optimizer(v1::OPTIMIZER_ADAM);
   job.mutable_model()->set_head(v1::HEAD_MLP);
   job.mutable_model()->set_freeze(v1::FREEZE_NONE);
+  job.mutable_model()->set_num_classes(3);
+  job.mutable_model()->set_hidden(16);
+  job.mutable_training()->set_epochs(1);
+  job.mutable_training()->set_batch_size(4);
+  job.mutable_training()->set_lr(0.01);
+  job.set_rounds(1);
+  job.mutable_layout()->add_entries()->set_name("head.fc1.weight");
   EXPECT_EQ(job_spec_problem(job), "");  // privacy off (0) is a valid choice
   EXPECT_FALSE(noise_mode(job.privacy()).has_value());
   job.mutable_privacy()->set_mode(v1::PRIVACY_DISTRIBUTED);
@@ -201,6 +208,9 @@ TEST(JobCheck, KnownValuesPassAndUnknownOnesAreNamed) {
   job.mutable_privacy()->set_mode(static_cast<v1::PrivacyMode>(5));
   EXPECT_NE(job_spec_problem(job).find("privacy.mode 5"), std::string::npos);
   EXPECT_THROW(noise_mode(job.privacy()), ProtocolError);
+  job.mutable_privacy()->set_mode(v1::PRIVACY_OFF);
+  job.mutable_training()->set_batch_size(0);
+  EXPECT_NE(job_spec_problem(job).find("training.batch_size must be >= 1"), std::string::npos);
 }
 
 TEST(Messages, CorruptPayloadThrows) {

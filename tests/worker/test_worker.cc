@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <limits>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -61,6 +62,10 @@ v1::JobSpec make_job(const std::string& backbone_digest = common::sha256_hex(kBa
   job.mutable_training()->set_optimizer(v1::OPTIMIZER_SGD);  // sites refuse unspecified enums
   job.mutable_model()->set_head(v1::HEAD_LINEAR);
   job.mutable_model()->set_freeze(v1::FREEZE_ALL);
+  job.mutable_model()->set_num_classes(2);
+  job.mutable_training()->set_epochs(1);  // and refuse work they cannot do
+  job.mutable_training()->set_batch_size(8);
+  job.mutable_training()->set_lr(0.1);
   auto* e = job.mutable_layout()->add_entries();
   e->set_name("head.weight");
   e->add_shape(static_cast<int64_t>(kParams));
@@ -189,7 +194,7 @@ TEST_F(WorkerTest, PolicyRefusalSendsErrorPolicyRefused) {
 
 // Contract: the downloaded backbone is verified against the JobSpec's SHA-256: a mismatch is
 // refused with Error(kBackboneDigest) and run() throws ProtocolError; nothing is prepared.
-// A JobSpec with an enum value this build does not know (a newer or hostile coordinator) is
+// A JobSpec with an enum value this build does not know, or asking for impossible work, (a newer or hostile coordinator) is
 // refused by name with kBadConfig before any work; nothing defaults to SGD or "all_but_last".
 TEST_F(WorkerTest, UnknownEnumValuesAreRefusedByName) {
   struct Case {
@@ -202,6 +207,10 @@ TEST_F(WorkerTest, UnknownEnumValuesAreRefusedByName) {
       {"model.head", [](v1::JobSpec& j) { j.mutable_model()->set_head(static_cast<v1::HeadType>(9)); }},
       {"model.freeze", [](v1::JobSpec& j) { j.mutable_model()->set_freeze(v1::FREEZE_UNSPECIFIED); }},
       {"privacy.mode", [](v1::JobSpec& j) { j.mutable_privacy()->set_mode(static_cast<v1::PrivacyMode>(42)); }},
+      // Work a site cannot do is refused the same way (a batch of 0 would never finish).
+      {"training.batch_size", [](v1::JobSpec& j) { j.mutable_training()->set_batch_size(0); }},
+      {"training.epochs", [](v1::JobSpec& j) { j.mutable_training()->set_epochs(0); }},
+      {"training.lr", [](v1::JobSpec& j) { j.mutable_training()->set_lr(std::numeric_limits<double>::infinity()); }},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.field);
@@ -249,9 +258,8 @@ TEST_F(WorkerTest, MalformedRoundStartTensorIsAProtocolError) {
   EXPECT_TRUE(runtime.rounds.empty());
 }
 
-// Behaviour (worker.h documents no check of RoundStart against the job's ParamLayout): a
-// well-formed RoundStart with the wrong parameter count goes to the runtime, whose error
-// (ModelError here, as the LibTorch trainer's would be) ends run(); no Update is sent.
+// Contract (worker.h): a RoundStart whose parameters do not match the job's layout, or are not
+// finite, is refused before the runtime sees it; no Update is sent.
 TEST_F(WorkerTest, RoundStartWithWrongParameterCountFailsTheRun) {
   auto run = start();
   hello();
@@ -259,9 +267,32 @@ TEST_F(WorkerTest, RoundStartWithWrongParameterCountFailsTheRun) {
   send_backbone(*coord, kBackbone);
   from_frame<v1::Ready>(next(*coord));
   coord->send(round_start(1, kParams - 3));
-  EXPECT_THROW(run.get(), ModelError);
-  EXPECT_EQ(runtime.last_global_size, kParams - 3);
+  // Refused before any training: the site says why (kBadMessage) and ends the job.
+  auto err = from_frame<v1::ErrorMessage>(next(*coord));
+  EXPECT_EQ(err.code(), static_cast<uint32_t>(protocols::ErrorCode::kBadMessage));
+  EXPECT_NE(err.message().find("expected " + std::to_string(kParams)), std::string::npos) << err.message();
+  EXPECT_THROW(run.get(), ProtocolError);
+  EXPECT_EQ(runtime.last_global_size, 0u);  // the runtime never saw the wrong-sized model
   EXPECT_THROW(coord->recv(50ms), TimeoutError);  // no Update came
+}
+
+TEST_F(WorkerTest, RoundStartWithNonFiniteParametersIsRefused) {
+  auto run = start();
+  hello();
+  coord->send(to_frame(make_job()));
+  send_backbone(*coord, kBackbone);
+  from_frame<v1::Ready>(next(*coord));
+  v1::RoundStart rs;
+  rs.set_round(1);
+  std::vector<float> params(kParams, 0.5f);
+  params[3] = std::numeric_limits<float>::infinity();
+  protocols::pack_tensor(params, rs.mutable_params());
+  coord->send(to_frame(rs));
+  auto err = from_frame<v1::ErrorMessage>(next(*coord));
+  EXPECT_EQ(err.code(), static_cast<uint32_t>(protocols::ErrorCode::kBadMessage));
+  EXPECT_NE(err.message().find("non-finite"), std::string::npos) << err.message();
+  EXPECT_THROW(run.get(), ProtocolError);
+  EXPECT_EQ(runtime.last_global_size, 0u);
 }
 
 // Contract: heartbeats from the coordinator are ignored and Shutdown (with resume_expected)
