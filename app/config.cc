@@ -1,5 +1,6 @@
 #include "app/config.h"
 
+#include <cmath>
 #include <filesystem>
 #include <set>
 #include <sstream>
@@ -139,6 +140,7 @@ JobConfig from_table(const toml::table& root) {
   job.get("round_timeout_s", c.round_timeout_s);
   job.get("liveness_timeout_s", c.liveness_timeout_s);
   job.get("min_sites", c.min_sites);
+  job.get("max_samples_per_site", c.max_samples_per_site);
   job.reject_unknown();
 
   Section data(subtable(root, "data"), "data");
@@ -193,6 +195,14 @@ JobConfig from_table(const toml::table& root) {
 
   Section sv(subtable(root, "server"), "server");
   sv.get("strategy", c.server.name);
+  sv.get_choice("weighting", c.equal_weighting,
+                [](const std::string& n) -> std::optional<bool> {
+                  if (n == "samples") return false;
+                  if (n == "equal") return true;
+                  return std::nullopt;
+                },
+                "\"samples\" or \"equal\"");
+  sv.get("max_update_norm", c.max_update_norm);
   sv.get("lr", c.server.server_lr);
   sv.get("beta1", c.server.beta1);
   sv.get("beta2", c.server.beta2);
@@ -293,6 +303,9 @@ void validate(const JobConfig& c) {
   require(c.min_sites >= 1 && c.min_sites <= c.partition.sites,
           "job.min_sites must be between 1 and job.sites (got " + std::to_string(c.min_sites) + ")");
   require(!c.out.empty(), "job.out must not be empty");
+  require(c.max_samples_per_site >= 0, "job.max_samples_per_site must be >= 0 (0 = the largest count declared at join)");
+  require(std::isfinite(c.max_update_norm) && c.max_update_norm >= 0,
+          "server.max_update_norm must be finite and >= 0 (0 = 1e4 * sqrt(parameters))");
   if (c.data.source == DataSource::kFolder) require(!c.data.dir.empty(), "data.dir is required when data.source = \"folder\"");
   require(c.data.target_classes.size() >= 2, "data.target_classes needs at least 2 classes");
   std::set<int64_t> tgt(c.data.target_classes.begin(), c.data.target_classes.end());

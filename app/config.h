@@ -109,6 +109,12 @@ struct JobConfig {
   double round_timeout_s = 600;    // per-round deadline for site updates
   double liveness_timeout_s = 60;  // silence (no update, no heartbeat) that marks a site dead
   int64_t min_sites = 1;           // quorum: fewer reports abandon the round
+  // Robust aggregation against a site that lies (docs/security.md):
+  int64_t max_samples_per_site = 0;  // job.: weight claims clipped here (0: largest at join,
+                                     // at most secure_aggregation.weight_bound)
+  bool equal_weighting = false;      // server.weighting = "equal" (default "samples")
+  double max_update_norm = 0;        // server.: plain updates above this L2 norm are dropped
+                                     // (0: 1e4 * sqrt(parameters))
   DataConfig data;
   common::PartitionSpec partition;         // partition.sites is the number of sites
   BackboneConfig backbone;

@@ -59,6 +59,10 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
   copt.privacy.target_quantile = cfg_.privacy.target_quantile;
   copt.privacy.clip_learning_rate = cfg_.privacy.clip_learning_rate;
   copt.privacy.noise_secret = noise_secret_;
+  copt.max_samples_per_site = static_cast<uint64_t>(cfg_.max_samples_per_site);
+  copt.sample_count_cap = static_cast<uint64_t>(cfg_.secagg.weight_bound);
+  copt.equal_weighting = cfg_.equal_weighting;
+  copt.max_update_norm = cfg_.max_update_norm;
   copt.join_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.join_timeout_s * 1000));
   copt.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.handshake_timeout_s * 1000));
   noise_multiplier_ = copt.job.privacy().noise_multiplier();

@@ -71,6 +71,17 @@ struct CoordinatorOptions {
   // min_sites of them.
   std::chrono::milliseconds join_timeout{std::chrono::minutes(10)};
   PrivacyOptions privacy;
+  // A site cannot buy the model: its weight in a plain round's mean is its claimed sample
+  // count clipped to the bound (max_samples_per_site; 0: the largest count any site declared in
+  // Ready, itself clipped to sample_count_cap), or 1 for every site with equal_weighting.
+  // Clipped claims are logged. (Secure rounds: sites encode count / weight_bound <= 1 and the
+  // unmasked weight sum is range-checked; DP rounds weigh every site equally.)
+  uint64_t max_samples_per_site = 0;
+  uint64_t sample_count_cap = 100000;
+  bool equal_weighting = false;
+  // Plain rounds: an update whose L2 norm exceeds this is dropped like a non-finite one.
+  // 0: 1e4 * sqrt(number of parameters). Under secure aggregation no single update is seen.
+  double max_update_norm = 0;
   // Called after every completed round with the state to checkpoint (job_fingerprint and
   // metrics_lines left for the caller). An exception stops the job.
   std::function<void(const common::Checkpoint&)> checkpoint;
@@ -151,6 +162,8 @@ class Coordinator {
   std::optional<Aggregate> secure_aggregate(uint32_t round, TimePoint deadline);
   void privatize(uint32_t round, Aggregate& agg);
   double current_clip_norm() const;
+  // The largest sample count a site's weight may claim now (see max_samples_per_site).
+  uint64_t sample_bound() const;
 
   CoordinatorOptions opt_;
   std::unique_ptr<protocols::Strategy> strategy_;

@@ -466,5 +466,86 @@ TEST_F(CoordinatorTest, SiteRejoinsThroughTheListenerAfterALostConnection) {
   EXPECT_TRUE(second_log.got_shutdown);
 }
 
+
+// A site with a valid kit that lies: it declares `declared` samples at join and claims
+// `claimed` in every Update, sending `delta` each round.
+std::function<void(Connection&, SiteLog&)> liar(const std::string& name, uint64_t declared, uint64_t claimed,
+                                                float delta) {
+  return [=](Connection& c, SiteLog& log) {
+    site_handshake(c, name, declared);
+    answer_rounds(c, log, [&](const v1::RoundStart& s) {
+      return std::optional<Frame>(update_frame(s.round(), claimed, std::vector<float>(kParams, delta)));
+    });
+  };
+}
+
+
+// Issue "a site buys the model": a claim of 10^12 samples is clipped to the job's bound
+// (max_samples_per_site) and the honest sites' updates keep their weight.
+TEST_F(CoordinatorTest, InflatedSampleCountsAreClippedToTheBound) {
+  FakeSite a("site-0"), b("site-1"), evil("site-2");
+  a.start(honest("site-0", 100, 1.0f));
+  b.start(honest("site-1", 100, 1.0f));
+  evil.start(liar("site-2", 1'000'000'000'000ULL, 1'000'000'000'000ULL, -100.0f));
+  auto opt = base_options(1, {"site-0", "site-1", "site-2"}, 2);
+  opt.max_samples_per_site = 100;
+  Coordinator coord(opt, fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.add_site(std::move(a.coord_end));
+  coord.add_site(std::move(b.coord_end));
+  coord.add_site(std::move(evil.coord_end));
+  auto res = coord.run([](const RoundRecord&) {});
+  a.thread.join();
+  b.thread.join();
+  evil.thread.join();
+  ASSERT_EQ(res.rounds.size(), 1u);
+  EXPECT_TRUE(res.rounds[0].applied);
+  expect_params(res.params, (100 * 1.0f + 100 * 1.0f + 100 * -100.0f) / 300);  // one third each
+  EXPECT_EQ(site(res, "site-2").num_samples, 100u);  // the claim at join was clipped too
+}
+
+// With the default bound (the largest count declared at join, at most the job's cap) and
+// equal weighting, a lie in the Update alone gains nothing.
+TEST_F(CoordinatorTest, UpdateClaimsAboveTheDeclaredCountsAndEqualWeighting) {
+  for (bool equal : {false, true}) {
+    SCOPED_TRACE(equal ? "equal" : "samples");
+    FakeSite a("site-0"), evil("site-1");
+    a.start(honest("site-0", 300, 1.0f));
+    evil.start(liar("site-1", 100, 1'000'000'000'000ULL, 4.0f));
+    auto opt = base_options(1, {"site-0", "site-1"}, 2);
+    opt.equal_weighting = equal;
+    Coordinator coord(opt, fedavg(), eval, std::vector<float>(kParams, 0.f));
+    coord.add_site(std::move(a.coord_end));
+    coord.add_site(std::move(evil.coord_end));
+    auto res = coord.run([](const RoundRecord&) {});
+    a.thread.join();
+    evil.thread.join();
+    // samples: the liar's claim is clipped to 300 (the largest declared), so 1:1; equal: 1:1.
+    expect_params(res.params, (1.0f + 4.0f) / 2);
+  }
+}
+
+// Issue "absurd updates": a finite update of norm far beyond server.max_update_norm is dropped
+// like a non-finite one; the honest sites' mean is applied.
+TEST_F(CoordinatorTest, AbsurdlyLargeUpdateIsDropped) {
+  FakeSite a("site-0"), b("site-1"), evil("site-2");
+  a.start(honest("site-0", 10, 1.0f));
+  b.start(honest("site-1", 10, 3.0f));
+  evil.start(liar("site-2", 10, 10, 1e30f));
+  Coordinator coord(base_options(1, {"site-0", "site-1", "site-2"}, 2), fedavg(), eval,
+                    std::vector<float>(kParams, 0.f));
+  coord.add_site(std::move(a.coord_end));
+  coord.add_site(std::move(b.coord_end));
+  coord.add_site(std::move(evil.coord_end));
+  auto res = coord.run([](const RoundRecord&) {});
+  a.thread.join();
+  b.thread.join();
+  evil.thread.join();
+  expect_params(res.params, 2.0f);
+  EXPECT_FALSE(site(res, "site-2").active);
+  EXPECT_NE(site(res, "site-2").dropped_reason.find("max_update_norm"), std::string::npos)
+      << site(res, "site-2").dropped_reason;
+  EXPECT_TRUE(evil.log.connection_closed);
+}
+
 }  // namespace
 }  // namespace fedtl::coordinator
