@@ -53,10 +53,11 @@ function(fedtl_fuzz_libraries)
   target_compile_options(fedtl_fuzz_proto PRIVATE ${FEDTL_FUZZ_FLAGS})
 
   # common/ without the TLS and MPI backends (Asio, MPI; nothing here fuzzes sockets) and
-  # without common/model (LibTorch) and common/mpi; protocols/; the job file parser (app/config).
+  # without common/model (LibTorch) and common/mpi; protocols/.
   file(GLOB_RECURSE common_srcs CONFIGURE_DEPENDS ${FEDTL_FUZZ_ROOT}/common/*.cc)
   list(FILTER common_srcs EXCLUDE REGEX "/common/(model|mpi)/|/common/transport/(tls|mpi)\\.cc$")
-  list(APPEND common_srcs ${FEDTL_FUZZ_ROOT}/app/config.cc)
+  # The job file parser and the model layer's torch-free vocabulary (names of its enums).
+  list(APPEND common_srcs ${FEDTL_FUZZ_ROOT}/app/config.cc ${FEDTL_FUZZ_ROOT}/common/model/model_spec.cc)
   file(GLOB_RECURSE protocols_srcs CONFIGURE_DEPENDS ${FEDTL_FUZZ_ROOT}/protocols/*.cc)
   add_library(fedtl_fuzz_core STATIC ${common_srcs} ${protocols_srcs}
     ${FEDTL_FUZZ_ROOT}/tests/fuzz/stb_image_impl.c)

@@ -14,7 +14,7 @@
 #include "common/transport/framing.h"
 
 using namespace fedtl;
-using namespace fedtl::protocols;
+using namespace fedtl::common;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::Input in(data, size);

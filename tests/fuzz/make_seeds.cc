@@ -53,7 +53,7 @@ std::vector<Frame> all_frames() {
   std::vector<Frame> out;
   v1::Hello hello;
   hello.set_site_name("hospital-a");
-  hello.set_protocol_version(kProtocolVersion);
+  hello.set_protocol_version(common::kProtocolVersion);
   hello.add_backbone_sha256(std::string(64, 'a'));
   out.push_back(to_frame(hello));
 
