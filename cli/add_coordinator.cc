@@ -13,10 +13,7 @@ Command add_coordinator(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   auto* co = app.add_subcommand("coordinator", "serve a job over mutual TLS to the sites listed in its [federation]");
-  co->add_option("--config,-c", a->config, "job file (TOML) with a [federation] section")->required();
-  co->add_option("--rounds", a->ov.rounds, "federated rounds (overrides job.rounds)");
-  co->add_option("--seed", a->ov.seed, "seed (overrides job.seed)");
-  co->add_option("--out", a->ov.out, "output directory (overrides job.out)");
+  add_job_options(co, a->config, a->ov, "job file (TOML) with a [federation] section");
   co->add_flag("--resume", a->ov.resume, "continue from the last good checkpoint in --out; sites reconnect by themselves");
   return {co, [a](common::StopSignal& stop) {
             auto cfg = app::apply_overrides(app::load_job_config(a->config), a->ov);

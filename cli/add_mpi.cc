@@ -14,10 +14,7 @@ Command add_mpi(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   auto* mp = app.add_subcommand("mpi", "run a job under mpirun: rank 0 coordinates, the other ranks are the sites");
-  mp->add_option("--config,-c", a->config, "job file (TOML)")->required();
-  mp->add_option("--rounds", a->ov.rounds, "federated rounds (overrides job.rounds)");
-  mp->add_option("--seed", a->ov.seed, "seed (overrides job.seed)");
-  mp->add_option("--out", a->ov.out, "output directory (overrides job.out)");
+  add_job_options(mp, a->config, a->ov, "job file (TOML)");
   mp->add_option("--ranks-per-site", a->opt.ranks_per_site,
                  "MPI ranks per site (default: $FEDTL_RANKS_PER_SITE or 1); run mpirun -np 1 + sites x this");
   mp->add_option("--mpi-timeout", a->opt.timeout_s,

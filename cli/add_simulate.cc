@@ -6,6 +6,13 @@
 
 namespace fedtl::cli {
 
+void add_job_options(CLI::App* sub, std::string& config, app::SimulateOverrides& ov, const char* config_help) {
+  sub->add_option("--config,-c", config, config_help)->required();
+  sub->add_option("--rounds", ov.rounds, "federated rounds (overrides job.rounds)");
+  sub->add_option("--seed", ov.seed, "seed (overrides job.seed)");
+  sub->add_option("--out", ov.out, "output directory (overrides job.out)");
+}
+
 Command add_simulate(CLI::App& app) {
   struct Args {
     std::string config;
@@ -13,11 +20,8 @@ Command add_simulate(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   auto* sim = app.add_subcommand("simulate", "run a job with N simulated sites in this process (in-process transport)");
-  sim->add_option("--config,-c", a->config, "job file (TOML), e.g. examples/hospitals/job.toml")->required();
+  add_job_options(sim, a->config, a->ov, "job file (TOML), e.g. examples/hospitals/job.toml");
   sim->add_option("--sites", a->ov.sites, "number of sites (overrides job.sites)");
-  sim->add_option("--rounds", a->ov.rounds, "federated rounds (overrides job.rounds)");
-  sim->add_option("--seed", a->ov.seed, "seed (overrides job.seed)");
-  sim->add_option("--out", a->ov.out, "output directory (overrides job.out)");
   sim->add_flag("--baselines", a->ov.baselines, "also run local-only, centralised and from-scratch baselines");
   sim->add_flag("--resume", a->ov.resume, "continue from the last good checkpoint in --out");
   return {sim, [a](common::StopSignal& stop) {

@@ -5,6 +5,7 @@
 
 #include <functional>
 
+#include "app/run.h"
 #include "common/stop_signal.h"
 
 namespace fedtl::cli {
@@ -16,6 +17,10 @@ struct Command {
   CLI::App* sub = nullptr;
   std::function<int(common::StopSignal& stop)> run;
 };
+
+// The options every job-running subcommand takes: --config (required; `config_help` says which
+// file), --rounds, --seed and --out, the last three as overrides of the job file.
+void add_job_options(CLI::App* sub, std::string& config, app::SimulateOverrides& ov, const char* config_help);
 
 Command add_simulate(CLI::App& app);     // fedtl simulate
 Command add_pretrain(CLI::App& app);     // fedtl pretrain
