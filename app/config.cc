@@ -105,14 +105,16 @@ std::optional<SiteDataSource> parse_site_data_source(const std::string& n) {
   return std::nullopt;
 }
 
-// "none" is a valid choice (privacy off), hence the nested optional.
+// "none" is a valid choice (privacy off), hence the nested optional; the DP library owns the
+// names of its modes (get_choice reports an unknown one naming the key).
 std::optional<std::optional<protocols::dp::NoiseMode>> parse_privacy_mode(const std::string& n) {
   using protocols::dp::NoiseMode;
   if (n == "none") return std::optional<NoiseMode>{};
-  if (n == "central") return NoiseMode::kCentral;
-  if (n == "distributed") return NoiseMode::kDistributed;
-  if (n == "local") return NoiseMode::kLocal;
-  return std::nullopt;
+  try {
+    return std::optional<NoiseMode>(protocols::dp::parse_noise_mode(n));
+  } catch (const ConfigError&) {
+    return std::nullopt;
+  }
 }
 
 const toml::table* subtable(const toml::table& root, const char* name) {

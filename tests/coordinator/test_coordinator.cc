@@ -22,6 +22,7 @@
 #include "common/sha256.h"
 #include "common/transport/inproc.h"
 #include "protocols/messages.h"
+#include "tests/unit_job.h"
 
 namespace fedtl::coordinator {
 namespace {
@@ -36,26 +37,7 @@ using protocols::to_frame;
 constexpr size_t kParams = 10;
 const std::string kBackbone = "fake backbone bytes: 0123456789abcdef";
 
-v1::JobSpec make_job(uint32_t rounds) {
-  v1::JobSpec job;
-  job.set_job_name("unit");
-  job.set_seed(7);
-  job.set_rounds(rounds);
-  job.set_backbone_sha256(common::sha256_hex(kBackbone));
-  job.set_backbone_bytes(kBackbone.size());
-  job.mutable_training()->set_optimizer(v1::OPTIMIZER_SGD);  // sites refuse unspecified enums
-  job.mutable_model()->set_head(v1::HEAD_LINEAR);
-  job.mutable_model()->set_freeze(v1::FREEZE_ALL);
-  job.mutable_model()->set_num_classes(2);
-  job.mutable_training()->set_epochs(1);  // and refuse work they cannot do
-  job.mutable_training()->set_batch_size(8);
-  job.mutable_training()->set_lr(0.1);
-  auto* e = job.mutable_layout()->add_entries();
-  e->set_name("head.weight");
-  e->add_shape(static_cast<int64_t>(kParams));
-  job.set_secure_aggregation(false);
-  return job;
-}
+v1::JobSpec make_job(uint32_t rounds) { return test_support::unit_job(kBackbone, kParams, rounds); }
 
 // "Accuracy" = mean of the params, loss = 1 - that: a pure function of the parameters.
 class FormulaEvaluator : public Evaluator {

@@ -16,6 +16,7 @@
 #include "common/sha256.h"
 #include "common/transport/inproc.h"
 #include "protocols/messages.h"
+#include "tests/unit_job.h"
 
 namespace fedtl::worker {
 namespace {
@@ -53,23 +54,8 @@ class FakeRuntime : public SiteRuntime {
   size_t last_global_size = 0;
 };
 
-v1::JobSpec make_job(const std::string& backbone_digest = common::sha256_hex(kBackbone)) {
-  v1::JobSpec job;
-  job.set_job_name("unit");
-  job.set_rounds(2);
-  job.set_backbone_sha256(backbone_digest);
-  job.set_backbone_bytes(kBackbone.size());
-  job.mutable_training()->set_optimizer(v1::OPTIMIZER_SGD);  // sites refuse unspecified enums
-  job.mutable_model()->set_head(v1::HEAD_LINEAR);
-  job.mutable_model()->set_freeze(v1::FREEZE_ALL);
-  job.mutable_model()->set_num_classes(2);
-  job.mutable_training()->set_epochs(1);  // and refuse work they cannot do
-  job.mutable_training()->set_batch_size(8);
-  job.mutable_training()->set_lr(0.1);
-  auto* e = job.mutable_layout()->add_entries();
-  e->set_name("head.weight");
-  e->add_shape(static_cast<int64_t>(kParams));
-  return job;
+v1::JobSpec make_job(const std::string& backbone_digest = "") {
+  return test_support::unit_job(kBackbone, kParams, 2, backbone_digest);
 }
 
 Frame round_start(uint32_t round, size_t n) {
