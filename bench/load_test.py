@@ -123,8 +123,11 @@ def client_hello_prefix():
     return b"\x16\x03\x01\x02\x00" + b"\x01\x00\x01\xfc\x03\x03" + os.urandom(32)
 
 
+PROTOCOL_VERSION = 2  # common/transport/framing.h kProtocolVersion
+
+
 def frame_header(msg_type, length, magic=b"FDTL"):
-    return magic + struct.pack("<HHII", 1, msg_type, length, 0)
+    return magic + struct.pack("<HHII", PROTOCOL_VERSION, msg_type, length, 0)
 
 
 def reset(sock):

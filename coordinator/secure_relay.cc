@@ -81,8 +81,19 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
     send_each([&](Site&) { return abort; });
     return std::nullopt;
   };
+  sa::ServerSession server(protocols::secagg_round_config(opt_.job, round, m));
+  // Sites the session proved to cheat (a forged share revealed, ciphertexts rejected by
+  // several recipients, inconsistent shares dealt) leave the federation, whatever became of
+  // the round; the honest sites go on.
+  auto drop_cheaters = [&] {
+    for (uint32_t idx : server.cheaters()) {
+      for (auto& s : sites_) {
+        if (s->info.index == idx && s->info.active)
+          drop(*s, "round " + std::to_string(round) + ": identified as a cheater by secure aggregation");
+      }
+    }
+  };
   try {
-    sa::ServerSession server(protocols::secagg_round_config(opt_.job, round, m));
     auto own = [](Site& s, uint32_t site) {
       if (site != s.info.index)
         throw ProtocolError("message names site " + std::to_string(site) + " but comes from site " +
@@ -120,12 +131,15 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
       throw ProtocolError("the unmasked weight sum " + std::to_string(decoded.total_weight) + " exceeds the " +
                           std::to_string(server.survivors().size()) + " survivors' bound (a forged weight)");
     spdlog::debug("round {}: secure sum of {} sites unmasked", round, server.survivors().size());
+    drop_cheaters();
     return Aggregate{decoded.mean, server.survivors().size(), std::nan(""), 0};
   } catch (const sa::RoundAborted& e) {
+    drop_cheaters();
     return abandon(round, e.what());
   } catch (const ProtocolError& e) {
-    // Forged or inconsistent shares, a weight out of range: THIS round cannot be trusted; the
-    // job goes on with the next one (the model is unchanged).
+    // Inconsistent shares, a weight out of range: THIS round cannot be trusted; the job goes
+    // on with the next one (the model is unchanged).
+    drop_cheaters();
     return abandon(round, std::string("unmasking failed: ") + e.what());
   }
 }

@@ -18,7 +18,7 @@
 
 namespace fedtl::common {
 
-inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr uint16_t kProtocolVersion = 2;
 inline constexpr size_t kFrameHeaderSize = 16;
 inline constexpr uint32_t kDefaultMaxFrameBytes = 256u << 20;  // 256 MiB
 

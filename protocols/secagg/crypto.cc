@@ -102,6 +102,36 @@ Secret32 x25519_agree(const Secret32& private_key, const Bytes32& peer_public) {
   return X25519Private(private_key).agree(peer_public);
 }
 
+bool x25519_key_usable(const Bytes32& pk) {
+  // Canonical encoding: u < p = 2^255 - 19 (so the top bit is clear, and the 19 values in
+  // [p, 2^255) that alias small ones are refused: two encodings of one point).
+  if (pk[31] & 0x80) return false;
+  bool at_least_p = pk[31] == 0x7f && pk[0] >= 0xed;
+  for (size_t i = 1; i < 31 && at_least_p; ++i) at_least_p = pk[i] == 0xff;
+  if (at_least_p) return false;
+  // Small order: a clamped scalar is a multiple of the cofactor 8, so any point of order
+  // dividing 8 gives the all-zero shared secret, which OpenSSL's derivation refuses.
+  static const X25519Private probe([] {
+    Bytes32 k{};
+    for (size_t i = 0; i < k.size(); ++i) k[i] = static_cast<uint8_t>(0x5a ^ (i * 37));
+    return Secret32(k);
+  }());
+  try {
+    (void)probe.agree(pk);
+    return true;
+  } catch (const ProtocolError&) {
+    return false;
+  }
+}
+
+Bytes32 sha256_raw(const std::string& data) {
+  Bytes32 out{};
+  unsigned int len = 0;
+  if (EVP_Digest(data.data(), data.size(), out.data(), &len, EVP_sha256(), nullptr) != 1 || len != out.size())
+    openssl_fail("SHA-256");
+  return out;
+}
+
 void hkdf_sha256(const uint8_t* ikm, size_t ikm_len, const std::string& salt, const std::string& info,
                  uint8_t* out, size_t out_len) {
   PkeyCtxPtr ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, nullptr));

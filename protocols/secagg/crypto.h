@@ -63,6 +63,14 @@ Bytes32 x25519_public_key(const Secret32& private_key);
 // peer key is a low-order point (all-zero shared secret) or otherwise unusable.
 Secret32 x25519_agree(const Secret32& private_key, const Bytes32& peer_public);
 
+// True for a public key an honest party can have produced: canonical (u < 2^255 - 19, top bit
+// clear) and not of small order (its agreement with any clamped scalar is all-zero). Keys that
+// fail this are refused at step 1 (see ServerSession::add_keys).
+bool x25519_key_usable(const Bytes32& public_key);
+
+// SHA-256 of `data` (raw 32 bytes).
+Bytes32 sha256_raw(const std::string& data);
+
 // An X25519 private key imported once for many agreements (importing a raw key costs a scalar
 // multiplication, as much as the agreement itself). Not copyable; agree() is const and
 // thread-compatible.

@@ -12,6 +12,11 @@ constexpr const char* kDomain = "fedtl-secagg-v1";
 constexpr uint8_t kKindShares = 1;  // AAD message kind of a share ciphertext
 constexpr size_t kShareElems = share_elements(kKeyBytes);
 constexpr size_t kShareBytes = kShareElems * 8;
+constexpr size_t kOpeningBytes = 32;
+// Share plaintext: mask-key share, self-seed share, one opening for each.
+constexpr size_t kSharePlaintextBytes = 2 * kShareBytes + 2 * kOpeningBytes;
+// A sender whose ciphertexts this many distinct recipients reject is taken for a cheater.
+constexpr size_t kBlameLimit = 2;
 
 [[noreturn]] void refuse(const std::string& why) {
   spdlog::warn("secure aggregation refused: {}", why);
@@ -61,6 +66,34 @@ Bytes32 key_bytes(const std::string& s, uint32_t site, const char* which) {
 }
 
 std::string bytes_str(const Bytes32& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
+
+// Commitment to one share: SHA-256 over domain, round seed, round, owner, holder, kind, the
+// encoded share and its 32-byte random opening (hiding: the opening never leaves the
+// ciphertext until the share itself is revealed; binding: SHA-256 collision resistance).
+std::string commitment(const RoundConfig& c, uint32_t owner, uint32_t holder, v1::SecAggShareKind kind,
+                       const std::string& share, const std::string& opening) {
+  std::string in = std::string(kDomain) + " share commitment";
+  in += salt_of(c);
+  put_u32(in, c.round);
+  put_u32(in, owner);
+  put_u32(in, holder);
+  in.push_back(static_cast<char>(kind));
+  in += share;
+  in += opening;
+  return bytes_str(sha256_raw(in));
+}
+
+std::string random_opening() {
+  std::string o(kOpeningBytes, '\0');
+  random_bytes(o.data(), o.size());
+  return o;
+}
+
+std::string site_list(const std::set<uint32_t>& s) {
+  std::string out;
+  for (uint32_t v : s) out += (out.empty() ? "" : ", ") + std::to_string(v);
+  return out;
+}
 
 void check_round_common(const RoundConfig& cfg, uint32_t round, const char* what) {
   if (round == cfg.round) return;
@@ -134,6 +167,8 @@ v1::SecAggShares ClientSession::share_keys(const v1::SecAggKeyList& list) {
     if (k.site() >= cfg_.num_sites) refuse("key list names unknown site " + std::to_string(k.site()));
     if (k.round() != cfg_.round) check_round(k.round(), "SecAggKeys in the key list");
     PeerKeys pk{key_bytes(k.cipher_pk(), k.site(), "cipher key"), key_bytes(k.mask_pk(), k.site(), "mask key")};
+    if (!x25519_key_usable(pk.cipher_pk) || !x25519_key_usable(pk.mask_pk))
+      refuse("key list carries a malformed or low-order X25519 key for site " + std::to_string(k.site()));
     if (!keys_.emplace(k.site(), pk).second) refuse("key list names site " + std::to_string(k.site()) + " twice");
     if (!distinct.insert(k.cipher_pk()).second || !distinct.insert(k.mask_pk()).second) {
       refuse("key list repeats a public key (site " + std::to_string(k.site()) + ")");
@@ -170,11 +205,17 @@ v1::SecAggShares ClientSession::share_keys(const v1::SecAggKeyList& list) {
   out.set_site(site_);
   for (size_t i = 0; i < holders.size(); ++i) {
     const uint32_t v = holders[i];
+    Held h{sk_shares[i], b_shares[i], random_opening(), random_opening()};
+    const std::string mk = encode_share(h.mask_key), sb = encode_share(h.self_seed);
+    const std::string mk_c = commitment(cfg_, site_, v, v1::SECAGG_SHARE_MASK_KEY, mk, h.mask_key_opening);
+    const std::string sb_c = commitment(cfg_, site_, v, v1::SECAGG_SHARE_SELF_MASK_SEED, sb, h.self_seed_opening);
     if (v == site_) {
-      held_[site_] = Held{sk_shares[i], b_shares[i]};
+      out.set_own_mask_key_commitment(mk_c);
+      out.set_own_self_seed_commitment(sb_c);
+      held_[site_] = std::move(h);
       continue;
     }
-    std::string pt = encode_share(sk_shares[i]) + encode_share(b_shares[i]);
+    std::string pt = mk + sb + h.mask_key_opening + h.self_seed_opening;
     const Secret32 key = share_key(cfg_, cipher_sk, keys_[v].cipher_pk, site_, v);
     Sealed s = aead_seal(key, share_aad(cfg_, site_, v), pt);
     std::fill(pt.begin(), pt.end(), '\0');
@@ -183,6 +224,8 @@ v1::SecAggShares ClientSession::share_keys(const v1::SecAggKeyList& list) {
     e->set_to(v);
     e->set_nonce(std::move(s.nonce));
     e->set_ciphertext(std::move(s.ciphertext));
+    e->set_mask_key_commitment(mk_c);
+    e->set_self_seed_commitment(sb_c);
   }
   phase_ = Phase::kShared;
   return out;
@@ -202,19 +245,46 @@ v1::SecAggMasked ClientSession::mask_input(const v1::SecAggShareList& list, cons
     if (from == site_ || !graph_.adjacent(site_, from) || !keys_.count(from)) {
       refuse("share from site " + std::to_string(from) + ", which is not a neighbour that advertised keys");
     }
-    if (held_.count(from)) refuse("two shares from site " + std::to_string(from));
+    if (!partners_.insert(from).second) refuse("two shares from site " + std::to_string(from));
+    // From here on `from` completed step 2, so this site masks with it whatever its share
+    // holds (the pairwise mask needs only the public keys). A share that cannot be used makes
+    // `from` a dropped holder for this site, never this site a dropout: it is reported in
+    // SecAggMasked.rejected and the coordinator blames the sender.
+    auto reject = [&](const std::string& why) {
+      spdlog::warn("secure aggregation: site {} rejects the shares of site {} in round {}: {}", site_, from, cfg_.round,
+                   why);
+      rejected_.insert(from);
+    };
     const Secret32 key = share_key(cfg_, cipher_sk, keys_[from].cipher_pk, site_, from);
     auto pt = aead_open(key, share_aad(cfg_, from, site_), e.nonce(), e.ciphertext());
     if (!pt) {
-      refuse("share from site " + std::to_string(from) + " to site " + std::to_string(site_) +
-             " failed authentication (AES-GCM tag): tampered, replayed or misaddressed");
+      reject("the ciphertext failed authentication (AES-GCM tag): tampered, replayed or misaddressed");
+      continue;
     }
-    if (pt->size() != 2 * kShareBytes) refuse("share from site " + std::to_string(from) + " has the wrong size");
-    Held h{decode_share(pt->substr(0, kShareBytes), site_ + 1, kShareElems),
-           decode_share(pt->substr(kShareBytes), site_ + 1, kShareElems)};
+    if (pt->size() != kSharePlaintextBytes) {
+      std::fill(pt->begin(), pt->end(), '\0');
+      reject("the share has the wrong size");
+      continue;
+    }
+    const std::string mk = pt->substr(0, kShareBytes), sb = pt->substr(kShareBytes, kShareBytes);
+    Held h;
+    h.mask_key_opening = pt->substr(2 * kShareBytes, kOpeningBytes);
+    h.self_seed_opening = pt->substr(2 * kShareBytes + kOpeningBytes, kOpeningBytes);
     std::fill(pt->begin(), pt->end(), '\0');
+    if (commitment(cfg_, from, site_, v1::SECAGG_SHARE_MASK_KEY, mk, h.mask_key_opening) != e.mask_key_commitment() ||
+        commitment(cfg_, from, site_, v1::SECAGG_SHARE_SELF_MASK_SEED, sb, h.self_seed_opening) !=
+            e.self_seed_commitment()) {
+      reject("the share does not match the sender's commitment");
+      continue;
+    }
+    try {
+      h.mask_key = decode_share(mk, site_ + 1, kShareElems);
+      h.self_seed = decode_share(sb, site_ + 1, kShareElems);
+    } catch (const ProtocolError& err) {
+      reject(err.what());
+      continue;
+    }
     held_[from] = std::move(h);
-    partners_.insert(from);
   }
   // Holders of this site's secrets who completed step 2 (and so got its shares): partners + self.
   if (partners_.size() + 1 < hood_threshold_) {
@@ -234,6 +304,7 @@ v1::SecAggMasked ClientSession::mask_input(const v1::SecAggShareList& list, cons
   out.set_round(cfg_.round);
   out.set_site(site_);
   out.set_count(m);
+  for (uint32_t r : rejected_) out.add_rejected(r);
   std::string* bytes = out.mutable_u32_le();
   bytes->resize(m * 4);
   std::memcpy(bytes->data(), x, m * 4);
@@ -282,11 +353,13 @@ v1::SecAggUnmaskShares ClientSession::unmask(const v1::SecAggUnmaskRequest& req)
       r->set_owner(owner);
       r->set_kind(v1::SECAGG_SHARE_SELF_MASK_SEED);
       r->set_share(encode_share(h.self_seed));
+      r->set_opening(h.self_seed_opening);
     } else if (dropped.count(owner) && owner != site_) {
       auto* r = out.add_shares();
       r->set_owner(owner);
       r->set_kind(v1::SECAGG_SHARE_MASK_KEY);
       r->set_share(encode_share(h.mask_key));
+      r->set_opening(h.mask_key_opening);
     }
   }
   held_.clear();
@@ -323,8 +396,20 @@ void ServerSession::add_keys(const v1::SecAggKeys& m) {
   check_phase(Phase::kKeys, "SecAggKeys");
   if (m.site() >= cfg_.num_sites) refuse("SecAggKeys from unknown site " + std::to_string(m.site()));
   if (keys_.count(m.site())) refuse("a second SecAggKeys from site " + std::to_string(m.site()));
-  key_bytes(m.cipher_pk(), m.site(), "cipher key");
-  key_bytes(m.mask_pk(), m.site(), "mask key");
+  const Bytes32 c = key_bytes(m.cipher_pk(), m.site(), "cipher key");
+  const Bytes32 k = key_bytes(m.mask_pk(), m.site(), "mask key");
+  // Malformed keys get THAT site refused here (the coordinator drops it); the honest sites
+  // never see them. A copy of another site's key is refused for the later sender: keys are
+  // fresh each round and relayed only after this step closes, so an honest site cannot be the
+  // copier.
+  if (!x25519_key_usable(c) || !x25519_key_usable(k))
+    refuse("site " + std::to_string(m.site()) + " advertised a malformed or low-order X25519 key");
+  if (c == k) refuse("site " + std::to_string(m.site()) + " advertised the same key for both purposes");
+  for (const auto& [other, o] : keys_) {
+    if (o.cipher_pk() == m.cipher_pk() || o.cipher_pk() == m.mask_pk() || o.mask_pk() == m.cipher_pk() ||
+        o.mask_pk() == m.mask_pk())
+      refuse("site " + std::to_string(m.site()) + " advertised a key of site " + std::to_string(other));
+  }
   keys_[m.site()] = m;
 }
 
@@ -354,14 +439,19 @@ void ServerSession::add_shares(const v1::SecAggShares& m) {
              ", not a neighbour that advertised keys");
     }
     if (!to.insert(e.to()).second) refuse("site " + std::to_string(u) + " sent two shares to " + std::to_string(e.to()));
-    if (e.nonce().size() != kNonceBytes || e.ciphertext().size() != 2 * kShareBytes + kTagBytes) {
+    if (e.nonce().size() != kNonceBytes || e.ciphertext().size() != kSharePlaintextBytes + kTagBytes ||
+        e.mask_key_commitment().size() != kKeyBytes || e.self_seed_commitment().size() != kKeyBytes) {
       refuse("site " + std::to_string(u) + " sent a malformed share ciphertext");
     }
   }
+  if (m.own_mask_key_commitment().size() != kKeyBytes || m.own_self_seed_commitment().size() != kKeyBytes)
+    refuse("site " + std::to_string(u) + " sent no commitments to its own shares");
   // Every neighbour in U1 must get a share, or that neighbour could not help unmask u.
   for (uint32_t v : graph_.neighbours(u)) {
     if (keys_.count(v) && !to.count(v)) refuse("site " + std::to_string(u) + " sent no share to neighbour " + std::to_string(v));
   }
+  for (const auto& e : m.shares()) commitments_[{u, e.to()}] = {e.mask_key_commitment(), e.self_seed_commitment()};
+  commitments_[{u, u}] = {m.own_mask_key_commitment(), m.own_self_seed_commitment()};
   shares_[u] = m;
 }
 
@@ -400,6 +490,19 @@ void ServerSession::add_masked(const v1::SecAggMasked& m) {
            " bytes for count " + std::to_string(m.count()) + ", expected " + std::to_string(cfg_.vector_length) +
            " uint32");
   }
+  std::set<uint32_t> rejected;
+  for (uint32_t r : m.rejected()) {
+    if (r == u || r >= cfg_.num_sites || !graph_.adjacent(u, r) || !inbox_.count(r))
+      refuse("site " + std::to_string(u) + " rejects the shares of site " + std::to_string(r) + ", which sent it none");
+    if (!rejected.insert(r).second) refuse("site " + std::to_string(u) + " rejects site " + std::to_string(r) + " twice");
+  }
+  for (uint32_t r : rejected) {
+    spdlog::warn("secure aggregation round {}: site {} rejected the shares site {} sent it (failed authentication or "
+                 "commitment); site {} counts as a dropped holder of them",
+                 cfg_.round, u, r, u);
+    rejected_.insert({r, u});
+    blamed_[r].insert(u);
+  }
   const auto* y = reinterpret_cast<const uint8_t*>(m.u32_le().data());
   uint32_t* __restrict s = sum_.data();
   const size_t n = cfg_.vector_length;
@@ -422,10 +525,24 @@ v1::SecAggUnmaskRequest ServerSession::close_masked() {
   }
   for (const auto& [u, box] : inbox_)
     if (!masked_.count(u)) dropped_.insert(u);
+  // A sender rejected by several recipients is a cheater. A dropout among them simply stays
+  // dropped (its mask key is rebuilt from the holders that accepted its shares); a survivor's
+  // masked input is already in the sum and cannot be taken out without unmasking it, so the
+  // round is abandoned and the coordinator drops the cheater (cheaters()).
+  for (const auto& [r, by] : blamed_) {
+    if (by.size() < kBlameLimit) continue;
+    cheaters_.insert(r);
+    if (masked_.count(r))
+      abort_round("site " + std::to_string(r) + " sent share ciphertexts that sites " + site_list(by) +
+                  " rejected; its masked input cannot be taken out of the sum");
+    spdlog::warn("secure aggregation round {}: site {} sent share ciphertexts that sites {} rejected (it is a dropout "
+                 "of this round)",
+                 cfg_.round, r, site_list(by));
+  }
   // Every secret to reconstruct needs enough holders among the survivors.
   auto holders_alive = [&](uint32_t v) {
     size_t k = masked_.count(v);  // v holds a share of its own secrets
-    for (uint32_t w : graph_.neighbours(v)) k += masked_.count(w) && inbox_.count(w);
+    for (uint32_t w : graph_.neighbours(v)) k += masked_.count(w) && inbox_.count(w) && !rejected_.count({v, w});
     return k;
   };
   for (uint32_t v : masked_) {
@@ -458,8 +575,20 @@ void ServerSession::add_unmask_shares(const v1::SecAggUnmaskShares& m) {
   std::vector<std::pair<uint32_t, Share>> b, sk;
   for (const auto& r : m.shares()) {
     const uint32_t v = r.owner();
-    const bool holds = v == u || (graph_.adjacent(u, v) && inbox_.count(v));
+    const bool holds = v == u || (graph_.adjacent(u, v) && inbox_.count(v) && !rejected_.count({v, u}));
     if (!holds) refuse("site " + std::to_string(u) + " revealed a share of site " + std::to_string(v) + " it cannot hold");
+    // The revealed share must open the commitment its owner made in step 2; if it does not,
+    // the revealer forged it (an honest holder checked the same commitment on receipt).
+    const auto c = commitments_.find({v, u});
+    const bool kind_ok = r.kind() == v1::SECAGG_SHARE_SELF_MASK_SEED || r.kind() == v1::SECAGG_SHARE_MASK_KEY;
+    if (c == commitments_.end() || !kind_ok || r.opening().size() != kOpeningBytes ||
+        commitment(cfg_, v, u, r.kind(), r.share(), r.opening()) !=
+            (r.kind() == v1::SECAGG_SHARE_MASK_KEY ? c->second.first : c->second.second)) {
+      cheaters_.insert(u);
+      refuse("site " + std::to_string(u) + " revealed a share of site " + std::to_string(v) +
+             " that does not open site " + std::to_string(v) + "'s commitment: a forged share (site " +
+             std::to_string(u) + " is the cheater)");
+    }
     if (!seen.insert({v, static_cast<int>(r.kind())}).second) {
       refuse("site " + std::to_string(u) + " revealed two shares of site " + std::to_string(v));
     }
@@ -488,7 +617,19 @@ std::vector<uint32_t> ServerSession::finish() {
       abort_round("only " + std::to_string(shares.size()) + " shares of site " + std::to_string(v) + "'s self-mask seed, " +
                   std::to_string(hood_threshold_) + " needed");
     }
-    const std::string b = shamir_combine(shares, hood_threshold_, kKeyBytes);
+    // Every share opened its owner's commitment, so shares off one polynomial mean the owner
+    // dealt them inconsistently (detectable when more than the threshold answered).
+    if (!shamir_consistent(shares, hood_threshold_)) {
+      cheaters_.insert(v);
+      abort_round("site " + std::to_string(v) + " dealt inconsistent shares of its self-mask seed");
+    }
+    std::string b;
+    try {
+      b = shamir_combine(shares, hood_threshold_, kKeyBytes);
+    } catch (const ProtocolError& e) {
+      cheaters_.insert(v);
+      abort_round("self-mask seed of site " + std::to_string(v) + ": " + e.what());
+    }
     Bytes32 bb{};
     std::memcpy(bb.data(), b.data(), kKeyBytes);
     seeds.push_back({Secret32(bb), -1});
@@ -505,8 +646,10 @@ std::vector<uint32_t> ServerSession::finish() {
     }
     std::string raw;
     try {
+      if (!shamir_consistent(shares, hood_threshold_)) throw ProtocolError("its shares are inconsistent");
       raw = shamir_combine(shares, hood_threshold_, kKeyBytes);
     } catch (const ProtocolError& e) {
+      cheaters_.insert(v);
       abort_round(std::string("mask key of dropped site ") + std::to_string(v) + ": " + e.what());
     }
     Bytes32 skb{};
@@ -516,6 +659,7 @@ std::vector<uint32_t> ServerSession::finish() {
     const X25519Private sk_key(sk);
     const Bytes32 pk = key_bytes(keys_[v].mask_pk(), v, "mask key");
     if (x25519_public_key(sk) != pk) {
+      cheaters_.insert(v);
       abort_round("the mask key reconstructed for dropped site " + std::to_string(v) +
                   " does not match its advertised public key (inconsistent shares)");
     }

@@ -26,9 +26,17 @@
 // should drop the offending connection, or for a client, leave the round): a message from
 // another round (a replay from an earlier round or one from a later round), a second message
 // of the same step from a site, a message from a site that missed an earlier step, a share
-// ciphertext whose AES-GCM tag fails (tampered or misaddressed), an unmask request that asks
+// ciphertext addressed to another site, an unmask request that asks
 // to reveal both b_v and s_v of the same site v or a second unmask request, revealed shares
 // that were not asked for.
+//
+// Cheaters are identified, not just refused (active adversaries, docs/security.md): every
+// share carries a SHA-256 commitment, so a revealed share that does not open it names its
+// revealer; a share ciphertext that fails authentication or its commitment at the recipient
+// is rejected there and blames its SENDER (the recipient stays); a sender blamed by two or
+// more recipients, or an owner whose committed shares are inconsistent, is a cheater. See
+// ServerSession::cheaters(). Keys that are malformed, low-order or copies of another site's
+// are refused at step 1 for the site that sent them.
 //
 // Not thread-safe: one object per site per round (client) or per round (server).
 // Secrets are wiped when the object is destroyed.
@@ -85,8 +93,9 @@ class ClientSession {
   // at least t sites), draws the self-mask seed b_u, Shamir-splits s_u^SK and b_u over the
   // neighbourhood and encrypts one share pair per neighbour.
   v1::SecAggShares share_keys(const v1::SecAggKeyList& keys);
-  // Step 3: decrypts and keeps the neighbours' shares (refusing any that fail
-  // authentication) and returns y_u = x + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)
+  // Step 3: decrypts the neighbours' shares and keeps those that authenticate and open the
+  // sender's commitments; the others are rejected (rejected(), reported in the message: the
+  // sender counts as a dropped holder for this site, which stays in the round). Returns y_u = x + PRG(b_u) + Σ_{v>u} PRG(s_uv) − Σ_{v<u} PRG(s_uv)
   // mod 2^32 over the neighbours v whose shares arrived. x has m = vector_length values.
   v1::SecAggMasked mask_input(const v1::SecAggShareList& shares, const uint32_t* x, size_t m);
   v1::SecAggMasked mask_input(const v1::SecAggShareList& shares, const std::vector<uint32_t>& x) {
@@ -100,6 +109,8 @@ class ClientSession {
   const NeighbourGraph& graph() const { return graph_; }
   // Neighbours this site masked with (those whose shares arrived in step 3).
   const std::set<uint32_t>& partners() const { return partners_; }
+  // Neighbours whose shares this site refused in step 3 (reported in SecAggMasked.rejected).
+  const std::set<uint32_t>& rejected() const { return rejected_; }
 
  private:
   enum class Phase { kStart, kAdvertised, kShared, kMasked, kDone };
@@ -119,9 +130,11 @@ class ClientSession {
   std::map<uint32_t, PeerKeys> keys_;  // U1
   struct Held {
     Share mask_key, self_seed;
+    std::string mask_key_opening, self_seed_opening;  // openings of the owner's commitments
   };
   std::map<uint32_t, Held> held_;      // shares this site holds, by owner (itself included)
   std::set<uint32_t> partners_;
+  std::set<uint32_t> rejected_;        // senders whose shares failed authentication/commitment
 };
 
 class ServerSession {
@@ -153,6 +166,12 @@ class ServerSession {
   std::vector<uint32_t> advertised() const;
   std::vector<uint32_t> shared() const;
   std::vector<uint32_t> survivors() const;  // whose inputs are in the sum (U3)
+  // Sites proven to cheat this round, for the caller to drop from the federation: a revealer
+  // whose share does not open its owner's commitment, a sender whose ciphertexts several
+  // recipients rejected, an owner whose committed shares are inconsistent.
+  const std::set<uint32_t>& cheaters() const { return cheaters_; }
+  // Senders rejected in step 3, with the recipients that rejected them.
+  const std::map<uint32_t, std::set<uint32_t>>& blamed() const { return blamed_; }
 
  private:
   enum class Phase { kKeys, kShares, kMasked, kUnmask, kDone };
@@ -172,6 +191,11 @@ class ServerSession {
   std::vector<uint32_t> sum_;
   std::set<uint32_t> answered_;                               // U4
   std::map<uint32_t, std::vector<Share>> self_seed_shares_, mask_key_shares_;
+  // (owner, holder) -> commitments to the holder's shares of (mask key, self-mask seed).
+  std::map<std::pair<uint32_t, uint32_t>, std::pair<std::string, std::string>> commitments_;
+  std::set<std::pair<uint32_t, uint32_t>> rejected_;          // (sender, recipient) refused
+  std::map<uint32_t, std::set<uint32_t>> blamed_;             // sender -> recipients refusing it
+  std::set<uint32_t> cheaters_;
 };
 
 }  // namespace fedtl::protocols::secagg

@@ -117,6 +117,39 @@ std::string shamir_combine(const std::vector<Share>& shares, uint32_t t, size_t 
   return out;
 }
 
+bool shamir_consistent(const std::vector<Share>& shares, uint32_t t) {
+  if (t == 0 || shares.size() < t) {
+    throw ProtocolError("secure aggregation: " + std::to_string(shares.size()) + " shares cannot define a polynomial "
+                        "of degree " + std::to_string(t) + " - 1");
+  }
+  const size_t k = shares[0].y.size();
+  std::set<uint32_t> seen;
+  for (const auto& s : shares) {
+    if (s.x == 0 || !seen.insert(s.x).second) throw ProtocolError("secure aggregation: duplicate or zero Shamir share point");
+    if (s.y.size() != k) throw ProtocolError("secure aggregation: Shamir shares of different sizes");
+  }
+  // Evaluate the interpolant of the first t shares at each further x (Lagrange form).
+  for (size_t e = t; e < shares.size(); ++e) {
+    const uint64_t x = shares[e].x;
+    std::vector<uint64_t> basis(t);
+    for (uint32_t i = 0; i < t; ++i) {
+      uint64_t num = 1, den = 1;
+      for (uint32_t j = 0; j < t; ++j) {
+        if (j == i) continue;
+        num = mul_mod(num, sub_mod(x, shares[j].x));
+        den = mul_mod(den, sub_mod(shares[i].x, shares[j].x));
+      }
+      basis[i] = mul_mod(num, inv_mod(den));
+    }
+    for (size_t c = 0; c < k; ++c) {
+      uint64_t acc = 0;
+      for (uint32_t i = 0; i < t; ++i) acc = add_mod(acc, mul_mod(basis[i], shares[i].y[c]));
+      if (acc != shares[e].y[c]) return false;
+    }
+  }
+  return true;
+}
+
 std::string encode_share(const Share& s) {
   std::string out(s.y.size() * 8, '\0');
   for (size_t i = 0; i < s.y.size(); ++i) {

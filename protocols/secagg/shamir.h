@@ -33,6 +33,11 @@ std::vector<Share> shamir_split(const uint8_t* secret, size_t len, uint32_t t, c
 // or an element out of range (which includes most inconsistent share sets).
 std::string shamir_combine(const std::vector<Share>& shares, uint32_t t, size_t len);
 
+// True when every share lies on the polynomial of degree t-1 through the first t of them
+// (chunk by chunk). With more than t shares this tells whether a dealer's shares are
+// consistent; with exactly t it is always true. Throws like shamir_combine for malformed input.
+bool shamir_consistent(const std::vector<Share>& shares, uint32_t t);
+
 // Wire form of a share's y values: little-endian uint64 each (x travels as the holder id).
 std::string encode_share(const Share& s);
 // Throws ProtocolError if the size is not `elements` * 8 or an element is >= p.

@@ -148,27 +148,27 @@ TEST(Framing, DecoderRejectsBadMagic) {
 TEST(Framing, WrongVersionNamesBothVersions) {
   const std::string bytes = raw_header(7, 1, 0);
   const std::string msg = error_of([&] { decode_frame(bytes); });
-  EXPECT_EQ(msg, "peer speaks fedtl protocol version 7, this build speaks 1");
+  EXPECT_EQ(msg, "peer speaks fedtl protocol version 7, this build speaks " + std::to_string(kProtocolVersion));
   FrameDecoder dec;
   EXPECT_THROW(dec.feed(bytes.data(), bytes.size()), ProtocolError);
 }
 
 TEST(Framing, RejectsUnknownType) {
-  const std::string msg = error_of([] { decode_frame(raw_header(1, 42, 0)); });
+  const std::string msg = error_of([] { decode_frame(raw_header(kProtocolVersion, 42, 0)); });
   EXPECT_NE(msg.find("42"), std::string::npos) << msg;
-  EXPECT_THROW(decode_frame(raw_header(1, 0, 0)), ProtocolError);
+  EXPECT_THROW(decode_frame(raw_header(kProtocolVersion, 0, 0)), ProtocolError);
 }
 
 TEST(Framing, RejectsNonZeroReserved) {
-  EXPECT_THROW(decode_frame(raw_header(1, 1, 0, 1)), ProtocolError);
-  EXPECT_THROW(decode_frame(raw_header(1, 1, 0, 0x80000000u)), ProtocolError);
+  EXPECT_THROW(decode_frame(raw_header(kProtocolVersion, 1, 0, 1)), ProtocolError);
+  EXPECT_THROW(decode_frame(raw_header(kProtocolVersion, 1, 0, 0x80000000u)), ProtocolError);
 }
 
 TEST(Framing, OversizedLengthRejectedBeforePayloadArrives) {
   const uint32_t max = 1024;
   // Header claims 1 MiB; only the header is fed. The decoder must refuse right away
   // rather than wait (and buffer) for the payload.
-  const std::string header = raw_header(1, 6, 1u << 20);
+  const std::string header = raw_header(kProtocolVersion, 6, 1u << 20);
   FrameDecoder dec(max);
   dec.feed(header.data(), 10);
   const std::string msg = error_of([&] { dec.feed(header.data() + 10, 6); });

@@ -131,6 +131,31 @@ TEST(SecAggShamir, FewerThanTSharesDoNotRecover) {
   EXPECT_NE(wrong, std::string(reinterpret_cast<const char*>(secret.data()), 32));
 }
 
+TEST(SecAggShamir, ConsistencyCheckFindsAShareOffThePolynomial) {
+  std::vector<uint8_t> secret(32);
+  for (size_t i = 0; i < secret.size(); ++i) secret[i] = static_cast<uint8_t>(i * 7 + 3);
+  auto shares = shamir_split(secret.data(), secret.size(), 3, {1, 2, 3, 4, 5});
+  EXPECT_TRUE(shamir_consistent(shares, 3));
+  EXPECT_TRUE(shamir_consistent({shares[0], shares[2], shares[4]}, 3));
+  shares[3].y[2] = (shares[3].y[2] + 1) % kFieldPrime;
+  EXPECT_FALSE(shamir_consistent(shares, 3));
+  // Exactly t shares always define a polynomial: nothing to detect.
+  EXPECT_TRUE(shamir_consistent({shares[1], shares[3], shares[4]}, 3));
+}
+
+TEST(SecAggCrypto, KeyUsabilityRefusesLowOrderAndNonCanonicalKeys) {
+  const auto kp = X25519KeyPair::generate();
+  EXPECT_TRUE(x25519_key_usable(kp.public_key));
+  Bytes32 zero{};
+  EXPECT_FALSE(x25519_key_usable(zero));
+  Bytes32 one{};
+  one[0] = 1;
+  EXPECT_FALSE(x25519_key_usable(one));
+  Bytes32 high = kp.public_key;
+  high[31] |= 0x80;
+  EXPECT_FALSE(x25519_key_usable(high));
+}
+
 TEST(SecAggShamir, RefusesBadParameters) {
   uint8_t s[32] = {0};
   EXPECT_THROW(shamir_split(s, 32, 0, {1, 2}), ConfigError);

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <memory>
 #include <numeric>
@@ -352,24 +353,187 @@ struct Federation {
   }
 };
 
-TEST(SecAggRefusal, TamperedShareFailsAuthentication) {
+// Completes a Federation's round from step 3 with inputs x[u] = u + 1 everywhere, letting the
+// caller alter the share lists before masking and the answers before unmasking. Returns the
+// sum, or nullopt when the round was abandoned.
+std::optional<std::vector<uint32_t>> finish_round(
+    Federation& s, const std::function<void(uint32_t, v1::SecAggShareList&)>& alter_list = {},
+    const std::function<void(uint32_t, v1::SecAggUnmaskShares&)>& alter_answer = {},
+    const std::set<uint32_t>& drop_before_masking = {}) {
+  const uint32_t n = s.cfg.num_sites;
+  try {
+    for (uint32_t u = 0; u < n; ++u) {
+      if (drop_before_masking.count(u)) continue;
+      auto list = s.server->shares_for(u);
+      if (alter_list) alter_list(u, list);
+      s.server->add_masked(s.c[u]->mask_input(list, std::vector<uint32_t>(s.cfg.vector_length, u + 1)));
+    }
+    const auto req = s.server->close_masked();
+    for (uint32_t u : req.survivors()) {
+      auto ans = s.c[u]->unmask(req);
+      if (alter_answer) alter_answer(u, ans);
+      try {
+        s.server->add_unmask_shares(ans);
+      } catch (const ProtocolError&) {
+        // the coordinator drops that site; the round goes on with the others
+      }
+    }
+    return s.server->finish();
+  } catch (const RoundAborted&) {
+    return std::nullopt;
+  }
+}
+
+std::vector<uint32_t> sum_of_ids(uint32_t n, uint64_t m, const std::set<uint32_t>& without = {}) {
+  uint32_t total = 0;
+  for (uint32_t u = 0; u < n; ++u)
+    if (!without.count(u)) total += u + 1;
+  return std::vector<uint32_t>(m, total);
+}
+
+TEST(SecAggRefusal, TamperedShareIsRejectedAndBlamesItsSenderNotItsRecipient) {
   CapturedLog log;
   Federation s(make_cfg(5, 3, 8));
   s.share_all();
-  auto list = s.server->shares_for(2);
-  ASSERT_GT(list.shares_size(), 0);
-  list.mutable_shares(1)->mutable_ciphertext()->at(5) ^= 0x01;
-  const std::vector<uint32_t> x(8, 1);
-  try {
-    s.c[2]->mask_input(list, x);
-    FAIL() << "tampered share accepted";
-  } catch (const ProtocolError& e) {
-    EXPECT_NE(std::string(e.what()).find("failed authentication"), std::string::npos) << e.what();
-  }
+  uint32_t sender = 0;
+  const auto sum = finish_round(s, [&](uint32_t u, v1::SecAggShareList& list) {
+    if (u != 2) return;
+    ASSERT_GT(list.shares_size(), 1);
+    sender = list.shares(1).from();
+    list.mutable_shares(1)->mutable_ciphertext()->at(5) ^= 0x01;
+  });
+  // The recipient stayed, the sender counts as a dropped holder for it, and the sum is whole.
+  EXPECT_EQ(s.c[2]->rejected(), std::set<uint32_t>{sender});
   EXPECT_TRUE(log.contains("failed authentication"));
+  ASSERT_TRUE(sum);
+  EXPECT_EQ(*sum, sum_of_ids(5, 8));
+  ASSERT_EQ(s.server->blamed().count(sender), 1u);
+  EXPECT_EQ(s.server->blamed().at(sender), std::set<uint32_t>{2});
+  EXPECT_TRUE(s.server->cheaters().empty()) << "one recipient's word is not enough to drop a site";
 }
 
-TEST(SecAggRefusal, ShareRedirectedToAnotherSiteIsRefused) {
+TEST(SecAggRefusal, ShareFailingItsCommitmentIsRejected) {
+  Federation s(make_cfg(5, 3, 8));
+  s.share_all();
+  const auto sum = finish_round(s, [&](uint32_t u, v1::SecAggShareList& list) {
+    if (u == 3) list.mutable_shares(0)->mutable_self_seed_commitment()->at(0) ^= 0x01;
+  });
+  EXPECT_EQ(s.c[3]->rejected().size(), 1u);
+  ASSERT_TRUE(sum);
+  EXPECT_EQ(*sum, sum_of_ids(5, 8));
+}
+
+TEST(SecAggRefusal, SenderRejectedBySeveralRecipientsIsACheater) {
+  CapturedLog log;
+  {
+    // A survivor: its masked input is in the sum, so the round is abandoned and it is named.
+    Federation s(make_cfg(5, 3, 8));
+    s.share_all();
+    const auto sum = finish_round(s, [&](uint32_t u, v1::SecAggShareList& list) {
+      if (u != 2 && u != 3) return;
+      for (auto& e : *list.mutable_shares())
+        if (e.from() == 0) e.mutable_ciphertext()->at(0) ^= 0x55;
+    });
+    EXPECT_FALSE(sum);
+    EXPECT_EQ(s.server->cheaters(), std::set<uint32_t>{0});
+    EXPECT_TRUE(log.contains("sites 2, 3 rejected"));
+  }
+  {
+    // A dropout: it stays out, its mask key comes from the holders that accepted its shares
+    // (sites 1, 4 and 5: three, the threshold).
+    Federation s(make_cfg(6, 3, 8));
+    s.share_all();
+    const auto sum = finish_round(
+        s,
+        [&](uint32_t u, v1::SecAggShareList& list) {
+          if (u != 2 && u != 3) return;
+          for (auto& e : *list.mutable_shares())
+            if (e.from() == 0) e.mutable_ciphertext()->at(0) ^= 0x55;
+        },
+        {}, /*drop_before_masking=*/{0});
+    ASSERT_TRUE(sum);
+    EXPECT_EQ(*sum, sum_of_ids(6, 8, {0}));
+    EXPECT_EQ(s.server->cheaters(), std::set<uint32_t>{0});
+  }
+}
+
+TEST(SecAggRefusal, ForgedRevealedShareNamesTheRevealerAndTheRoundGoesOn) {
+  CapturedLog log;
+  Federation s(make_cfg(5, 3, 8));
+  s.share_all();
+  // Site 1 reveals structurally valid random field elements instead of its share of b_4.
+  const auto sum = finish_round(s, {}, [&](uint32_t u, v1::SecAggUnmaskShares& ans) {
+    if (u != 1) return;
+    for (auto& r : *ans.mutable_shares()) {
+      if (r.owner() != 4) continue;
+      std::string forged(40, '\0');
+      for (size_t i = 0; i < forged.size(); i += 8) forged[i] = static_cast<char>(17 + i);
+      r.set_share(forged);
+    }
+  });
+  EXPECT_EQ(s.server->cheaters(), std::set<uint32_t>{1});
+  EXPECT_TRUE(log.contains("site 1 is the cheater"));
+  // The four honest answers still hold three shares of every secret: the sum is exact.
+  ASSERT_TRUE(sum);
+  EXPECT_EQ(*sum, sum_of_ids(5, 8));
+}
+
+TEST(SecAggRefusal, MalformedKeysGetTheirSenderRefusedAtStepOne) {
+  CapturedLog log;
+  const RoundConfig cfg = make_cfg(5, 3, 8);
+  std::vector<std::unique_ptr<ClientSession>> c;
+  for (uint32_t u = 0; u < 5; ++u) c.push_back(std::make_unique<ClientSession>(cfg, u));
+  ServerSession server(cfg);
+  std::vector<v1::SecAggKeys> k;
+  for (uint32_t u = 0; u < 5; ++u) k.push_back(c[u]->advertise_keys());
+  server.add_keys(k[0]);
+  server.add_keys(k[1]);
+  auto hex_key = [](const char* hex) {
+    std::string b;
+    for (size_t i = 0; i < 64; i += 2) b.push_back(static_cast<char>(std::stoi(std::string(hex + i, 2), nullptr, 16)));
+    return b;
+  };
+  const std::vector<std::string> bad = {
+      std::string(32, '\0'),                                                         // all zero
+      hex_key("0100000000000000000000000000000000000000000000000000000000000000"),  // u = 1 (order 4)
+      hex_key("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),  // order 8
+      hex_key("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),  // order 8
+      hex_key("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),  // p - 1
+      hex_key("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),  // p + 1: non-canonical
+  };
+  for (const auto& key : bad) {
+    auto m = k[2];
+    m.set_mask_pk(key);
+    EXPECT_THROW(server.add_keys(m), ProtocolError);
+  }
+  EXPECT_TRUE(log.contains("malformed or low-order"));
+  auto copy = k[2];
+  copy.set_mask_pk(k[0].mask_pk());  // another site's key
+  EXPECT_THROW(server.add_keys(copy), ProtocolError);
+  EXPECT_TRUE(log.contains("advertised a key of site 0"));
+  auto same = k[2];
+  same.set_cipher_pk(same.mask_pk());
+  EXPECT_THROW(server.add_keys(same), ProtocolError);
+  // Site 2 is left out; the honest sites 0, 1, 3, 4 complete the round.
+  server.add_keys(k[3]);
+  server.add_keys(k[4]);
+  const auto list = server.close_keys();
+  const std::vector<uint32_t> in = {0, 1, 3, 4};
+  for (uint32_t u : in) server.add_shares(c[u]->share_keys(list));
+  server.close_shares();
+  for (uint32_t u : in) server.add_masked(c[u]->mask_input(server.shares_for(u), std::vector<uint32_t>(8, u + 1)));
+  const auto req = server.close_masked();
+  for (uint32_t u : in) server.add_unmask_shares(c[u]->unmask(req));
+  EXPECT_EQ(server.finish(), std::vector<uint32_t>(8, 1 + 2 + 4 + 5));
+  // A key list that still carries a low-order key (a deviating coordinator) is refused by sites.
+  ClientSession extra(cfg, 0);
+  extra.advertise_keys();
+  auto poisoned = list;
+  poisoned.mutable_keys(1)->set_cipher_pk(std::string(32, '\0'));
+  EXPECT_THROW(extra.share_keys(poisoned), ProtocolError);
+}
+
+TEST(SecAggRefusal, ShareRedirectedToAnotherSiteIsRejected) {
   Federation s(make_cfg(5, 3, 8));
   s.share_all();
   // The server (or anyone) relabels a share addressed to site 1 as addressed to site 2.
@@ -382,7 +546,9 @@ TEST(SecAggRefusal, ShareRedirectedToAnotherSiteIsRefused) {
         e.set_ciphertext(f.ciphertext());
       }
   }
-  EXPECT_THROW(s.c[2]->mask_input(list, std::vector<uint32_t>(8, 0)), ProtocolError);
+  s.c[2]->mask_input(list, std::vector<uint32_t>(8, 0));
+  // Every relabelled share (all but the one site 1 itself sent) is rejected.
+  EXPECT_EQ(s.c[2]->rejected().size(), static_cast<size_t>(list.shares_size() - 1));
 }
 
 TEST(SecAggRefusal, MessagesReplayedFromAnEarlierRoundAreRefused) {
@@ -399,10 +565,12 @@ TEST(SecAggRefusal, MessagesReplayedFromAnEarlierRoundAreRefused) {
   EXPECT_TRUE(log.contains("replayed from earlier round 1"));
   EXPECT_THROW(r2.c[0]->share_keys(r1.keys), ProtocolError);
   r2.share_all();
-  // An old share list with its round number rewritten: AES-GCM binds the round -> refused.
+  // An old share list with its round number rewritten: AES-GCM binds the round -> every share
+  // in it is rejected (its senders count as dropped holders for site 3).
   auto forged = old_list;
   forged.set_round(2);
-  EXPECT_THROW(r2.c[3]->mask_input(forged, std::vector<uint32_t>(8, 0)), ProtocolError);
+  r2.c[3]->mask_input(forged, std::vector<uint32_t>(8, 0));
+  EXPECT_EQ(r2.c[3]->rejected().size(), static_cast<size_t>(forged.shares_size()));
   EXPECT_TRUE(log.contains("failed authentication"));
   // A masked input from round 1 into round 2.
   auto y1 = r1.c[0]->mask_input(r1.server->shares_for(0), std::vector<uint32_t>(8, 0));
