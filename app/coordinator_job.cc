@@ -65,6 +65,10 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
   copt.max_update_norm = cfg_.max_update_norm;
   copt.join_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.join_timeout_s * 1000));
   copt.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.handshake_timeout_s * 1000));
+  if (site_verifier_ && copt.job.secure_aggregation()) {
+    copt.job.mutable_secagg()->set_signed_keys(true);
+    copt.site_verifier = site_verifier_;
+  }
   noise_multiplier_ = copt.job.privacy().noise_multiplier();
   // The job's identity for resuming: everything but the round count (a run may be extended).
   v1::JobSpec id = copt.job;

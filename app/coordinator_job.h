@@ -44,6 +44,9 @@ class CoordinatorJob {
   // Mixed into the coordinator's DP noise seed: 0 keeps simulations reproducible; the TLS
   // coordinator draws a random one so that sites cannot predict (and remove) the noise.
   void set_noise_secret(uint64_t secret) { noise_secret_ = secret; }
+  // Sites hold certificates (TLS): secure rounds are signed (SecAggSpec.signed_keys) and the
+  // coordinator checks the signatures with this verifier of the federation CA.
+  void set_site_verifier(std::shared_ptr<const common::SiteVerifier> v) { site_verifier_ = std::move(v); }
   // Polled between rounds; true stops the job cleanly (checkpoint kept, outputs written).
   void set_stop(std::function<bool()> stop) { stop_ = std::move(stop); }
   // A coordinator for this job; site_names: the federation in index order (may be empty).
@@ -71,6 +74,7 @@ class CoordinatorJob {
   std::vector<std::string> metrics_lines_;  // metrics.jsonl so far, for the checkpoint
   double noise_multiplier_ = 0;   // as sent in the job (calibrated from target_epsilon when asked)
   uint64_t noise_secret_ = 0;     // see set_noise_secret
+  std::shared_ptr<const common::SiteVerifier> site_verifier_;
 };
 
 }  // namespace fedtl::app

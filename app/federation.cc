@@ -15,6 +15,7 @@
 #include "common/files.h"
 #include "common/transport/pki.h"
 #include "common/sha256.h"
+#include "common/transport/signing.h"
 #include "common/transport/tls.h"
 #include "protocols/messages.h"
 #include "worker/site_policy.h"
@@ -91,6 +92,7 @@ SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::Stop
     throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
   job.set_noise_secret(secret);
   if (stop) job.set_stop([stop] { return stop->requested(); });
+  job.set_site_verifier(std::make_shared<common::SiteVerifier>(fed.ca_cert));
   auto coord = job.make_coordinator(fed.sites);
   coord->set_listener(listener.get());
   JobOutcome o = job.run(*coord, "tls");
@@ -124,6 +126,8 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop) {
   if (RAND_bytes(reinterpret_cast<unsigned char*>(&wopt.noise_secret), sizeof wopt.noise_secret) != 1)
     throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
   wopt.check_job = [&](const v1::JobSpec& job) { return worker::policy_violation(site.policy, job); };
+  wopt.signer = std::make_shared<common::IdentitySigner>(site.cert, site.key);
+  wopt.verifier = std::make_shared<common::SiteVerifier>(site.ca_cert);
   wopt.on_backbone = [&](const std::string& sha, const std::string& bytes) {
     common::write_file_atomic(backbone_dir + "/" + sha + ".pt", bytes);
     spdlog::info("[{}] backbone {} verified and cached", site.name, sha.substr(0, 12));

@@ -28,6 +28,7 @@
 
 #include "common/checkpoint.h"
 #include "common/transport/connection.h"
+#include "common/transport/signing.h"
 #include "protocols/fedtl.pb.h"
 #include "protocols/strategy.h"
 
@@ -79,6 +80,10 @@ struct CoordinatorOptions {
   uint64_t max_samples_per_site = 0;
   uint64_t sample_count_cap = 100000;
   bool equal_weighting = false;
+  // Signed secure rounds (job.secagg().signed_keys): checks the sites' signatures against the
+  // federation CA, so a site that signs badly is dropped at its step rather than making the
+  // honest sites abandon the round. Null: only the sites check them.
+  std::shared_ptr<const common::SiteVerifier> site_verifier;
   // Plain rounds: an update whose L2 norm exceeds this is dropped like a non-finite one.
   // 0: 1e4 * sqrt(number of parameters). Under secure aggregation no single update is seen.
   double max_update_norm = 0;

@@ -81,7 +81,12 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
     send_each([&](Site&) { return abort; });
     return std::nullopt;
   };
-  sa::ServerSession server(protocols::secagg_round_config(opt_.job, round, m));
+  v1::JobSpec round_job = opt_.job;  // the sites' view: with the listed names (see admit())
+  if (!opt_.site_names.empty()) {
+    round_job.clear_site_names();
+    for (const auto& n : opt_.site_names) round_job.add_site_names(n);
+  }
+  sa::ServerSession server(protocols::secagg_round_config(round_job, round, m), opt_.site_verifier.get());
   // Sites the session proved to cheat (a forged share revealed, ciphertexts rejected by
   // several recipients, inconsistent shares dealt) leave the federation, whatever became of
   // the round; the honest sites go on.
@@ -117,6 +122,17 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
     });
     const auto request = server.close_masked();
     send_each([&](Site&) { return request; });
+    if (opt_.job.secagg().signed_keys()) {
+      // The consistency step: every survivor signs the request it got; the signatures go to
+      // all, so a coordinator cannot have told two sites different survivor sets.
+      collect(std::common_type<v1::SecAggConsistency>{}, "survivor-set signature",
+              [&](Site& s, const v1::SecAggConsistency& c) {
+                own(s, c.site());
+                server.add_consistency(c);
+              });
+      const auto signatures = server.close_consistency();
+      send_each([&](Site&) { return signatures; });
+    }
     collect(std::common_type<v1::SecAggUnmaskShares>{}, "unmask shares",
             [&](Site& s, const v1::SecAggUnmaskShares& u) {
               own(s, u.site());

@@ -16,6 +16,8 @@ secagg::RoundConfig secagg_round_config(const v1::JobSpec& job, uint32_t round, 
   rc.round_seed = secagg::derive_round_seed(job.seed(), round);
   if (s.complete_graph_max() > 0) rc.complete_graph_max = s.complete_graph_max();
   rc.sparse_degree = s.sparse_degree();
+  rc.signed_keys = s.signed_keys();
+  rc.site_names.assign(job.site_names().begin(), job.site_names().end());
   return rc;
 }
 
@@ -55,6 +57,8 @@ std::optional<uint32_t> round_of(const common::Frame& f) {
     case MessageType::kSecAggUnmaskRequest: return get(v1::SecAggUnmaskRequest{});
     case MessageType::kSecAggUnmaskShares: return get(v1::SecAggUnmaskShares{});
     case MessageType::kSecAggAbort: return get(v1::SecAggAbort{});
+    case MessageType::kSecAggConsistency: return get(v1::SecAggConsistency{});
+    case MessageType::kSecAggConsistencyList: return get(v1::SecAggConsistencyList{});
     default: return std::nullopt;
   }
 }

@@ -48,9 +48,20 @@ std::optional<M> Worker::await_round(uint32_t round) {
 }
 
 bool Worker::secure_round(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& global) {
+  try {
+    return secure_steps(job, start, global);
+  } catch (const sa::RoundAborted& e) {
+    // Nothing of this round was revealed; the coordinator's next message moves us on.
+    spdlog::warn("[{}] {}", opt_.site_name, e.what());
+    return false;
+  }
+}
+
+bool Worker::secure_steps(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& global) {
   const uint32_t round = start.round();
   const uint32_t site = job.site_index();
-  sa::ClientSession client(protocols::secagg_round_config(job, round, global.size() + 1), site);
+  sa::ClientSession client(protocols::secagg_round_config(job, round, global.size() + 1), site, opt_.signer.get(),
+                           opt_.verifier.get());
   send(to_frame(client.advertise_keys()));
   auto keys = await_round<v1::SecAggKeyList>(round);
   if (!keys) return false;
@@ -71,7 +82,14 @@ bool Worker::secure_round(const v1::JobSpec& job, const v1::RoundStart& start, c
   send(to_frame(client.mask_input(*shares, x)));
   auto request = await_round<v1::SecAggUnmaskRequest>(round);
   if (!request) return false;
-  send(to_frame(client.unmask(*request)));
+  if (job.secagg().signed_keys()) {
+    send(to_frame(client.consistency(*request)));
+    auto signatures = await_round<v1::SecAggConsistencyList>(round);
+    if (!signatures) return false;
+    send(to_frame(client.unmask(*signatures)));
+  } else {
+    send(to_frame(client.unmask(*request)));
+  }
   return true;
 }
 

@@ -74,6 +74,19 @@ WorkerResult Worker::run() {
       throw PolicyError("job '" + job.job_name() + "' refused by site policy: " + why);
     }
   }
+  if (job.secure_aggregation()) {
+    std::string why;
+    if (opt_.signer && !job.secagg().signed_keys())
+      why = "this site holds a certificate and takes part in secure aggregation only with signed keys "
+            "(unsigned keys could be substituted by the coordinator)";
+    if (!opt_.signer && job.secagg().signed_keys())
+      why = "the job signs secure aggregation keys and this site has no certificate to sign with";
+    if (!why.empty()) {
+      spdlog::error("[{}] job '{}' refused: {}", opt_.site_name, job.job_name(), why);
+      send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + why));
+      throw PolicyError("job '" + job.job_name() + "' refused: " + why);
+    }
+  }
   const std::string backbone = receive_backbone(job);
 
   v1::Ready ready;

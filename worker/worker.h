@@ -18,6 +18,7 @@
 #include <string>
 
 #include "common/transport/connection.h"
+#include "common/transport/signing.h"
 #include "worker/site_runtime.h"
 
 namespace fedtl::worker {
@@ -41,6 +42,11 @@ struct WorkerOptions {
   // seed, round and site mixed with this secret. 0 (simulations) makes runs reproducible —
   // and the noise predictable to whoever knows the job seed; real sites draw a random one.
   uint64_t noise_secret = 0;
+  // A site with a certificate (TLS) signs its secure-aggregation keys and survivor sets with
+  // it and checks everyone else's against the federation CA; it refuses a secure job whose
+  // keys are not signed (a coordinator could substitute them). Both or neither.
+  std::shared_ptr<const common::IdentitySigner> signer;
+  std::shared_ptr<const common::SiteVerifier> verifier;
 };
 
 struct WorkerResult {
@@ -77,6 +83,7 @@ class Worker {
   // Local training, then the job's DP treatment of the delta (clip, this site's noise).
   LocalUpdate train_private(const v1::RoundStart& start, const std::vector<float>& global, bool* below_clip);
   bool secure_round(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& global);
+  bool secure_steps(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& global);
   // Waits for a message of type M for `round`. Returns nullopt when the coordinator
   // abandoned the round or moved on (the frame that says so is kept for next_frame()).
   template <typename M>

@@ -48,13 +48,15 @@ const char* message_type_name(MessageType t) {
     case MessageType::kSecAggUnmaskRequest: return "SecAggUnmaskRequest";
     case MessageType::kSecAggUnmaskShares: return "SecAggUnmaskShares";
     case MessageType::kSecAggAbort: return "SecAggAbort";
+    case MessageType::kSecAggConsistency: return "SecAggConsistency";
+    case MessageType::kSecAggConsistencyList: return "SecAggConsistencyList";
   }
   return "Unknown";
 }
 
 bool is_known_message_type(uint16_t t) {
   return (t >= static_cast<uint16_t>(MessageType::kHello) && t <= static_cast<uint16_t>(MessageType::kHeartbeat)) ||
-         (t >= static_cast<uint16_t>(MessageType::kSecAggKeys) && t <= static_cast<uint16_t>(MessageType::kSecAggAbort));
+         (t >= static_cast<uint16_t>(MessageType::kSecAggKeys) && t <= static_cast<uint16_t>(MessageType::kSecAggConsistencyList));
 }
 
 void encode_frame(const Frame& frame, std::string& out) {

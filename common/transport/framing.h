@@ -42,6 +42,8 @@ enum class MessageType : uint16_t {
   kSecAggUnmaskRequest = 21,  // coordinator -> sites: survivors and dropouts (step 4)
   kSecAggUnmaskShares = 22,   // site -> coordinator: revealed shares
   kSecAggAbort = 23,          // coordinator -> sites: round abandoned (below threshold)
+  kSecAggConsistency = 24,    // site -> coordinator: its signature of the unmask request (signed rounds)
+  kSecAggConsistencyList = 25,  // coordinator -> survivors: everyone's signatures of it
   // 32.. reserved for cluster/MPI control.
 };
 

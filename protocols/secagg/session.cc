@@ -104,6 +104,34 @@ void check_round_common(const RoundConfig& cfg, uint32_t round, const char* what
   refuse(std::string(what) + " is for round " + std::to_string(round) + ", this is round " + std::to_string(cfg.round));
 }
 
+// What a site signs in a signed round: its keys, bound to the round and its index.
+std::string keys_message(const RoundConfig& c, uint32_t site, const std::string& cipher_pk, const std::string& mask_pk) {
+  std::string m = std::string(kDomain) + " keys";
+  m += salt_of(c);
+  put_u32(m, c.round);
+  put_u32(m, site);
+  m += cipher_pk;
+  m += mask_pk;
+  return m;
+}
+
+// ... and the survivor set it was told (sorted, so every honest party builds the same bytes).
+std::string survivors_message(const RoundConfig& c, const std::set<uint32_t>& survivors,
+                              const std::set<uint32_t>& dropped) {
+  std::string m = std::string(kDomain) + " survivors";
+  m += salt_of(c);
+  put_u32(m, c.round);
+  put_u32(m, static_cast<uint32_t>(survivors.size()));
+  for (uint32_t v : survivors) put_u32(m, v);
+  put_u32(m, static_cast<uint32_t>(dropped.size()));
+  for (uint32_t v : dropped) put_u32(m, v);
+  return m;
+}
+
+std::string expected_name(const RoundConfig& c, uint32_t site) {
+  return site < c.site_names.size() ? c.site_names[site] : std::string();
+}
+
 }  // namespace
 
 void validate(const RoundConfig& c) {
@@ -127,15 +155,20 @@ Bytes32 derive_round_seed(uint64_t job_seed, uint32_t round) {
 // ------------------------------------------------------------------------------------------
 // ClientSession
 
-ClientSession::ClientSession(const RoundConfig& cfg, uint32_t site)
+ClientSession::ClientSession(const RoundConfig& cfg, uint32_t site, const common::IdentitySigner* signer,
+                             const common::SiteVerifier* verifier)
     : cfg_((validate(cfg), cfg)),
       site_(site),
+      signer_(signer),
+      verifier_(verifier),
       graph_(cfg.num_sites, cfg.round_seed, cfg.complete_graph_max, cfg.sparse_degree),
       hood_threshold_(neighbourhood_threshold(cfg.threshold, cfg.num_sites, graph_)) {
   if (site >= cfg.num_sites) {
     throw ConfigError("secure aggregation: site id " + std::to_string(site) + " is not below n = " +
                       std::to_string(cfg.num_sites));
   }
+  if (cfg.signed_keys && (!signer_ || !verifier_))
+    throw ConfigError("secure aggregation: a signed round needs this site's certificate key and the federation CA");
 }
 
 ClientSession::~ClientSession() = default;
@@ -155,6 +188,10 @@ v1::SecAggKeys ClientSession::advertise_keys() {
   m.set_site(site_);
   m.set_cipher_pk(bytes_str(cipher_.public_key));
   m.set_mask_pk(bytes_str(mask_.public_key));
+  if (cfg_.signed_keys) {
+    m.set_certificate(signer_->certificate_pem());
+    m.set_signature(signer_->sign(keys_message(cfg_, site_, m.cipher_pk(), m.mask_pk())));
+  }
   phase_ = Phase::kAdvertised;
   return m;
 }
@@ -163,12 +200,27 @@ v1::SecAggShares ClientSession::share_keys(const v1::SecAggKeyList& list) {
   check_round(list.round(), "SecAggKeyList");
   check_phase(Phase::kAdvertised, "SecAggKeyList");
   std::set<std::string> distinct;
+  std::map<std::string, uint32_t> signers;  // certificate CN -> site (signed rounds)
   for (const auto& k : list.keys()) {
     if (k.site() >= cfg_.num_sites) refuse("key list names unknown site " + std::to_string(k.site()));
     if (k.round() != cfg_.round) check_round(k.round(), "SecAggKeys in the key list");
     PeerKeys pk{key_bytes(k.cipher_pk(), k.site(), "cipher key"), key_bytes(k.mask_pk(), k.site(), "mask key")};
     if (!x25519_key_usable(pk.cipher_pk) || !x25519_key_usable(pk.mask_pk))
       refuse("key list carries a malformed or low-order X25519 key for site " + std::to_string(k.site()));
+    if (cfg_.signed_keys && k.site() != site_) {
+      // A key the coordinator could have substituted is never used: it must carry the listed
+      // site's signature under a site certificate of this federation.
+      std::string cn;
+      try {
+        cn = verifier_->verify(k.certificate(), expected_name(cfg_, k.site()),
+                               keys_message(cfg_, k.site(), k.cipher_pk(), k.mask_pk()), k.signature());
+      } catch (const ProtocolError& e) {
+        refuse("the keys of site " + std::to_string(k.site()) + " are not signed by it: " + e.what());
+      }
+      if (cn == signer_->name() || !signers.emplace(cn, k.site()).second)
+        refuse("two sites' keys are signed with the certificate of '" + cn + "'");
+      pk.certificate = k.certificate();
+    }
     if (!keys_.emplace(k.site(), pk).second) refuse("key list names site " + std::to_string(k.site()) + " twice");
     if (!distinct.insert(k.cipher_pk()).second || !distinct.insert(k.mask_pk()).second) {
       refuse("key list repeats a public key (site " + std::to_string(k.site()) + ")");
@@ -313,9 +365,10 @@ v1::SecAggMasked ClientSession::mask_input(const v1::SecAggShareList& list, cons
   return out;
 }
 
-v1::SecAggUnmaskShares ClientSession::unmask(const v1::SecAggUnmaskRequest& req) {
+void ClientSession::accept_request(const v1::SecAggUnmaskRequest& req) {
   check_round(req.round(), "SecAggUnmaskRequest");
-  if (phase_ == Phase::kDone) refuse("a second unmask request in round " + std::to_string(cfg_.round));
+  if (phase_ == Phase::kDone || phase_ == Phase::kSigned)
+    refuse("a second unmask request in round " + std::to_string(cfg_.round));
   check_phase(Phase::kMasked, "SecAggUnmaskRequest");
   phase_ = Phase::kDone;  // whatever happens, this site answers at most one request per round
   std::set<uint32_t> survivors, dropped;
@@ -344,17 +397,70 @@ v1::SecAggUnmaskShares ClientSession::unmask(const v1::SecAggUnmaskRequest& req)
     throw RoundAborted("secure aggregation round " + std::to_string(cfg_.round) +
                        " abandoned: the survivors' neighbour graph is disconnected (unmasking would reveal partial sums)");
   }
+  survivors_ = std::move(survivors);
+  dropped_ = std::move(dropped);
+}
+
+v1::SecAggUnmaskShares ClientSession::unmask(const v1::SecAggUnmaskRequest& req) {
+  if (cfg_.signed_keys) refuse("a signed round reveals shares only after the consistency step");
+  accept_request(req);
+  return reveal();
+}
+
+v1::SecAggConsistency ClientSession::consistency(const v1::SecAggUnmaskRequest& req) {
+  if (!cfg_.signed_keys) refuse("the consistency step belongs to signed rounds only");
+  accept_request(req);
+  phase_ = Phase::kSigned;
+  v1::SecAggConsistency out;
+  out.set_round(cfg_.round);
+  out.set_site(site_);
+  out.set_signature(signer_->sign(survivors_message(cfg_, survivors_, dropped_)));
+  return out;
+}
+
+v1::SecAggUnmaskShares ClientSession::unmask(const v1::SecAggConsistencyList& list) {
+  check_round(list.round(), "SecAggConsistencyList");
+  check_phase(Phase::kSigned, "SecAggConsistencyList");
+  phase_ = Phase::kDone;
+  const std::string mine = survivors_message(cfg_, survivors_, dropped_);
+  std::set<uint32_t> signers;
+  auto disagree = [&](const std::string& why) {
+    held_.clear();
+    const std::string msg = "secure aggregation round " + std::to_string(cfg_.round) +
+                            " abandoned before revealing any share: " + why +
+                            " (the coordinator told sites different survivor sets, or relayed a forged signature)";
+    spdlog::warn("{}", msg);
+    throw RoundAborted(msg);
+  };
+  for (const auto& sig : list.signatures()) {
+    const uint32_t v = sig.site();
+    if (!survivors_.count(v)) disagree("a signature from site " + std::to_string(v) + ", which is not a survivor");
+    if (!signers.insert(v).second) disagree("two signatures from site " + std::to_string(v));
+    if (v == site_) continue;  // its own: it knows what it signed
+    try {
+      verifier_->verify(keys_.at(v).certificate, expected_name(cfg_, v), mine, sig.signature());
+    } catch (const ProtocolError& e) {
+      disagree("site " + std::to_string(v) + " signed another survivor set (" + e.what() + ")");
+    }
+  }
+  if (!signers.count(site_)) disagree("this site's own signature is missing");
+  if (signers.size() < cfg_.threshold)
+    disagree(std::to_string(signers.size()) + " survivors signed the survivor set, t = " + std::to_string(cfg_.threshold));
+  return reveal();
+}
+
+v1::SecAggUnmaskShares ClientSession::reveal() {
   v1::SecAggUnmaskShares out;
   out.set_round(cfg_.round);
   out.set_site(site_);
   for (const auto& [owner, h] : held_) {
-    if (survivors.count(owner)) {
+    if (survivors_.count(owner)) {
       auto* r = out.add_shares();
       r->set_owner(owner);
       r->set_kind(v1::SECAGG_SHARE_SELF_MASK_SEED);
       r->set_share(encode_share(h.self_seed));
       r->set_opening(h.self_seed_opening);
-    } else if (dropped.count(owner) && owner != site_) {
+    } else if (dropped_.count(owner) && owner != site_) {
       auto* r = out.add_shares();
       r->set_owner(owner);
       r->set_kind(v1::SECAGG_SHARE_MASK_KEY);
@@ -369,8 +475,9 @@ v1::SecAggUnmaskShares ClientSession::unmask(const v1::SecAggUnmaskRequest& req)
 // ------------------------------------------------------------------------------------------
 // ServerSession
 
-ServerSession::ServerSession(const RoundConfig& cfg)
+ServerSession::ServerSession(const RoundConfig& cfg, const common::SiteVerifier* verifier)
     : cfg_((validate(cfg), cfg)),
+      verifier_(verifier),
       graph_(cfg.num_sites, cfg.round_seed, cfg.complete_graph_max, cfg.sparse_degree),
       hood_threshold_(secagg::neighbourhood_threshold(cfg.threshold, cfg.num_sites, graph_)) {}
 
@@ -409,6 +516,22 @@ void ServerSession::add_keys(const v1::SecAggKeys& m) {
     if (o.cipher_pk() == m.cipher_pk() || o.cipher_pk() == m.mask_pk() || o.mask_pk() == m.cipher_pk() ||
         o.mask_pk() == m.mask_pk())
       refuse("site " + std::to_string(m.site()) + " advertised a key of site " + std::to_string(other));
+  }
+  if (cfg_.signed_keys) {
+    if (m.signature().empty() || m.certificate().empty())
+      refuse("site " + std::to_string(m.site()) + " sent unsigned keys in a signed round");
+    if (verifier_) {
+      std::string cn;
+      try {
+        cn = verifier_->verify(m.certificate(), expected_name(cfg_, m.site()),
+                               keys_message(cfg_, m.site(), m.cipher_pk(), m.mask_pk()), m.signature());
+      } catch (const ProtocolError& e) {
+        refuse("the keys of site " + std::to_string(m.site()) + " are not signed by it: " + e.what());
+      }
+      for (const auto& [other, o] : keys_)
+        if (o.certificate() == m.certificate())
+          refuse("site " + std::to_string(m.site()) + " signed with the certificate of site " + std::to_string(other));
+    }
   }
   keys_[m.site()] = m;
 }
@@ -561,8 +684,38 @@ v1::SecAggUnmaskRequest ServerSession::close_masked() {
   out.set_round(cfg_.round);
   for (uint32_t v : masked_) out.add_survivors(v);
   for (uint32_t v : dropped_) out.add_dropped(v);
-  phase_ = Phase::kUnmask;
+  phase_ = cfg_.signed_keys ? Phase::kConsistency : Phase::kUnmask;
+  request_ = out;
   return out;
+}
+
+void ServerSession::add_consistency(const v1::SecAggConsistency& m) {
+  check_round(m.round(), "SecAggConsistency");
+  check_phase(Phase::kConsistency, "SecAggConsistency");
+  const uint32_t u = m.site();
+  if (!masked_.count(u)) refuse("SecAggConsistency from site " + std::to_string(u) + ", which is not a survivor");
+  if (signed_.count(u)) refuse("a second SecAggConsistency from site " + std::to_string(u));
+  if (verifier_) {
+    try {
+      verifier_->verify(keys_.at(u).certificate(), expected_name(cfg_, u), survivors_message(cfg_, masked_, dropped_),
+                        m.signature());
+    } catch (const ProtocolError& e) {
+      refuse("site " + std::to_string(u) + " did not sign the survivor set it was sent: " + e.what());
+    }
+  }
+  signed_.insert(u);
+  *signatures_.add_signatures() = m;
+}
+
+v1::SecAggConsistencyList ServerSession::close_consistency() {
+  check_phase(Phase::kConsistency, "close_consistency");
+  if (signed_.size() < cfg_.threshold) {
+    abort_round(std::to_string(signed_.size()) + " survivors signed the survivor set, t = " +
+                std::to_string(cfg_.threshold));
+  }
+  signatures_.set_round(cfg_.round);
+  phase_ = Phase::kUnmask;
+  return signatures_;
 }
 
 void ServerSession::add_unmask_shares(const v1::SecAggUnmaskShares& m) {
@@ -570,6 +723,8 @@ void ServerSession::add_unmask_shares(const v1::SecAggUnmaskShares& m) {
   check_phase(Phase::kUnmask, "SecAggUnmaskShares");
   const uint32_t u = m.site();
   if (!masked_.count(u)) refuse("SecAggUnmaskShares from site " + std::to_string(u) + ", which is not a survivor");
+  if (cfg_.signed_keys && !signed_.count(u))
+    refuse("SecAggUnmaskShares from site " + std::to_string(u) + ", which did not sign the survivor set");
   if (answered_.count(u)) refuse("a second SecAggUnmaskShares from site " + std::to_string(u));
   std::set<std::pair<uint32_t, int>> seen;
   std::vector<std::pair<uint32_t, Share>> b, sk;

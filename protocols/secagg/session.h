@@ -16,6 +16,15 @@
 //   client.unmask(request)             -> SecAggUnmaskShares   -> server.add_unmask_shares()
 //                                           server.finish()     -> Σ_{u in U3} x_u  (mod 2^32)
 //
+// Signed rounds (RoundConfig.signed_keys; the active-security variant of Bonawitz et al.):
+// each site signs its keys (SecAggKeys.signature, .certificate) and every party verifies each
+// key against the federation CA and the site's listed name before using it; and between steps
+// 3 and 4 a consistency step runs instead of the plain client.unmask(request):
+//   client.consistency(request)        -> SecAggConsistency    -> server.add_consistency()
+//                                           server.close_consistency() -> SecAggConsistencyList
+//   client.unmask(list)                -> SecAggUnmaskShares   (after checking >= t signatures
+//                                           of the same request; otherwise RoundAborted)
+//
 // U1 ⊇ U2 ⊇ U3 ⊇ U4 are the sites whose message of step 1..4 the server accepted before it
 // closed that step; a site may drop between any two steps (the server simply closes the step
 // without it). Each step's close throws RoundAborted when fewer than t sites remain, when a
@@ -49,6 +58,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "common/transport/signing.h"
 #include "protocols/secagg.pb.h"
 #include "protocols/secagg/crypto.h"
 #include "protocols/secagg/graph.h"
@@ -71,6 +81,11 @@ struct RoundConfig {
   Bytes32 round_seed{};           // public randomness (derive_round_seed): graph, KDF salt
   uint32_t complete_graph_max = kDefaultCompleteGraphMax;
   uint32_t sparse_degree = 0;     // neighbours per site above complete_graph_max (0: 2·ceil(log2 n))
+  // Signed rounds (active security): keys and the survivor set are signed with the sites'
+  // certificate keys and checked by every party; adds the consistency step (see below).
+  bool signed_keys = false;
+  // Certificate CN expected for each site index (signed rounds); empty = any distinct names.
+  std::vector<std::string> site_names;
 };
 
 // Throws ConfigError with the reason if the values are out of range.
@@ -81,8 +96,10 @@ Bytes32 derive_round_seed(uint64_t job_seed, uint32_t round);
 
 class ClientSession {
  public:
-  // Throws ConfigError (validate) or when site >= n.
-  ClientSession(const RoundConfig& cfg, uint32_t site);
+  // Throws ConfigError (validate) or when site >= n, or for a signed round without a signer
+  // and a verifier. Both must outlive the session.
+  ClientSession(const RoundConfig& cfg, uint32_t site, const common::IdentitySigner* signer = nullptr,
+                const common::SiteVerifier* verifier = nullptr);
   ~ClientSession();
   ClientSession(const ClientSession&) = delete;
   ClientSession& operator=(const ClientSession&) = delete;
@@ -103,7 +120,14 @@ class ClientSession {
   }
   // Step 4: reveals shares of b_v for listed survivors and of s_v^SK for listed dropped
   // sites among the neighbours it holds shares of; never both for one v, only once.
+  // Unsigned rounds only (a signed round refuses it: use consistency() then unmask(list)).
   v1::SecAggUnmaskShares unmask(const v1::SecAggUnmaskRequest& request);
+  // Signed rounds: checks the request as unmask(request) does and signs it.
+  v1::SecAggConsistency consistency(const v1::SecAggUnmaskRequest& request);
+  // Signed rounds: reveals the shares once at least t survivors' signatures of the same
+  // request verify. A signature that does not verify, or one of another request, means the
+  // coordinator told sites different things: RoundAborted, nothing revealed.
+  v1::SecAggUnmaskShares unmask(const v1::SecAggConsistencyList& signatures);
 
   uint32_t site() const { return site_; }
   const NeighbourGraph& graph() const { return graph_; }
@@ -113,12 +137,18 @@ class ClientSession {
   const std::set<uint32_t>& rejected() const { return rejected_; }
 
  private:
-  enum class Phase { kStart, kAdvertised, kShared, kMasked, kDone };
+  enum class Phase { kStart, kAdvertised, kShared, kMasked, kSigned, kDone };
   void check_round(uint32_t round, const char* what) const;
   void check_phase(Phase expected, const char* what) const;
+  // The checks of an unmask request; keeps its survivor and dropped sets.
+  void accept_request(const v1::SecAggUnmaskRequest& request);
+  v1::SecAggUnmaskShares reveal();
 
   RoundConfig cfg_;
   uint32_t site_;
+  const common::IdentitySigner* signer_;
+  const common::SiteVerifier* verifier_;
+  std::set<uint32_t> survivors_, dropped_;  // of the accepted unmask request
   NeighbourGraph graph_;
   uint32_t hood_threshold_;
   Phase phase_ = Phase::kStart;
@@ -126,6 +156,7 @@ class ClientSession {
   Secret32 self_seed_;
   struct PeerKeys {
     Bytes32 cipher_pk{}, mask_pk{};
+    std::string certificate;  // signed rounds
   };
   std::map<uint32_t, PeerKeys> keys_;  // U1
   struct Held {
@@ -139,7 +170,9 @@ class ClientSession {
 
 class ServerSession {
  public:
-  explicit ServerSession(const RoundConfig& cfg);
+  // `verifier` (signed rounds; may be null): the server also checks every signature, so a
+  // site that signs badly is refused at its step instead of making the honest sites abort.
+  explicit ServerSession(const RoundConfig& cfg, const common::SiteVerifier* verifier = nullptr);
   ~ServerSession();
   ServerSession(const ServerSession&) = delete;
   ServerSession& operator=(const ServerSession&) = delete;
@@ -154,6 +187,10 @@ class ServerSession {
   // finish() only removes masks).
   void add_masked(const v1::SecAggMasked& msg);
   v1::SecAggUnmaskRequest close_masked();
+  // Signed rounds: a survivor's signature of the unmask request; then the list of them
+  // (RoundAborted below t).
+  void add_consistency(const v1::SecAggConsistency& msg);
+  v1::SecAggConsistencyList close_consistency();
   void add_unmask_shares(const v1::SecAggUnmaskShares& msg);
   // Reconstructs b_v (v in U3) and s_v^SK (v in U2 \ U3), removes the masks and returns
   // Σ_{u in U3} x_u mod 2^32. Throws RoundAborted if fewer than t sites answered step 4 or a
@@ -174,12 +211,16 @@ class ServerSession {
   const std::map<uint32_t, std::set<uint32_t>>& blamed() const { return blamed_; }
 
  private:
-  enum class Phase { kKeys, kShares, kMasked, kUnmask, kDone };
+  enum class Phase { kKeys, kShares, kMasked, kConsistency, kUnmask, kDone };
   void check_round(uint32_t round, const char* what) const;
   void check_phase(Phase expected, const char* what) const;
   [[noreturn]] void abort_round(const std::string& why);
 
   RoundConfig cfg_;
+  const common::SiteVerifier* verifier_;
+  v1::SecAggUnmaskRequest request_;                           // as sent (signed rounds)
+  v1::SecAggConsistencyList signatures_;
+  std::set<uint32_t> signed_;                                 // signers of request_
   NeighbourGraph graph_;
   uint32_t hood_threshold_;
   Phase phase_ = Phase::kKeys;

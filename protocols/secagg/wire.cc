@@ -12,6 +12,8 @@ const char* frame_name(uint16_t type) {
     case kFrameUnmaskRequest: return "SecAggUnmaskRequest";
     case kFrameUnmaskShares: return "SecAggUnmaskShares";
     case kFrameAbort: return "SecAggAbort";
+    case kFrameConsistency: return "SecAggConsistency";
+    case kFrameConsistencyList: return "SecAggConsistencyList";
     default: return nullptr;
   }
 }

@@ -9,6 +9,8 @@
 //   21 SecAggUnmaskRequest coordinator -> sites  step 3 -> 4
 //   22 SecAggUnmaskShares  site -> coordinator   step 4
 //   23 SecAggAbort         coordinator -> sites  round abandoned
+//   24 SecAggConsistency   site -> coordinator   signed rounds: step 3 -> 4
+//   25 SecAggConsistencyList coordinator -> sites signed rounds: step 3 -> 4
 //
 // It specialises protocols::type_of<> so that protocols::to_frame / from_frame (messages.h)
 // work for these messages too; encode()/decode() below are the same with secagg's names.
@@ -31,6 +33,8 @@ inline constexpr uint16_t kFrameMasked = 20;
 inline constexpr uint16_t kFrameUnmaskRequest = 21;
 inline constexpr uint16_t kFrameUnmaskShares = 22;
 inline constexpr uint16_t kFrameAbort = 23;
+inline constexpr uint16_t kFrameConsistency = 24;
+inline constexpr uint16_t kFrameConsistencyList = 25;
 constexpr MessageType frame_type(uint16_t t) { return static_cast<MessageType>(t); }
 }  // namespace secagg
 
@@ -46,10 +50,16 @@ template <> inline MessageType type_of<v1::SecAggUnmaskShares>() {
   return secagg::frame_type(secagg::kFrameUnmaskShares);
 }
 template <> inline MessageType type_of<v1::SecAggAbort>() { return secagg::frame_type(secagg::kFrameAbort); }
+template <> inline MessageType type_of<v1::SecAggConsistency>() {
+  return secagg::frame_type(secagg::kFrameConsistency);
+}
+template <> inline MessageType type_of<v1::SecAggConsistencyList>() {
+  return secagg::frame_type(secagg::kFrameConsistencyList);
+}
 
 namespace secagg {
 
-// The secure aggregation message name of a frame type, or nullptr outside 16..23.
+// The secure aggregation message name of a frame type, or nullptr outside 16..25.
 const char* frame_name(uint16_t type);
 
 // Serialises `msg` into a frame of its type. Throws ProtocolError if serialisation fails.

@@ -19,7 +19,7 @@ using namespace fedtl::protocols;
 
 namespace {
 
-constexpr uint16_t kTypes[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 18, 19, 20, 21, 22, 23};
+constexpr uint16_t kTypes[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25};
 constexpr size_t kNumTypes = sizeof(kTypes) / sizeof(kTypes[0]);
 
 void tensor(const v1::Tensor& t, uint64_t expected) {
@@ -95,6 +95,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 21: decode_secagg<v1::SecAggUnmaskRequest>(f); break;
     case 22: decode_secagg<v1::SecAggUnmaskShares>(f); break;
     case 23: decode_secagg<v1::SecAggAbort>(f); break;
+    case 24: decode_secagg<v1::SecAggConsistency>(f); break;
+    case 25: decode_secagg<v1::SecAggConsistencyList>(f); break;
     default: break;
   }
   // The nested tensor type on its own, as a strategy or a checkpoint might read it.

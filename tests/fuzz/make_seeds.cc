@@ -208,7 +208,7 @@ int main(int argc, char** argv) {
   seed("frame_decoder", "small_limit", std::string("\x05\x08", 2) + all.substr(0, 200));
 
   // messages: [type selector (index into the target's table)][decode-as = own type][payload]
-  const uint16_t kTypes[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 18, 19, 20, 21, 22, 23};
+  const uint16_t kTypes[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25};
   for (const auto& f : frames) {
     uint8_t sel = 0;
     for (uint8_t i = 0; i < sizeof(kTypes) / sizeof(kTypes[0]); ++i)

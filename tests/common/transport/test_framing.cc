@@ -72,9 +72,9 @@ TEST(Framing, RoundTripEveryType) {
 TEST(Framing, KnownTypesAndNames) {
   EXPECT_FALSE(is_known_message_type(0));
   EXPECT_FALSE(is_known_message_type(10));
-  EXPECT_TRUE(is_known_message_type(16));   // secure aggregation: 16..23
-  EXPECT_TRUE(is_known_message_type(23));
-  EXPECT_FALSE(is_known_message_type(24));
+  EXPECT_TRUE(is_known_message_type(16));   // secure aggregation: 16..25
+  EXPECT_TRUE(is_known_message_type(25));
+  EXPECT_FALSE(is_known_message_type(26));
   EXPECT_STREQ(message_type_name(MessageType::kSecAggMasked), "SecAggMasked");
   EXPECT_STREQ(message_type_name(MessageType::kJobSpec), "JobSpec");
   EXPECT_STREQ(message_type_name(MessageType::kError), "Error");

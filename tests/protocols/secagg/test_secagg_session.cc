@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <unistd.h>
 #include <functional>
 #include <cmath>
 #include <memory>
@@ -14,6 +16,8 @@
 #include <set>
 
 #include "common/errors.h"
+#include "common/transport/pki.h"
+#include "common/transport/signing.h"
 #include "protocols/secagg/quantize.h"
 #include "protocols/secagg/session.h"
 #include "protocols/secagg/wire.h"
@@ -627,6 +631,153 @@ TEST(SecAggRefusal, ServerRefusesSharesNotAskedFor) {
   EXPECT_THROW(s.server->add_unmask_shares(ans), ProtocolError);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Signed rounds (active security): keys and survivor sets signed with the sites' kit keys.
+
+// A federation PKI in a temp dir: sites site-0..site-(n-1) and a coordinator.
+struct Kits {
+  std::filesystem::path dir;
+  std::vector<std::unique_ptr<common::IdentitySigner>> sites;
+  std::unique_ptr<common::IdentitySigner> coordinator;
+  std::unique_ptr<common::SiteVerifier> verifier;
+  std::vector<std::string> names;
+  explicit Kits(uint32_t n) {
+    dir = std::filesystem::temp_directory_path() / ("fedtl_secagg_kits_" + std::to_string(::getpid()) + "_" +
+                                                    std::to_string(n));
+    std::filesystem::remove_all(dir);
+    common::pki_init(dir.string(), "test-federation");
+    auto kit = [&](const std::string& name, const std::string& role) {
+      const auto k = common::load_kit(common::pki_issue(dir.string(), name, role, "127.0.0.1:1"));
+      return std::make_unique<common::IdentitySigner>(k.cert, k.key);
+    };
+    coordinator = kit("coord", "coordinator");
+    for (uint32_t u = 0; u < n; ++u) {
+      names.push_back("site-" + std::to_string(u));
+      sites.push_back(kit(names.back(), "worker"));
+    }
+    verifier = std::make_unique<common::SiteVerifier>((dir / "ca.crt").string());
+  }
+  ~Kits() { std::filesystem::remove_all(dir); }
+};
+
+RoundConfig signed_cfg(const Kits& k, uint32_t n, uint32_t t) {
+  RoundConfig c = make_cfg(n, t, 8);
+  c.signed_keys = true;
+  c.site_names = k.names;
+  return c;
+}
+
+TEST(SecAggSigned, SignedRoundWithConsistencyStepUnmasksTheSum) {
+  Kits k(4);
+  const RoundConfig cfg = signed_cfg(k, 4, 3);
+  std::vector<std::unique_ptr<ClientSession>> c;
+  for (uint32_t u = 0; u < 4; ++u)
+    c.push_back(std::make_unique<ClientSession>(cfg, u, k.sites[u].get(), k.verifier.get()));
+  ServerSession server(cfg, k.verifier.get());
+  for (auto& cs : c) server.add_keys(cs->advertise_keys());
+  const auto keys = server.close_keys();
+  for (auto& cs : c) server.add_shares(cs->share_keys(keys));
+  server.close_shares();
+  for (uint32_t u = 0; u < 4; ++u) server.add_masked(c[u]->mask_input(server.shares_for(u), std::vector<uint32_t>(8, u + 1)));
+  const auto req = server.close_masked();
+  EXPECT_THROW(c[0]->unmask(req), ProtocolError) << "a signed round must not skip the consistency step";
+  for (uint32_t u = 1; u < 4; ++u) server.add_consistency(c[u]->consistency(req));
+  const auto sigs = server.close_consistency();
+  for (uint32_t u = 1; u < 4; ++u) server.add_unmask_shares(c[u]->unmask(sigs));
+  EXPECT_EQ(server.finish(), std::vector<uint32_t>(8, 1 + 2 + 3 + 4));
+  // A site needs its certificate key and the CA to take part.
+  EXPECT_THROW(ClientSession(cfg, 0), ConfigError);
+}
+
+TEST(SecAggSigned, SubstitutedKeysAreRefusedBySitesAndTheServer) {
+  Kits k(3);
+  const RoundConfig cfg = signed_cfg(k, 3, 2);
+  std::vector<std::unique_ptr<ClientSession>> c;
+  for (uint32_t u = 0; u < 3; ++u)
+    c.push_back(std::make_unique<ClientSession>(cfg, u, k.sites[u].get(), k.verifier.get()));
+  ServerSession server(cfg, k.verifier.get());
+  std::vector<v1::SecAggKeys> adv;
+  for (auto& cs : c) adv.push_back(cs->advertise_keys());
+  // The server refuses unsigned keys and keys signed by someone else.
+  auto unsigned_keys = adv[1];
+  unsigned_keys.clear_signature();
+  EXPECT_THROW(server.add_keys(unsigned_keys), ProtocolError);
+  for (auto& a : adv) server.add_keys(a);
+  const auto honest = server.close_keys();
+
+  // A deviating coordinator swaps site 1's mask key for its own: the signature no longer holds.
+  const auto mallory = X25519KeyPair::generate();
+  auto swapped = honest;
+  swapped.mutable_keys(1)->set_mask_pk(std::string(reinterpret_cast<const char*>(mallory.public_key.data()), 32));
+  try {
+    c[0]->share_keys(swapped);
+    FAIL() << "substituted key accepted";
+  } catch (const ProtocolError& e) {
+    EXPECT_NE(std::string(e.what()).find("not signed by it"), std::string::npos) << e.what();
+  }
+  // ... and re-signing with its own (coordinator) certificate does not help, nor does another
+  // site's certificate in slot 1.
+  auto resign = [&](const common::IdentitySigner& who) {
+    auto list = swapped;
+    auto* key = list.mutable_keys(1);
+    key->set_certificate(who.certificate_pem());
+    key->set_signature(who.sign(key->cipher_pk()));  // any signature: the role/name check comes first
+    return list;
+  };
+  for (const common::IdentitySigner* who : {k.coordinator.get(), k.sites[2].get()}) {
+    ClientSession fresh(cfg, 0, k.sites[0].get(), k.verifier.get());
+    auto keys = resign(*who);
+    // keep site 0's own entry genuine for the fresh session
+    *keys.mutable_keys(0) = fresh.advertise_keys();
+    try {
+      fresh.share_keys(keys);
+      FAIL() << "key signed by " << who->name() << " accepted";
+    } catch (const ProtocolError& e) {
+      const std::string what = e.what();
+      EXPECT_TRUE(what.find("not a site certificate") != std::string::npos ||
+                  what.find("made with the certificate of 'site-2'") != std::string::npos)
+          << what;
+    }
+  }
+}
+
+TEST(SecAggSigned, CoordinatorTellingSitesDifferentSurvivorSetsIsCaughtBeforeAnyReveal) {
+  Kits k(4);
+  const RoundConfig cfg = signed_cfg(k, 4, 2);
+  std::vector<std::unique_ptr<ClientSession>> c;
+  for (uint32_t u = 0; u < 4; ++u)
+    c.push_back(std::make_unique<ClientSession>(cfg, u, k.sites[u].get(), k.verifier.get()));
+  ServerSession server(cfg);  // the deviating coordinator checks nothing
+  for (auto& cs : c) server.add_keys(cs->advertise_keys());
+  const auto keys = server.close_keys();
+  for (auto& cs : c) server.add_shares(cs->share_keys(keys));
+  server.close_shares();
+  for (uint32_t u = 0; u < 4; ++u) server.add_masked(c[u]->mask_input(server.shares_for(u), std::vector<uint32_t>(8, u)));
+  const auto truth = server.close_masked();
+  // Sites 0 and 1 are told that site 3 dropped (so they would reveal its mask key), sites 2
+  // and 3 that everyone survived (so they reveal b_3): together, site 3's input in the clear.
+  v1::SecAggUnmaskRequest lie;
+  lie.set_round(1);
+  for (uint32_t u : {0u, 1u, 2u}) lie.add_survivors(u);
+  lie.add_dropped(3);
+  v1::SecAggConsistencyList sigs;
+  sigs.set_round(1);
+  *sigs.add_signatures() = c[0]->consistency(lie);
+  *sigs.add_signatures() = c[1]->consistency(lie);
+  *sigs.add_signatures() = c[2]->consistency(truth);
+  *sigs.add_signatures() = c[3]->consistency(truth);
+  CapturedLog log;
+  for (uint32_t u = 0; u < 4; ++u) {
+    try {
+      c[u]->unmask(sigs);
+      FAIL() << "site " << u << " revealed shares although the signed survivor sets differ";
+    } catch (const RoundAborted& e) {
+      EXPECT_NE(std::string(e.what()).find("different survivor sets"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_TRUE(log.contains("before revealing any share"));
+}
+
 TEST(SecAggConfig, InvalidRoundParametersAreRefused) {
   EXPECT_THROW(ClientSession(make_cfg(1, 1, 8), 0), ConfigError);
   EXPECT_THROW(ClientSession(make_cfg(5, 1, 8), 0), ConfigError);
@@ -656,8 +807,8 @@ TEST(SecAggWire, FramesRoundTripWithReservedTypes) {
   Frame junk{frame_type(kFrameMasked), "\xff\xff\xff"};
   EXPECT_THROW(decode<v1::SecAggMasked>(junk), ProtocolError);
   EXPECT_THROW(decode<v1::SecAggMasked>(error_frame(ErrorCode::kPolicyRefused, "no")), ProtocolError);
-  for (uint16_t t = kFrameKeys; t <= kFrameAbort; ++t) EXPECT_NE(frame_name(t), nullptr);
-  EXPECT_EQ(frame_name(24), nullptr);
+  for (uint16_t t = kFrameKeys; t <= kFrameConsistencyList; ++t) EXPECT_NE(frame_name(t), nullptr);
+  EXPECT_EQ(frame_name(26), nullptr);
 }
 
 TEST(SecAggWire, MaskedMessageExpansionIsSmall) {
