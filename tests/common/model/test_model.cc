@@ -4,10 +4,12 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <random>
 
 #include "common/errors.h"
+#include "common/model/archive_check.h"
 #include "common/model/transfer_model.h"
 
 namespace fs = std::filesystem;
@@ -278,6 +280,54 @@ TEST(BackboneOperators, FileReadingBackboneIsRefusedNamingOperatorAndMethod) {
     EXPECT_NE(what.find("aten::from_file"), std::string::npos) << what;
     EXPECT_NE(what.find("backbone.forward"), std::string::npos) << what;
   }
+  fs::remove_all(dir);
+}
+
+TEST(BackboneArchive, SetstateThatRunsWhileLoadingIsRefusedBeforeLibTorchOpensTheFile) {
+  ASSERT_TRUE(python_has("torch")) << kPython << " cannot import torch: install python3-torch (scripts/setup does)";
+  const fs::path dir = temp_dir("setstate");
+  const std::string secret = (dir / "site.key").string();
+  std::ofstream(secret) << "-----BEGIN PRIVATE KEY-----";
+  const std::string bb = (dir / "onload.pt").string();
+  const std::string cmd = std::string(kPython) + " " + FEDTL_SOURCE_DIR + "/tests/common/model/make_hostile.py " + bb +
+                          " " + secret + " setstate";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const std::string bytes = read_all(bb);
+  for (auto load : {std::function<void()>([&] { TransferModel::create(bytes, cnn_spec("all"), 1); }),
+                    std::function<void()>([&] { backbone_operators(bytes); })}) {
+    try {
+      load();
+      FAIL() << "a backbone with a __setstate__ was opened";
+    } catch (const fedtl::ModelError& e) {
+      EXPECT_NE(std::string(e.what()).find("defines __setstate__"), std::string::npos) << e.what();
+    }
+  }
+  fs::remove_all(dir);
+}
+
+TEST(BackboneArchive, ZipBombIsRefusedFromItsDirectoryAndHonestArchivesPass) {
+  ASSERT_TRUE(python_has("torch")) << kPython << " cannot import torch: install python3-torch (scripts/setup does)";
+  const std::string cnn = builtin_cnn(InputSpec{}, 1);
+  EXPECT_GT(check_torchscript_archive(cnn), cnn.size() / 2);
+  const fs::path dir = temp_dir("zipbomb");
+  const std::string bb = (dir / "bomb.pt").string();
+  const std::string cmd = std::string(kPython) + " " + FEDTL_SOURCE_DIR + "/tests/common/model/make_hostile.py " + bb +
+                          " 64 zipbomb";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const std::string bytes = read_all(bb);
+  ASSERT_LT(bytes.size(), 1u << 20) << "64 MiB of zeros deflate to well under 1 MiB";
+  ArchiveLimits small;
+  small.max_total_bytes = 16u << 20;
+  try {
+    check_torchscript_archive(bytes, small);
+    FAIL() << "a " << bytes.size() << "-byte archive unpacking to 64 MiB passed a 16 MiB bound";
+  } catch (const fedtl::ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("zip bomb"), std::string::npos) << e.what();
+  }
+  EXPECT_GT(check_torchscript_archive(bytes), 64u << 20) << "within the default bound it is an honest archive";
+  // Not a zip file at all, and a truncated one.
+  EXPECT_THROW(check_torchscript_archive(std::string(100, 'x')), fedtl::ModelError);
+  EXPECT_THROW(check_torchscript_archive(cnn.substr(0, cnn.size() - 30)), fedtl::ModelError);
   fs::remove_all(dir);
 }
 
