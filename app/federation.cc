@@ -121,6 +121,8 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop) {
   worker::WorkerOptions wopt;
   wopt.site_name = site.name;
   wopt.share_training_metrics = site.policy.share_training_metrics;
+  wopt.max_backbone_bytes = static_cast<uint64_t>(site.policy.max_backbone_bytes);
+  wopt.idle_timeout = ms(site.policy.coordinator_silence_s);
   if (RAND_bytes(reinterpret_cast<unsigned char*>(&wopt.noise_secret), sizeof wopt.noise_secret) != 1)
     throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
   wopt.check_job = [&](const v1::JobSpec& job) { return worker::policy_violation(site.policy, job); };
@@ -148,6 +150,10 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop) {
       spdlog::info("[{}] {} ({} rounds trained here)", site.name, r.shutdown_reason, r.rounds_trained);
       if (!r.resume_expected) return r.success ? 0 : 1;
       spdlog::info("[{}] the coordinator will resume: reconnecting", site.name);
+    } catch (const worker::CoordinatorSilent& e) {
+      if (stop) stop->on_stop(nullptr);
+      spdlog::error("[{}] {}", site.name, e.what());
+      return 1;
     } catch (const PolicyError&) {
       return 2;  // the worker logged the refusal and told the coordinator why
     } catch (const ConfigError&) {

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "common/errors.h"
+#include "coordinator/heartbeat.h"
 #include "coordinator/internal.h"
 #include "protocols/messages.h"
 
@@ -44,7 +45,7 @@ Coordinator::Site* Coordinator::attach(std::unique_ptr<common::Connection> conn)
     slot->bytes_sent_before += slot->conn->bytes_sent();
     slot->bytes_received_before += slot->conn->bytes_received();
   }
-  slot->conn = std::move(conn);
+  slot->conn = beats_->wrap(std::move(conn));
   slot->info.active = false;
   slot->admitted = false;
   slot->info.dropped_reason.clear();
@@ -92,6 +93,7 @@ bool Coordinator::admit(Site& s) {
                    job.backbone_sha256().substr(0, 12));
     }
     s.admitted = true;
+    HeartbeatSender::enable(*s.conn);  // job and backbone are through: heartbeats may follow
     return true;
   } catch (const protocols::PeerRefused& e) {
     s.admitted = true;

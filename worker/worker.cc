@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include <condition_variable>
@@ -24,13 +25,26 @@ using protocols::to_frame;
 Worker::Worker(common::Connection& conn, SiteRuntime& runtime, WorkerOptions options)
     : conn_(conn), runtime_(runtime), opt_(std::move(options)) {}
 
+common::Frame Worker::recv_from_coordinator() {
+  try {
+    return conn_.recv(opt_.idle_timeout);
+  } catch (const TimeoutError&) {
+    const auto ms = opt_.idle_timeout.count();
+    const std::string bound = ms % 1000 == 0 ? std::to_string(ms / 1000) + " s" : std::to_string(ms) + " ms";
+    throw CoordinatorSilent("the coordinator '" + conn_.peer_name() + "' sent nothing (not even a heartbeat) for " +
+                            bound + " (policy.coordinator_silence_s): it fell silent; giving up");
+  }
+}
+
 std::string Worker::receive_backbone(const v1::JobSpec& job) {
   auto it = opt_.backbone_cache.find(job.backbone_sha256());
   if (it != opt_.backbone_cache.end()) return it->second;
   std::string bytes;
-  bytes.reserve(job.backbone_bytes());
+  // Announced sizes were checked against max_backbone_bytes; reserve no more than the bound
+  // anyway (chunks beyond the announced size are refused below).
+  bytes.reserve(static_cast<size_t>(std::min<uint64_t>(job.backbone_bytes(), opt_.max_backbone_bytes)));
   for (;;) {
-    auto chunk = from_frame<v1::BackboneChunk>(conn_.recv(opt_.idle_timeout));
+    auto chunk = from_frame<v1::BackboneChunk>(recv_from_coordinator());
     if (chunk.offset() != bytes.size())
       throw ProtocolError("backbone chunk at offset " + std::to_string(chunk.offset()) + ", expected " +
                           std::to_string(bytes.size()));
@@ -57,7 +71,7 @@ WorkerResult Worker::run() {
   for (const auto& kv : opt_.backbone_cache) hello.add_backbone_sha256(kv.first);
   send(to_frame(hello));
 
-  job_ = from_frame<v1::JobSpec>(conn_.recv(opt_.idle_timeout));
+  job_ = from_frame<v1::JobSpec>(recv_from_coordinator());
   const auto& job = job_;
   spdlog::debug("[{}] job '{}': {} rounds, backbone {}", opt_.site_name, job.job_name(), job.rounds(),
                 job.backbone_sha256().substr(0, 12));
@@ -73,6 +87,14 @@ WorkerResult Worker::run() {
       send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + why));
       throw PolicyError("job '" + job.job_name() + "' refused by site policy: " + why);
     }
+  }
+  if (job.backbone_bytes() > opt_.max_backbone_bytes) {  // before anything is allocated for it
+    const std::string why = "the job's backbone is " + std::to_string(job.backbone_bytes()) +
+                            " bytes; this site accepts at most " + std::to_string(opt_.max_backbone_bytes) +
+                            " (policy.max_backbone_bytes)";
+    spdlog::error("[{}] job '{}' refused by site policy: {}", opt_.site_name, job.job_name(), why);
+    send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + why));
+    throw PolicyError("job '" + job.job_name() + "' refused by site policy: " + why);
   }
   const std::string backbone = receive_backbone(job);
 
@@ -164,7 +186,7 @@ common::Frame Worker::next_frame() {
     pending_.reset();
     return f;
   }
-  return conn_.recv(opt_.idle_timeout);
+  return recv_from_coordinator();
 }
 
 LocalUpdate Worker::train_private(const v1::RoundStart& start, const std::vector<float>& global, bool* below_clip) {

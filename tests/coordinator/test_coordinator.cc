@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <future>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -23,6 +24,7 @@
 #include "common/transport/inproc.h"
 #include "protocols/messages.h"
 #include "tests/unit_job.h"
+#include "worker/worker.h"
 
 namespace fedtl::coordinator {
 namespace {
@@ -117,6 +119,7 @@ void answer_rounds(Connection& c, SiteLog& log, const std::function<std::optiona
       log.connection_closed = true;
       return;
     }
+    if (f.type == MessageType::kHeartbeat) continue;  // the coordinator's, while it waits for others
     if (f.type == MessageType::kShutdown) {
       log.got_shutdown = true;
       log.shutdown_success = from_frame<v1::Shutdown>(f).success();
@@ -527,6 +530,72 @@ TEST_F(CoordinatorTest, AbsurdlyLargeUpdateIsDropped) {
   EXPECT_NE(site(res, "site-2").dropped_reason.find("max_update_norm"), std::string::npos)
       << site(res, "site-2").dropped_reason;
   EXPECT_TRUE(evil.log.connection_closed);
+}
+
+// A site runtime that trains instantly: a fixed delta.
+class InstantRuntime : public worker::SiteRuntime {
+ public:
+  uint64_t prepare(const v1::JobSpec&, const std::string&) override { return 10; }
+  worker::LocalUpdate train_round(uint32_t, const std::vector<float>& global) override {
+    worker::LocalUpdate up;
+    up.delta.assign(global.size(), 1.f);
+    up.num_samples = 10;
+    return up;
+  }
+};
+
+// Issue 11, item 6: the coordinator is never silent for long. A real Worker whose silence
+// bound (400 ms) is far shorter than the time it waits for the next round (a slow site takes
+// 1.2 s per round) is kept alive by the coordinator's heartbeats and finishes the job; with
+// heartbeats off the same worker gives up with CoordinatorSilent, and the job goes on.
+TEST_F(CoordinatorTest, HeartbeatsKeepWaitingSitesAliveAcrossSlowRounds) {
+  for (bool beats : {true, false}) {
+    SCOPED_TRACE(beats ? "heartbeats every 100 ms" : "no heartbeats");
+    FakeSite fast("site-0"), slow("site-1");
+    InstantRuntime runtime;
+    worker::WorkerOptions wopt;
+    wopt.site_name = "site-0";
+    wopt.idle_timeout = 400ms;
+    worker::Worker w(*fast.site_end, runtime, wopt);
+    std::promise<std::string> outcome;
+    fast.thread = std::thread([&] {
+      try {
+        const auto r = w.run();
+        outcome.set_value(r.success ? "finished after " + std::to_string(r.rounds_trained) + " rounds" : "failed");
+      } catch (const worker::CoordinatorSilent& e) {
+        outcome.set_value(std::string("silent: ") + e.what());
+      } catch (const std::exception& e) {
+        outcome.set_value(std::string("error: ") + e.what());
+      }
+    });
+    slow.start([](Connection& c, SiteLog& log) {
+      site_handshake(c, "site-1", 10);
+      answer_rounds(c, log, [&](const v1::RoundStart& s) {
+        std::this_thread::sleep_for(1200ms);
+        return std::optional<Frame>(update_frame(s.round(), 10, std::vector<float>(kParams, 1.f)));
+      });
+    });
+    CoordinatorOptions o = base_options(2, {"site-0", "site-1"}, 1);
+    o.round_timeout = 5s;
+    o.heartbeat_interval = beats ? 100ms : 0ms;
+    Coordinator coord(o, fedavg(), eval, std::vector<float>(kParams, 0.f));
+    coord.add_site(std::move(fast.coord_end));
+    coord.add_site(std::move(slow.coord_end));
+    auto res = coord.run(nullptr);
+    const std::string got = outcome.get_future().get();
+    fast.thread.join();
+    slow.thread.join();
+    ASSERT_EQ(res.rounds.size(), 2u);
+    EXPECT_TRUE(slow.log.got_shutdown);
+    if (beats) {
+      EXPECT_EQ(got, "finished after 2 rounds");
+      for (const auto& r : res.rounds) EXPECT_EQ(r.sites_reported, 2u);
+    } else {
+      EXPECT_NE(got.find("silent: "), std::string::npos) << got;
+      EXPECT_NE(got.find("sent nothing (not even a heartbeat) for 400 ms"), std::string::npos) << got;
+      EXPECT_EQ(res.rounds[1].sites_reported, 1u);  // the slow site carried on alone
+    }
+  }
 }
 
 }  // namespace
