@@ -49,6 +49,7 @@ Coordinator::Site* Coordinator::attach(std::unique_ptr<common::Connection> conn)
   slot->info.active = false;
   slot->admitted = false;
   slot->info.dropped_reason.clear();
+  slot->refused = false;  // a refusal belonged to the connection it came on
   return slot;
 }
 
@@ -108,8 +109,9 @@ bool Coordinator::admit(Site& s) {
       for (;;) {
         common::Frame f = s.conn->recv(milliseconds(200));
         if (f.type == MessageType::kError) {
-          why = "refused: " + from_frame<v1::ErrorMessage>(f).message();
-          refused = true;
+          const auto em = from_frame<v1::ErrorMessage>(f);
+          refused = em.code() != static_cast<uint32_t>(protocols::ErrorCode::kLeaving);
+          why = (refused ? "refused: " : "left before Ready: ") + em.message();
           break;
         }
       }
@@ -140,7 +142,11 @@ bool Coordinator::await_ready(Site& s, milliseconds timeout, bool drop_on_timeou
     if (drop_on_timeout) drop(s, std::string("not ready: ") + e.what());
     return false;
   } catch (const protocols::PeerRefused& e) {
-    drop(s, std::string("not ready: ") + e.what(), /*refused=*/true);
+    // kLeaving: the site only inspected the job (fedtl worker --inspect-job); its slot stays
+    // open for it to join later.
+    const bool leaving = e.code() == protocols::ErrorCode::kLeaving;
+    if (leaving) spdlog::info("site '{}' inspected the job and left before Ready", s.info.name);
+    drop(s, std::string(leaving ? "left before Ready: " : "not ready: ") + e.what(), /*refused=*/!leaving);
     return false;
   } catch (const fedtl::Error& e) {
     drop(s, std::string("not ready: ") + e.what());

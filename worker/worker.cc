@@ -75,28 +75,42 @@ WorkerResult Worker::run() {
   const auto& job = job_;
   spdlog::debug("[{}] job '{}': {} rounds, backbone {}", opt_.site_name, job.job_name(), job.rounds(),
                 job.backbone_sha256().substr(0, 12));
-  if (const std::string why = protocols::job_spec_problem(job); !why.empty()) {
-    spdlog::error("[{}] job '{}' refused: {}", opt_.site_name, job.job_name(), why);
-    send(protocols::error_frame(protocols::ErrorCode::kBadConfig, why));
-    throw ConfigError("job '" + job.job_name() + "' refused: " + why);
+  // The site's verdict on the job, before anything is allocated or downloaded for it.
+  std::string verdict;
+  protocols::ErrorCode verdict_code = protocols::ErrorCode::kPolicyRefused;
+  if (std::string why = protocols::job_spec_problem(job); !why.empty()) {
+    verdict = std::move(why);
+    verdict_code = protocols::ErrorCode::kBadConfig;
+  } else if (opt_.check_job) {
+    verdict = opt_.check_job(job);
   }
-  if (opt_.check_job) {
-    const std::string why = opt_.check_job(job);
-    if (!why.empty()) {
-      spdlog::error("[{}] job '{}' refused by site policy: {}", opt_.site_name, job.job_name(), why);
-      send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + why));
-      throw PolicyError("job '" + job.job_name() + "' refused by site policy: " + why);
+  if (verdict.empty() && job.backbone_bytes() > opt_.max_backbone_bytes)
+    verdict = "the job's backbone is " + std::to_string(job.backbone_bytes()) + " bytes; this site accepts at most " +
+              std::to_string(opt_.max_backbone_bytes) + " (policy.max_backbone_bytes)";
+  if (opt_.inspect_only) {
+    // Show the job whatever the verdict; download the backbone unless it is beyond the bound.
+    const std::string backbone = job.backbone_bytes() > opt_.max_backbone_bytes ? "" : receive_backbone(job);
+    if (opt_.on_job) opt_.on_job(job, backbone, verdict);
+    send(protocols::error_frame(protocols::ErrorCode::kLeaving,
+                                "site '" + opt_.site_name + "' only inspected the job and leaves before Ready"));
+    WorkerResult inspected;
+    inspected.inspected = true;
+    inspected.success = true;
+    inspected.shutdown_reason = "job inspected; left before Ready";
+    return inspected;
+  }
+  if (!verdict.empty()) {
+    if (verdict_code == protocols::ErrorCode::kBadConfig) {
+      spdlog::error("[{}] job '{}' refused: {}", opt_.site_name, job.job_name(), verdict);
+      send(protocols::error_frame(protocols::ErrorCode::kBadConfig, verdict));
+      throw ConfigError("job '" + job.job_name() + "' refused: " + verdict);
     }
-  }
-  if (job.backbone_bytes() > opt_.max_backbone_bytes) {  // before anything is allocated for it
-    const std::string why = "the job's backbone is " + std::to_string(job.backbone_bytes()) +
-                            " bytes; this site accepts at most " + std::to_string(opt_.max_backbone_bytes) +
-                            " (policy.max_backbone_bytes)";
-    spdlog::error("[{}] job '{}' refused by site policy: {}", opt_.site_name, job.job_name(), why);
-    send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + why));
-    throw PolicyError("job '" + job.job_name() + "' refused by site policy: " + why);
+    spdlog::error("[{}] job '{}' refused by site policy: {}", opt_.site_name, job.job_name(), verdict);
+    send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + verdict));
+    throw PolicyError("job '" + job.job_name() + "' refused by site policy: " + verdict);
   }
   const std::string backbone = receive_backbone(job);
+  if (opt_.on_job) opt_.on_job(job, backbone, "");
 
   v1::Ready ready;
   try {

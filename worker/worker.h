@@ -34,6 +34,14 @@ struct WorkerOptions {
   // The largest backbone this site downloads (site policy max_backbone_bytes): a JobSpec
   // announcing more is refused (Error kPolicyRefused, PolicyError) before anything is allocated.
   uint64_t max_backbone_bytes = uint64_t{2} << 30;
+  // Called once the job is known and its backbone verified (bytes empty when it was not
+  // downloaded: too large for the site), before any data is touched, with the site's verdict
+  // ("" = accepted, else why it is refused). `fedtl worker` logs what the site is about to run.
+  std::function<void(const v1::JobSpec& job, const std::string& backbone, const std::string& verdict)> on_job;
+  // Inspect only: receive the JobSpec and the backbone, verify the digest, call on_job (a
+  // policy refusal is reported there rather than sent), then tell the coordinator the site is
+  // leaving (Error kLeaving) and return (WorkerResult::inspected) without preparing anything.
+  bool inspect_only = false;
   // Called with the verified backbone after a download (e.g. to store it on disk).
   std::function<void(const std::string& sha256, const std::string& bytes)> on_backbone;
   // Site policy: returns why the job is refused, or "" to accept it (see site_policy.h).
@@ -61,6 +69,7 @@ struct WorkerResult {
   std::string shutdown_reason;
   bool success = false;
   bool resume_expected = false;  // the coordinator stopped early and will resume
+  bool inspected = false;        // inspect_only: the job was shown, the site left before Ready
 };
 
 class Worker {

@@ -598,5 +598,60 @@ TEST_F(CoordinatorTest, HeartbeatsKeepWaitingSitesAliveAcrossSlowRounds) {
   }
 }
 
+// Forwards to a connection shared with the test (so a test can hand one end to a listener).
+class SharedConn : public Connection {
+ public:
+  explicit SharedConn(std::shared_ptr<Connection> c) : c_(std::move(c)) {}
+  void send(const Frame& f) override { c_->send(f); }
+  Frame recv(common::Millis t) override { return c_->recv(t); }
+  void close() override { c_->close(); }
+  std::string peer_name() const override { return c_->peer_name(); }
+  uint64_t bytes_sent() const override { return c_->bytes_sent(); }
+  uint64_t bytes_received() const override { return c_->bytes_received(); }
+
+ private:
+  std::shared_ptr<Connection> c_;
+};
+
+// Issue 11, item 5: a site that only inspects the job (Error kLeaving after the backbone,
+// before Ready) is not counted as a refusal: its slot stays open, it joins later through the
+// listener, and the job runs with it.
+TEST_F(CoordinatorTest, SiteThatInspectsAndLeavesCanJoinLater) {
+  QueueListener listener;
+  FakeSite good("site-0"), inspector("site-1");
+  auto [c2, s2] = common::make_inproc_pair("coordinator", "site-1");
+  std::shared_ptr<Connection> second_coord_end(std::move(c2)), second_site_end(std::move(s2));
+  listener.push(std::move(good.coord_end));
+  listener.push(std::move(inspector.coord_end));
+  good.start(honest("site-0", 10, 1.0f));
+  SiteLog second_log;
+  inspector.start([&](Connection& c, SiteLog&) {
+    v1::Hello hello;
+    hello.set_protocol_version(common::kProtocolVersion);
+    hello.set_site_name("site-1");
+    c.send(to_frame(hello));
+    from_frame<v1::JobSpec>(c.recv(5s));
+    for (;;)
+      if (from_frame<v1::BackboneChunk>(c.recv(5s)).last()) break;
+    c.send(protocols::error_frame(protocols::ErrorCode::kLeaving, "site 'site-1' only inspected the job"));
+    c.close();
+    std::this_thread::sleep_for(300ms);
+    listener.push(std::unique_ptr<Connection>(new SharedConn(second_coord_end)));
+    honest("site-1", 30, 3.0f)(*second_site_end, second_log);
+  });
+  CoordinatorOptions o = base_options(1, {"site-0", "site-1"}, 2);
+  Coordinator coord(o, fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.set_listener(&listener);
+  auto res = coord.run(nullptr);
+  good.thread.join();
+  inspector.thread.join();
+  ASSERT_EQ(res.rounds.size(), 1u);
+  EXPECT_TRUE(res.rounds[0].applied);
+  EXPECT_EQ(res.rounds[0].sites_reported, 2u);
+  EXPECT_TRUE(site(res, "site-1").active);
+  EXPECT_TRUE(second_log.got_shutdown);
+  expect_params(res.params, 2.5f);
+}
+
 }  // namespace
 }  // namespace fedtl::coordinator

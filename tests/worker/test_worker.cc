@@ -390,5 +390,40 @@ TEST_F(WorkerTest, CoordinatorHeartbeatsKeepAWaitingSiteAlive) {
   EXPECT_EQ(run.get().rounds_trained, 1u);
 }
 
+// Issue 11, item 5: inspect only. The worker receives the job and the backbone, verifies the
+// digest, shows them with the site's verdict (a policy refusal is shown, not sent), tells the
+// coordinator it leaves (Error kLeaving) and returns without preparing anything.
+TEST_F(WorkerTest, InspectOnlyShowsTheJobAndLeavesBeforeReady) {
+  for (bool refused : {false, true}) {
+    SCOPED_TRACE(refused ? "job outside the policy" : "job within the policy");
+    auto [c, w] = common::make_inproc_pair("site-a", "coordinator");
+    coord = std::move(c);
+    wconn = std::move(w);
+    runtime.prepared = 0;
+    opt.inspect_only = true;
+    opt.check_job = [refused](const v1::JobSpec&) { return refused ? std::string("too many rounds") : ""; };
+    std::string shown_backbone, shown_verdict, shown_job;
+    opt.on_job = [&](const v1::JobSpec& job, const std::string& backbone, const std::string& verdict) {
+      shown_job = job.job_name();
+      shown_backbone = backbone;
+      shown_verdict = verdict;
+    };
+    auto run = start();
+    hello();
+    coord->send(to_frame(make_job()));
+    send_backbone(*coord, kBackbone);
+    auto err = from_frame<v1::ErrorMessage>(next(*coord));
+    EXPECT_EQ(err.code(), static_cast<uint32_t>(protocols::ErrorCode::kLeaving));
+    EXPECT_NE(err.message().find("only inspected the job and leaves before Ready"), std::string::npos) << err.message();
+    const WorkerResult r = run.get();
+    EXPECT_TRUE(r.inspected);
+    EXPECT_TRUE(r.success);
+    EXPECT_EQ(shown_job, "unit");
+    EXPECT_EQ(shown_backbone, kBackbone);
+    EXPECT_EQ(shown_verdict, refused ? "too many rounds" : "");
+    EXPECT_EQ(runtime.prepared, 0);
+  }
+}
+
 }  // namespace
 }  // namespace fedtl::worker
