@@ -408,10 +408,16 @@ SiteConfig load_site_config(const std::string& path) {
   pol.get("max_rounds", c.policy.max_rounds);
   pol.get("max_local_epochs", c.policy.max_local_epochs);
   pol.get("share_training_metrics", c.policy.share_training_metrics);
+  pol.get("max_backbone_bytes", c.policy.max_backbone_bytes);
+  pol.get("coordinator_silence_s", c.policy.coordinator_silence_s);
   pol.reject_unknown();
 
   const std::string base = std::filesystem::path(path).parent_path().string();
   for (std::string* p : {&c.ca_cert, &c.cert, &c.key, &c.cache_dir, &c.data_dir, &c.data_job}) *p = resolve(base, *p);
+  require(c.policy.max_backbone_bytes >= 1, "policy.max_backbone_bytes must be >= 1");
+  require(std::isfinite(c.policy.coordinator_silence_s) && c.policy.coordinator_silence_s >= 1 &&
+              c.policy.coordinator_silence_s <= 7 * 86400,
+          "policy.coordinator_silence_s must be between 1 and 604800 seconds");
   require(!c.name.empty(), "site.name is required (the name on the site's certificate)");
   require(c.coordinator.find(':') != std::string::npos, "site.coordinator must be host:port");
   require(!c.ca_cert.empty() && !c.cert.empty() && !c.key.empty(), "site.ca_cert, site.cert and site.key are required");

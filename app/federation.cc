@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include "app/run.h"
@@ -13,10 +14,12 @@
 #include "common/data/datasets.h"
 #include "common/errors.h"
 #include "common/files.h"
+#include "common/model/transfer_model.h"
 #include "common/transport/pki.h"
 #include "common/sha256.h"
 #include "common/transport/signing.h"
 #include "common/transport/tls.h"
+#include "protocols/job_check.h"
 #include "protocols/messages.h"
 #include "worker/site_policy.h"
 #include "worker/worker.h"
@@ -65,6 +68,66 @@ std::map<std::string, std::string> load_backbone_cache(const std::string& dir) {
 
 }  // namespace
 
+std::vector<std::string> describe_job(const v1::JobSpec& job, const std::string& backbone,
+                                      const std::string& verdict) {
+  std::vector<std::string> out;
+  auto line = [&](const std::string& s) { out.push_back(s); };
+  auto num = [](double v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+  };
+  const auto& m = job.model();
+  const auto& t = job.training();
+  line("job: '" + job.job_name() + "', " + std::to_string(job.rounds()) + " rounds, quorum " +
+       std::to_string(job.min_sites()) + " sites, this site's index " + std::to_string(job.site_index()));
+  line("backbone: sha256 " + job.backbone_sha256() + ", " + std::to_string(job.backbone_bytes()) + " bytes" +
+       (backbone.empty() ? " (not downloaded)" : " (digest verified)"));
+  if (!backbone.empty()) {
+    try {
+      const auto ops = common::model::backbone_operators(backbone);
+      std::string list, refused;
+      for (const auto& u : ops) {
+        list += (list.empty() ? "" : ", ") + u.op;
+        if (!common::model::operator_allowed(u.op)) refused += (refused.empty() ? "" : ", ") + u.op + " in " + u.where;
+      }
+      line("backbone operators (" + std::to_string(ops.size()) + "): " + list);
+      line(refused.empty() ? "backbone operators: all on the allowlist of pure tensor operators"
+                           : "backbone operators NOT on the allowlist: " + refused + " (the site refuses this backbone)");
+    } catch (const fedtl::Error& e) {
+      line(std::string("backbone operators: cannot be read: ") + e.what());
+    }
+  }
+  std::string trainable;
+  for (const auto& e : job.layout().entries()) {
+    std::string shape;
+    for (auto d : e.shape()) shape += (shape.empty() ? "" : "x") + std::to_string(d);
+    trainable += (trainable.empty() ? "" : ", ") + e.name() + " [" + shape + "]";
+  }
+  line("model: head " + v1::HeadType_Name(m.head()) + (m.head() == v1::HEAD_MLP ? " hidden " + std::to_string(m.hidden()) : "") +
+       ", " + std::to_string(m.num_classes()) + " classes, freeze " + v1::Freeze_Name(m.freeze()) +
+       (m.freeze() == v1::FREEZE_ALL_BUT_LAST ? " (unfrozen " + std::to_string(m.unfrozen()) + ")" : "") + ", input " +
+       std::to_string(m.in_channels()) + "x" + std::to_string(m.in_height()) + "x" + std::to_string(m.in_width()));
+  line("trainable parameters: " + std::to_string(protocols::layout_numel(job.layout())) + " in " + trainable);
+  line("training: " + std::to_string(t.epochs()) + " local epochs per round, batch size " +
+       std::to_string(t.batch_size()) + ", optimizer " + v1::Optimizer_Name(t.optimizer()) + ", learning rate " +
+       num(t.lr()) + ", momentum " + num(t.momentum()) + ", weight decay " + num(t.weight_decay()) +
+       (t.prox_mu() > 0 ? ", FedProx mu " + num(t.prox_mu()) : ""));
+  const auto& pv = job.privacy();
+  line(pv.mode() == v1::PRIVACY_OFF
+           ? std::string("differential privacy: off")
+           : "differential privacy: " + v1::PrivacyMode_Name(pv.mode()) + ", noise multiplier " +
+                 num(pv.noise_multiplier()) + ", clip norm " + num(pv.clip_norm()) + ", sampling rate " +
+                 num(pv.sampling_rate()) + ", expected sites " + std::to_string(pv.expected_sites()));
+  const auto& sa = job.secagg();
+  line(!job.secure_aggregation()
+           ? std::string("secure aggregation: off (the coordinator sees this site's update)")
+           : "secure aggregation: on, " + std::to_string(sa.num_sites()) + " sites, threshold " +
+                 std::to_string(sa.threshold()) + ", clip " + num(sa.clip()) + ", weight bound " + num(sa.weight_bound()));
+  line("policy verdict: " + (verdict.empty() ? std::string("accepted") : "refused: " + verdict));
+  return out;
+}
+
 SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::StopSignal* stop) {
   app::JobConfig cfg = job_cfg;
   // Across institutions, updates are masked unless the job explicitly says otherwise.
@@ -105,7 +168,7 @@ SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::Stop
   return {o.final_eval.accuracy, o.model_sha256, cfg.out};
 }
 
-int run_worker(const app::SiteConfig& site, common::StopSignal* stop) {
+int run_worker(const app::SiteConfig& site, common::StopSignal* stop, std::ostream* inspect_out) {
   common::model::set_torch_threads(1);
   const auto [host, port] = split_address(site.coordinator, "site.coordinator");
   common::TlsConfig tls;
@@ -123,11 +186,25 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop) {
   worker::WorkerOptions wopt;
   wopt.site_name = site.name;
   wopt.share_training_metrics = site.policy.share_training_metrics;
+  wopt.max_backbone_bytes = static_cast<uint64_t>(site.policy.max_backbone_bytes);
+  wopt.idle_timeout = ms(site.policy.coordinator_silence_s);
   if (RAND_bytes(reinterpret_cast<unsigned char*>(&wopt.noise_secret), sizeof wopt.noise_secret) != 1)
     throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
   wopt.check_job = [&](const v1::JobSpec& job) { return worker::policy_violation(site.policy, job); };
+  // The kit's files are checked (key permissions, role, validity) before the signer reads the key.
+  common::check_own_credentials(site.ca_cert, site.cert, site.key, common::CertRole::kWorker);
   wopt.signer = std::make_shared<common::IdentitySigner>(site.cert, site.key);
   wopt.verifier = std::make_shared<common::SiteVerifier>(site.ca_cert);
+  wopt.inspect_only = inspect_out != nullptr;
+  wopt.on_job = [&](const v1::JobSpec& job, const std::string& backbone, const std::string& verdict) {
+    const auto lines = describe_job(job, backbone, verdict);
+    if (inspect_out) {
+      for (const auto& l : lines) *inspect_out << l << "\n";
+      inspect_out->flush();
+    } else {
+      for (const auto& l : lines) spdlog::info("[{}] {}", site.name, l);
+    }
+  };
   wopt.on_backbone = [&](const std::string& sha, const std::string& bytes) {
     common::write_file_atomic(backbone_dir + "/" + sha + ".pt", bytes);
     spdlog::info("[{}] backbone {} verified and cached", site.name, sha.substr(0, 12));
@@ -149,9 +226,18 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop) {
       backoff = milliseconds(500);
       const auto r = worker::Worker(*conn, trainer, wopt).run();
       if (stop) stop->on_stop(nullptr);
+      if (r.inspected) {
+        conn->close();
+        spdlog::info("[{}] job inspected; told the coordinator this site leaves before Ready", site.name);
+        return 0;
+      }
       spdlog::info("[{}] {} ({} rounds trained here)", site.name, r.shutdown_reason, r.rounds_trained);
       if (!r.resume_expected) return r.success ? 0 : 1;
       spdlog::info("[{}] the coordinator will resume: reconnecting", site.name);
+    } catch (const worker::CoordinatorSilent& e) {
+      if (stop) stop->on_stop(nullptr);
+      spdlog::error("[{}] {}", site.name, e.what());
+      return 1;
     } catch (const PolicyError&) {
       return 2;  // the worker logged the refusal and told the coordinator why
     } catch (const ConfigError&) {

@@ -3,9 +3,11 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "app/config.h"
 #include "common/stop_signal.h"
+#include "protocols/fedtl.pb.h"
 
 namespace fedtl::app {
 
@@ -48,7 +50,17 @@ SimulateResult run_coordinator(const app::JobConfig& cfg, const common::StopSign
 // status (0 when the job finished).
 // A coordinator that stops early for a restart (Shutdown.resume_expected) is waited for.
 // `stop` (optional): SIGINT/SIGTERM close the connection and end the worker with status 0.
-int run_worker(const app::SiteConfig& site, common::StopSignal* stop = nullptr);
+// `inspect_out` (fedtl worker --inspect-job): connect, receive the JobSpec and the backbone,
+// verify its digest, print describe_job()'s lines there, tell the coordinator the site leaves
+// (Error kLeaving), disconnect and return 0; nothing is prepared or trained. A normal run logs
+// the same lines when it accepts a job.
+int run_worker(const app::SiteConfig& site, common::StopSignal* stop = nullptr, std::ostream* inspect_out = nullptr);
+
+// What a site is about to run, one fact per line: the job and its rounds, the backbone's digest,
+// size and operators (checked against the allowlist; `backbone` empty: not downloaded), the
+// model and its trainable parameters, epochs, batch size, learning rates, DP and secure
+// aggregation settings, and the site policy's verdict ("" = accepted).
+std::vector<std::string> describe_job(const v1::JobSpec& job, const std::string& backbone, const std::string& verdict);
 
 // `fedtl ca init|issue`: the federation's certificate authority and its kits.
 void run_ca_init(const std::string& dir, const std::string& federation);

@@ -10,6 +10,7 @@
 
 #include "common/errors.h"
 #include "common/seeds.h"
+#include "coordinator/heartbeat.h"
 #include "coordinator/internal.h"
 #include "protocols/messages.h"
 #include "protocols/job_check.h"
@@ -45,7 +46,8 @@ common::Frame recv_live(common::Connection& conn, Clock::time_point deadline, mi
 Coordinator::Coordinator(CoordinatorOptions options, std::unique_ptr<protocols::Strategy> strategy,
                          Evaluator& evaluator, std::vector<float> initial_params)
     : opt_(std::move(options)), strategy_(std::move(strategy)), evaluator_(evaluator),
-      params_(std::move(initial_params)) {
+      params_(std::move(initial_params)),
+      beats_(std::make_unique<HeartbeatSender>(opt_.heartbeat_interval)) {
   if (const auto& pv = opt_.job.privacy(); pv.mode() != v1::PRIVACY_OFF) {
     dp_ = std::make_unique<Dp>();
     dp_->params = {*protocols::noise_mode(pv), pv.noise_multiplier(), pv.clip_norm()};
@@ -142,6 +144,7 @@ RoundRecord Coordinator::run_round(uint32_t round) {
 
 Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&)>& on_round) {
   Result res;
+  beats_->start();
   join_phase();
   size_t ready = 0;
   for (auto& s : sites_) {
@@ -188,6 +191,7 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
       opt_.checkpoint(c);
     }
   }
+  beats_->stop();  // nothing follows the Shutdown
   v1::Shutdown sd;
   sd.set_reason(res.stop_reason.empty() ? "job finished after " + std::to_string(opt_.job.rounds()) + " rounds"
                                         : res.stop_reason);

@@ -34,6 +34,8 @@
 
 namespace fedtl::coordinator {
 
+class HeartbeatSender;
+
 struct RoundEval {
   double accuracy = 0, loss = 0;
 };
@@ -65,6 +67,12 @@ struct CoordinatorOptions {
   // is taken for dead and dropped; one that keeps sending heartbeats is waited for until the
   // round deadline and then left out of that round only.
   std::chrono::milliseconds liveness_timeout{std::chrono::seconds(60)};
+  // The coordinator is never silent for long either: a site that has its job and has heard
+  // nothing from the coordinator for this long gets a Heartbeat (from a thread of its own, so
+  // waiting for other sites, evaluating or checkpointing never starves it). Sites bound the
+  // silence they tolerate (site policy coordinator_silence_s), so keep this well below it.
+  // 0: no heartbeats.
+  std::chrono::milliseconds heartbeat_interval{std::chrono::seconds(10)};
   size_t min_sites = 1;
   // The federation's sites in index order. Empty: add_site() appends whoever connects.
   std::vector<std::string> site_names;
@@ -179,6 +187,9 @@ class Coordinator {
   // Differential privacy state (unused when the job has no PrivacySpec).
   struct Dp;
   std::unique_ptr<Dp> dp_;
+  // Heartbeats to the sites (coordinator/heartbeat.h). Declared last: its thread stops before
+  // the site connections it sends on are destroyed.
+  std::unique_ptr<HeartbeatSender> beats_;
 };
 
 }  // namespace fedtl::coordinator

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "common/errors.h"
+#include "coordinator/heartbeat.h"
 #include "coordinator/internal.h"
 #include "protocols/messages.h"
 
@@ -44,10 +45,11 @@ Coordinator::Site* Coordinator::attach(std::unique_ptr<common::Connection> conn)
     slot->bytes_sent_before += slot->conn->bytes_sent();
     slot->bytes_received_before += slot->conn->bytes_received();
   }
-  slot->conn = std::move(conn);
+  slot->conn = beats_->wrap(std::move(conn));
   slot->info.active = false;
   slot->admitted = false;
   slot->info.dropped_reason.clear();
+  slot->refused = false;  // a refusal belonged to the connection it came on
   return slot;
 }
 
@@ -97,6 +99,7 @@ bool Coordinator::admit(Site& s) {
                    job.backbone_sha256().substr(0, 12));
     }
     s.admitted = true;
+    HeartbeatSender::enable(*s.conn);  // job and backbone are through: heartbeats may follow
     return true;
   } catch (const protocols::PeerRefused& e) {
     s.admitted = true;
@@ -111,8 +114,9 @@ bool Coordinator::admit(Site& s) {
       for (;;) {
         common::Frame f = s.conn->recv(milliseconds(200));
         if (f.type == MessageType::kError) {
-          why = "refused: " + from_frame<v1::ErrorMessage>(f).message();
-          refused = true;
+          const auto em = from_frame<v1::ErrorMessage>(f);
+          refused = em.code() != static_cast<uint32_t>(protocols::ErrorCode::kLeaving);
+          why = (refused ? "refused: " : "left before Ready: ") + em.message();
           break;
         }
       }
@@ -143,7 +147,11 @@ bool Coordinator::await_ready(Site& s, milliseconds timeout, bool drop_on_timeou
     if (drop_on_timeout) drop(s, std::string("not ready: ") + e.what());
     return false;
   } catch (const protocols::PeerRefused& e) {
-    drop(s, std::string("not ready: ") + e.what(), /*refused=*/true);
+    // kLeaving: the site only inspected the job (fedtl worker --inspect-job); its slot stays
+    // open for it to join later.
+    const bool leaving = e.code() == protocols::ErrorCode::kLeaving;
+    if (leaving) spdlog::info("site '{}' inspected the job and left before Ready", s.info.name);
+    drop(s, std::string(leaving ? "left before Ready: " : "not ready: ") + e.what(), /*refused=*/!leaving);
     return false;
   } catch (const fedtl::Error& e) {
     drop(s, std::string("not ready: ") + e.what());

@@ -26,6 +26,9 @@ enum class ErrorCode : uint32_t {
   kBadMessage = 5,
   kBackboneDigest = 6,
   kBadConfig = 7,
+  // Not a refusal: the site leaves before Ready (it only inspected the job, `fedtl worker
+  // --inspect-job`) and may join later; the coordinator frees its slot and keeps serving.
+  kLeaving = 8,
 };
 
 // The peer answered with an Error frame: a typed refusal. Callers decide on code(), never on

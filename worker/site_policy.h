@@ -17,6 +17,12 @@ struct SitePolicy {
   int64_t max_rounds = 100000;
   int64_t max_local_epochs = 1000;
   bool share_training_metrics = true;        // false: only updates leave the site
+  // The largest backbone (bytes) the site downloads; a JobSpec announcing more is refused
+  // before anything is allocated for it.
+  int64_t max_backbone_bytes = int64_t{2} << 30;
+  // The longest the coordinator may stay silent (it sends heartbeats while sites wait) before
+  // the worker gives up and exits non-zero.
+  double coordinator_silence_s = 300;
 };
 
 

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include <condition_variable>
@@ -24,13 +25,26 @@ using protocols::to_frame;
 Worker::Worker(common::Connection& conn, SiteRuntime& runtime, WorkerOptions options)
     : conn_(conn), runtime_(runtime), opt_(std::move(options)) {}
 
+common::Frame Worker::recv_from_coordinator() {
+  try {
+    return conn_.recv(opt_.idle_timeout);
+  } catch (const TimeoutError&) {
+    const auto ms = opt_.idle_timeout.count();
+    const std::string bound = ms % 1000 == 0 ? std::to_string(ms / 1000) + " s" : std::to_string(ms) + " ms";
+    throw CoordinatorSilent("the coordinator '" + conn_.peer_name() + "' sent nothing (not even a heartbeat) for " +
+                            bound + " (policy.coordinator_silence_s): it fell silent; giving up");
+  }
+}
+
 std::string Worker::receive_backbone(const v1::JobSpec& job) {
   auto it = opt_.backbone_cache.find(job.backbone_sha256());
   if (it != opt_.backbone_cache.end()) return it->second;
   std::string bytes;
-  bytes.reserve(job.backbone_bytes());
+  // Announced sizes were checked against max_backbone_bytes; reserve no more than the bound
+  // anyway (chunks beyond the announced size are refused below).
+  bytes.reserve(static_cast<size_t>(std::min<uint64_t>(job.backbone_bytes(), opt_.max_backbone_bytes)));
   for (;;) {
-    auto chunk = from_frame<v1::BackboneChunk>(conn_.recv(opt_.idle_timeout));
+    auto chunk = from_frame<v1::BackboneChunk>(recv_from_coordinator());
     if (chunk.offset() != bytes.size())
       throw ProtocolError("backbone chunk at offset " + std::to_string(chunk.offset()) + ", expected " +
                           std::to_string(bytes.size()));
@@ -57,22 +71,43 @@ WorkerResult Worker::run() {
   for (const auto& kv : opt_.backbone_cache) hello.add_backbone_sha256(kv.first);
   send(to_frame(hello));
 
-  job_ = from_frame<v1::JobSpec>(conn_.recv(opt_.idle_timeout));
+  job_ = from_frame<v1::JobSpec>(recv_from_coordinator());
   const auto& job = job_;
   spdlog::debug("[{}] job '{}': {} rounds, backbone {}", opt_.site_name, job.job_name(), job.rounds(),
                 job.backbone_sha256().substr(0, 12));
-  if (const std::string why = protocols::job_spec_problem(job); !why.empty()) {
-    spdlog::error("[{}] job '{}' refused: {}", opt_.site_name, job.job_name(), why);
-    send(protocols::error_frame(protocols::ErrorCode::kBadConfig, why));
-    throw ConfigError("job '" + job.job_name() + "' refused: " + why);
+  // The site's verdict on the job, before anything is allocated or downloaded for it.
+  std::string verdict;
+  protocols::ErrorCode verdict_code = protocols::ErrorCode::kPolicyRefused;
+  if (std::string why = protocols::job_spec_problem(job); !why.empty()) {
+    verdict = std::move(why);
+    verdict_code = protocols::ErrorCode::kBadConfig;
+  } else if (opt_.check_job) {
+    verdict = opt_.check_job(job);
   }
-  if (opt_.check_job) {
-    const std::string why = opt_.check_job(job);
-    if (!why.empty()) {
-      spdlog::error("[{}] job '{}' refused by site policy: {}", opt_.site_name, job.job_name(), why);
-      send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + why));
-      throw PolicyError("job '" + job.job_name() + "' refused by site policy: " + why);
+  if (verdict.empty() && job.backbone_bytes() > opt_.max_backbone_bytes)
+    verdict = "the job's backbone is " + std::to_string(job.backbone_bytes()) + " bytes; this site accepts at most " +
+              std::to_string(opt_.max_backbone_bytes) + " (policy.max_backbone_bytes)";
+  if (opt_.inspect_only) {
+    // Show the job whatever the verdict; download the backbone unless it is beyond the bound.
+    const std::string backbone = job.backbone_bytes() > opt_.max_backbone_bytes ? "" : receive_backbone(job);
+    if (opt_.on_job) opt_.on_job(job, backbone, verdict);
+    send(protocols::error_frame(protocols::ErrorCode::kLeaving,
+                                "site '" + opt_.site_name + "' only inspected the job and leaves before Ready"));
+    WorkerResult inspected;
+    inspected.inspected = true;
+    inspected.success = true;
+    inspected.shutdown_reason = "job inspected; left before Ready";
+    return inspected;
+  }
+  if (!verdict.empty()) {
+    if (verdict_code == protocols::ErrorCode::kBadConfig) {
+      spdlog::error("[{}] job '{}' refused: {}", opt_.site_name, job.job_name(), verdict);
+      send(protocols::error_frame(protocols::ErrorCode::kBadConfig, verdict));
+      throw ConfigError("job '" + job.job_name() + "' refused: " + verdict);
     }
+    spdlog::error("[{}] job '{}' refused by site policy: {}", opt_.site_name, job.job_name(), verdict);
+    send(protocols::error_frame(protocols::ErrorCode::kPolicyRefused, "refused by site policy: " + verdict));
+    throw PolicyError("job '" + job.job_name() + "' refused by site policy: " + verdict);
   }
   if (job.secure_aggregation()) {
     std::string why;
@@ -88,6 +123,7 @@ WorkerResult Worker::run() {
     }
   }
   const std::string backbone = receive_backbone(job);
+  if (opt_.on_job) opt_.on_job(job, backbone, "");
 
   v1::Ready ready;
   try {
@@ -177,7 +213,7 @@ common::Frame Worker::next_frame() {
     pending_.reset();
     return f;
   }
-  return conn_.recv(opt_.idle_timeout);
+  return recv_from_coordinator();
 }
 
 LocalUpdate Worker::train_private(const v1::RoundStart& start, const std::vector<float>& global, bool* below_clip) {

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 
+#include "common/errors.h"
 #include "common/transport/connection.h"
 #include "common/transport/signing.h"
 #include "worker/site_runtime.h"
@@ -27,8 +28,21 @@ struct WorkerOptions {
   std::string site_name;
   // Backbones this site already holds, by SHA-256 hex digest (the download is skipped).
   std::map<std::string, std::string> backbone_cache;
-  // How long to wait for the next coordinator message before giving up.
-  std::chrono::milliseconds idle_timeout{std::chrono::hours(1)};
+  // The longest the coordinator may stay silent (no message, not even a Heartbeat: it sends
+  // one at least every CoordinatorOptions::heartbeat_interval) before the worker gives up with
+  // CoordinatorSilent. Site policy coordinator_silence_s sets it for `fedtl worker`.
+  std::chrono::milliseconds idle_timeout{std::chrono::minutes(5)};
+  // The largest backbone this site downloads (site policy max_backbone_bytes): a JobSpec
+  // announcing more is refused (Error kPolicyRefused, PolicyError) before anything is allocated.
+  uint64_t max_backbone_bytes = uint64_t{2} << 30;
+  // Called once the job is known and its backbone verified (bytes empty when it was not
+  // downloaded: too large for the site), before any data is touched, with the site's verdict
+  // ("" = accepted, else why it is refused). `fedtl worker` logs what the site is about to run.
+  std::function<void(const v1::JobSpec& job, const std::string& backbone, const std::string& verdict)> on_job;
+  // Inspect only: receive the JobSpec and the backbone, verify the digest, call on_job (a
+  // policy refusal is reported there rather than sent), then tell the coordinator the site is
+  // leaving (Error kLeaving) and return (WorkerResult::inspected) without preparing anything.
+  bool inspect_only = false;
   // Called with the verified backbone after a download (e.g. to store it on disk).
   std::function<void(const std::string& sha256, const std::string& bytes)> on_backbone;
   // Site policy: returns why the job is refused, or "" to accept it (see site_policy.h).
@@ -49,11 +63,19 @@ struct WorkerOptions {
   std::shared_ptr<const common::SiteVerifier> verifier;
 };
 
+// The coordinator sent nothing for WorkerOptions::idle_timeout: it fell silent (hung,
+// partitioned, or holding the site hostage). The message says for how long.
+class CoordinatorSilent : public fedtl::TimeoutError {
+ public:
+  using fedtl::TimeoutError::TimeoutError;
+};
+
 struct WorkerResult {
   uint32_t rounds_trained = 0;
   std::string shutdown_reason;
   bool success = false;
   bool resume_expected = false;  // the coordinator stopped early and will resume
+  bool inspected = false;        // inspect_only: the job was shown, the site left before Ready
 };
 
 class Worker {
@@ -66,10 +88,13 @@ class Worker {
   // with an enum value this build does not know or impossible work (protocols/job_check.h):
   // ConfigError after an Error kBadConfig. A RoundStart whose parameters do not match the
   // job's layout or are not finite: ProtocolError after an Error kBadMessage, before training.
+  // A coordinator silent for longer than idle_timeout: CoordinatorSilent.
   WorkerResult run();
 
  private:
   std::string receive_backbone(const v1::JobSpec& job);
+  // The next frame from the coordinator within idle_timeout; CoordinatorSilent otherwise.
+  common::Frame recv_from_coordinator();
   // The next frame: one set aside by await_round() or a new one from the connection.
   common::Frame next_frame();
   // Sends are serialised: the heartbeat thread and the protocol thread share the connection.

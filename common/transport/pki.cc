@@ -15,7 +15,9 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <memory>
 #include <sstream>
@@ -24,6 +26,7 @@
 
 #include "common/errors.h"
 #include "common/files.h"
+#include "common/transport/cert_check.h"
 
 namespace fedtl::common {
 namespace {
@@ -463,6 +466,67 @@ Kit load_kit(const std::string& kit_dir_or_file) {
   k.coordinator_address = str_or(t, "coordinator", "address");
   k.coordinator_name = str_or(t, "coordinator", "name");
   return k;
+}
+
+const char* role_name(CertRole role) { return role == CertRole::kCoordinator ? "coordinator" : "worker"; }
+
+namespace cert_detail {
+
+std::optional<CertRole> certificate_role(X509* cert) {
+  if (!cert || !(X509_get_extension_flags(cert) & EXFLAG_XKUSAGE)) return std::nullopt;
+  const uint32_t xku = X509_get_extended_key_usage(cert);
+  if (xku & XKU_SSL_SERVER) return CertRole::kCoordinator;
+  if (xku & XKU_SSL_CLIENT) return CertRole::kWorker;
+  return std::nullopt;
+}
+
+std::string time_str(const ASN1_TIME* t) {
+  std::tm tm{};
+  if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return "(unreadable time)";
+  char buf[64];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+std::string validity_problem(X509* cert, const std::string& what) {
+  const ASN1_TIME* nb = X509_get0_notBefore(cert);
+  const ASN1_TIME* na = X509_get0_notAfter(cert);
+  const std::string span = " (valid from " + time_str(nb) + " to " + time_str(na) + ")";
+  if (X509_cmp_current_time(nb) >= 0) return what + " is not valid yet: notBefore " + time_str(nb) + span;
+  if (X509_cmp_current_time(na) <= 0) return what + " has expired: notAfter " + time_str(na) + span;
+  return "";
+}
+
+}  // namespace cert_detail
+
+void check_own_credentials(const std::string& ca_cert, const std::string& cert, const std::string& key,
+                           CertRole role) {
+  struct stat st {};
+  if (::stat(key.c_str(), &st) != 0) io_fail("cannot read private key", key);
+  if (st.st_mode & 077) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    throw ConfigError("private key '" + key + "' is accessible by group or others (mode " + mode +
+                      "); run `chmod 600 " + key + "` and start again");
+  }
+  Cert own = load_cert(cert);
+  const std::string cn = subject_entry(own.get(), NID_commonName);
+  const std::string who = "certificate '" + cert + "'" + (cn.empty() ? "" : " (CN=" + cn + ")");
+  if (const std::string p = cert_detail::validity_problem(own.get(), who); !p.empty()) throw ConfigError(p);
+  const auto issued = cert_detail::certificate_role(own.get());
+  if (!issued) {
+    throw ConfigError(who + " carries no extendedKeyUsage saying its role (serverAuth for the coordinator, "
+                      "clientAuth for a worker); issue kits with `fedtl ca issue`");
+  }
+  if (*issued != role) {
+    throw ConfigError(who + " was issued for the " + role_name(*issued) + " role (extendedKeyUsage " +
+                      (*issued == CertRole::kCoordinator ? "serverAuth" : "clientAuth only") +
+                      ") and cannot serve in the " + role_name(role) + " role; use a " + role_name(role) +
+                      " kit");
+  }
+  Cert ca = load_cert(ca_cert);
+  if (const std::string p = cert_detail::validity_problem(ca.get(), "CA certificate '" + ca_cert + "'"); !p.empty())
+    throw ConfigError(p);
 }
 
 }  // namespace fedtl::common

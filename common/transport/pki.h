@@ -56,4 +56,21 @@ struct Kit {
 // the file when it is missing, malformed, or lacks a required key.
 Kit load_kit(const std::string& kit_dir_or_file);
 
+// The role a certificate was issued for, as its extendedKeyUsage says (see above): serverAuth
+// => the coordinator (it also carries clientAuth), clientAuth alone => a worker (a site).
+enum class CertRole { kWorker, kCoordinator };
+const char* role_name(CertRole role);  // "worker" / "coordinator"
+
+// Checks a party's own TLS files before they are used (TLS listen/connect call it). Throws
+// ConfigError, one line naming the file, when:
+//  - the private key file grants any permission to group or others (the message gives the
+//    `chmod 600 PATH` to run); the key is never read in that case;
+//  - the certificate (the first one in `cert`) is not valid now: expired or not yet valid,
+//    with its notBefore/notAfter dates; the same for the first certificate in `ca_cert`;
+//  - the certificate was not issued for `role` (a coordinator kit used as a site, a site kit
+//    serving as the coordinator) or carries no extendedKeyUsage saying which.
+// IoError when a file cannot be read.
+void check_own_credentials(const std::string& ca_cert, const std::string& cert, const std::string& key,
+                           CertRole role);
+
 }  // namespace fedtl::common

@@ -31,6 +31,8 @@
 #include <thread>
 
 #include "common/errors.h"
+#include "common/transport/cert_check.h"
+#include "common/transport/pki.h"
 
 namespace fedtl::common {
 // Named (not anonymous) so that TlsListener::State, declared in the header, may hold them.
@@ -165,6 +167,8 @@ std::shared_ptr<ssl::context> make_context(const TlsConfig& cfg, bool server) {
   require_file(cfg.ca_cert, "CA certificate");
   require_file(cfg.cert, "certificate");
   require_file(cfg.key, "private key");
+  // Owner-only key, certificates valid now, a certificate issued for this end's role.
+  check_own_credentials(cfg.ca_cert, cfg.cert, cfg.key, server ? CertRole::kCoordinator : CertRole::kWorker);
   auto ctx = std::make_shared<ssl::context>(server ? ssl::context::tls_server
                                                    : ssl::context::tls_client);
   SSL_CTX* h = ctx->native_handle();
@@ -217,6 +221,9 @@ struct ConnState {
   // Checks the peer certificate's CN during the handshake: allowed (server side) or
   // expected (client side). Empty = any CN.
   std::vector<std::string> admitted;
+  // The role the peer's certificate must have been issued for (pki.h: CertRole): a site's
+  // on the server side, the coordinator's on the client side.
+  CertRole peer_role = CertRole::kWorker;
 
   // Guarded by mu.
   std::mutex mu;
@@ -256,8 +263,16 @@ void install_verify(const std::shared_ptr<ConnState>& s) {
           if (raw->verify_reason.empty()) {
             const int err = X509_STORE_CTX_get_error(sctx);
             const std::string cn = common_name(cert);
-            raw->verify_reason = std::string("certificate") + (cn.empty() ? "" : " '" + cn + "'") +
-                                 " rejected: " + X509_verify_cert_error_string(err);
+            const std::string what = std::string(X509_STORE_CTX_get_error_depth(sctx) == 0 ? "certificate" : "CA certificate") +
+                                     (cn.empty() ? "" : " '" + cn + "'");
+            raw->verify_reason = what + " rejected: " + X509_verify_cert_error_string(err);
+            if (cert && (err == X509_V_ERR_CERT_HAS_EXPIRED || err == X509_V_ERR_CERT_NOT_YET_VALID)) {
+              raw->verify_reason += std::string(" (") + (err == X509_V_ERR_CERT_HAS_EXPIRED ? "notAfter " : "notBefore ") +
+                                    cert_detail::time_str(err == X509_V_ERR_CERT_HAS_EXPIRED ? X509_get0_notAfter(cert)
+                                                                                             : X509_get0_notBefore(cert)) +
+                                    "; valid from " + cert_detail::time_str(X509_get0_notBefore(cert)) + " to " +
+                                    cert_detail::time_str(X509_get0_notAfter(cert)) + ")";
+            }
           }
           return false;
         }
@@ -265,6 +280,17 @@ void install_verify(const std::shared_ptr<ConnState>& s) {
         const std::string cn = common_name(cert);
         if (cn.empty()) {
           raw->verify_reason = "certificate has no single common name (CN)";
+          X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+          return false;
+        }
+        // The role the certificate was issued for: a coordinator's certificate cannot join as
+        // a site, a site's cannot serve as the coordinator.
+        const auto role = cert_detail::certificate_role(cert);
+        if (role != raw->peer_role) {
+          raw->verify_reason = "certificate '" + cn + "' was " +
+                               (role ? std::string("issued for the ") + role_name(*role) + " role"
+                                     : std::string("issued without an extendedKeyUsage saying its role")) +
+                               "; a " + role_name(raw->peer_role) + " certificate is required here";
           X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
           return false;
         }
@@ -532,6 +558,7 @@ void ListenerCore::start_handshake(const std::shared_ptr<ConnState>& conn) {
   conn->stream.lowest_layer().set_option(tcp::no_delay(true), ec);
   if (ec) spdlog::debug("tls: TCP_NODELAY for {}: {}", conn->address, ec.message());
   conn->admitted = cfg.allowed_names;
+  conn->peer_role = CertRole::kWorker;
   install_verify(conn);
   auto hs = std::make_shared<Pending>(conn, io);
   pending.insert(hs);
@@ -748,6 +775,7 @@ std::unique_ptr<Connection> tls_connect(const std::string& host, uint16_t port,
     try {
       conn->admitted.clear();
       if (!config.expected_server_name.empty()) conn->admitted.push_back(config.expected_server_name);
+      conn->peer_role = CertRole::kCoordinator;
       install_verify(conn);
       // SNI (informational; the server has a single certificate) unless host is an address.
       error_code aec;

@@ -78,14 +78,20 @@ class TlsListener final : public Listener {
 // Binds and listens on host:port ("" or "0.0.0.0" = all IPv4 interfaces, "::" = all IPv6,
 // otherwise a name or address; port 0 = any free port, see TlsListener::port()).
 // Throws ConfigError when the certificate, key or CA file cannot be loaded (naming the
-// file), TransportError when the address cannot be bound.
+// file), or fails check_own_credentials (pki.h): a key readable by group or others, a
+// certificate or CA certificate expired or not yet valid, a certificate not issued for the
+// coordinator role (no serverAuth). TransportError when the address cannot be bound.
+// Clients must present a worker certificate (clientAuth without serverAuth): a coordinator's
+// certificate presented as a site is refused (logged, like any other refused client). An
+// expired or not-yet-valid client certificate is refused with its dates in the log line.
 std::unique_ptr<TlsListener> tls_listen(const std::string& host, uint16_t port,
                                         const TlsConfig& config);
 
 // Connects to host:port, performs the handshake and checks the server's certificate
 // (signed by the CA, serverAuth usage, CN == expected_server_name when set). Blocks up to
 // `timeout` for the whole of it (the handshake part also bounded by handshake_timeout).
-// Throws ConfigError for unusable certificate/key/CA files, TimeoutError when time ran out,
+// Throws ConfigError for unusable certificate/key/CA files (including check_own_credentials,
+// pki.h, for the worker role: a coordinator kit cannot connect as a site), TimeoutError when time ran out,
 // TransportError for anything else (refused, unreachable, server certificate rejected; the
 // message says which). Note that in TLS 1.3 the server checks the *client's* certificate
 // after the client's side of the handshake has completed: a client the server refuses gets

@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <future>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -23,6 +24,7 @@
 #include "common/transport/inproc.h"
 #include "protocols/messages.h"
 #include "tests/unit_job.h"
+#include "worker/worker.h"
 
 namespace fedtl::coordinator {
 namespace {
@@ -117,6 +119,7 @@ void answer_rounds(Connection& c, SiteLog& log, const std::function<std::optiona
       log.connection_closed = true;
       return;
     }
+    if (f.type == MessageType::kHeartbeat) continue;  // the coordinator's, while it waits for others
     if (f.type == MessageType::kShutdown) {
       log.got_shutdown = true;
       log.shutdown_success = from_frame<v1::Shutdown>(f).success();
@@ -527,6 +530,127 @@ TEST_F(CoordinatorTest, AbsurdlyLargeUpdateIsDropped) {
   EXPECT_NE(site(res, "site-2").dropped_reason.find("max_update_norm"), std::string::npos)
       << site(res, "site-2").dropped_reason;
   EXPECT_TRUE(evil.log.connection_closed);
+}
+
+// A site runtime that trains instantly: a fixed delta.
+class InstantRuntime : public worker::SiteRuntime {
+ public:
+  uint64_t prepare(const v1::JobSpec&, const std::string&) override { return 10; }
+  worker::LocalUpdate train_round(uint32_t, const std::vector<float>& global) override {
+    worker::LocalUpdate up;
+    up.delta.assign(global.size(), 1.f);
+    up.num_samples = 10;
+    return up;
+  }
+};
+
+// Issue 11, item 6: the coordinator is never silent for long. A real Worker whose silence
+// bound (400 ms) is far shorter than the time it waits for the next round (a slow site takes
+// 1.2 s per round) is kept alive by the coordinator's heartbeats and finishes the job; with
+// heartbeats off the same worker gives up with CoordinatorSilent, and the job goes on.
+TEST_F(CoordinatorTest, HeartbeatsKeepWaitingSitesAliveAcrossSlowRounds) {
+  for (bool beats : {true, false}) {
+    SCOPED_TRACE(beats ? "heartbeats every 100 ms" : "no heartbeats");
+    FakeSite fast("site-0"), slow("site-1");
+    InstantRuntime runtime;
+    worker::WorkerOptions wopt;
+    wopt.site_name = "site-0";
+    wopt.idle_timeout = 400ms;
+    worker::Worker w(*fast.site_end, runtime, wopt);
+    std::promise<std::string> outcome;
+    fast.thread = std::thread([&] {
+      try {
+        const auto r = w.run();
+        outcome.set_value(r.success ? "finished after " + std::to_string(r.rounds_trained) + " rounds" : "failed");
+      } catch (const worker::CoordinatorSilent& e) {
+        outcome.set_value(std::string("silent: ") + e.what());
+      } catch (const std::exception& e) {
+        outcome.set_value(std::string("error: ") + e.what());
+      }
+    });
+    slow.start([](Connection& c, SiteLog& log) {
+      site_handshake(c, "site-1", 10);
+      answer_rounds(c, log, [&](const v1::RoundStart& s) {
+        std::this_thread::sleep_for(1200ms);
+        return std::optional<Frame>(update_frame(s.round(), 10, std::vector<float>(kParams, 1.f)));
+      });
+    });
+    CoordinatorOptions o = base_options(2, {"site-0", "site-1"}, 1);
+    o.round_timeout = 5s;
+    o.heartbeat_interval = beats ? 100ms : 0ms;
+    Coordinator coord(o, fedavg(), eval, std::vector<float>(kParams, 0.f));
+    coord.add_site(std::move(fast.coord_end));
+    coord.add_site(std::move(slow.coord_end));
+    auto res = coord.run(nullptr);
+    const std::string got = outcome.get_future().get();
+    fast.thread.join();
+    slow.thread.join();
+    ASSERT_EQ(res.rounds.size(), 2u);
+    EXPECT_TRUE(slow.log.got_shutdown);
+    if (beats) {
+      EXPECT_EQ(got, "finished after 2 rounds");
+      for (const auto& r : res.rounds) EXPECT_EQ(r.sites_reported, 2u);
+    } else {
+      EXPECT_NE(got.find("silent: "), std::string::npos) << got;
+      EXPECT_NE(got.find("sent nothing (not even a heartbeat) for 400 ms"), std::string::npos) << got;
+      EXPECT_EQ(res.rounds[1].sites_reported, 1u);  // the slow site carried on alone
+    }
+  }
+}
+
+// Forwards to a connection shared with the test (so a test can hand one end to a listener).
+class SharedConn : public Connection {
+ public:
+  explicit SharedConn(std::shared_ptr<Connection> c) : c_(std::move(c)) {}
+  void send(const Frame& f) override { c_->send(f); }
+  Frame recv(common::Millis t) override { return c_->recv(t); }
+  void close() override { c_->close(); }
+  std::string peer_name() const override { return c_->peer_name(); }
+  uint64_t bytes_sent() const override { return c_->bytes_sent(); }
+  uint64_t bytes_received() const override { return c_->bytes_received(); }
+
+ private:
+  std::shared_ptr<Connection> c_;
+};
+
+// Issue 11, item 5: a site that only inspects the job (Error kLeaving after the backbone,
+// before Ready) is not counted as a refusal: its slot stays open, it joins later through the
+// listener, and the job runs with it.
+TEST_F(CoordinatorTest, SiteThatInspectsAndLeavesCanJoinLater) {
+  QueueListener listener;
+  FakeSite good("site-0"), inspector("site-1");
+  auto [c2, s2] = common::make_inproc_pair("coordinator", "site-1");
+  std::shared_ptr<Connection> second_coord_end(std::move(c2)), second_site_end(std::move(s2));
+  listener.push(std::move(good.coord_end));
+  listener.push(std::move(inspector.coord_end));
+  good.start(honest("site-0", 10, 1.0f));
+  SiteLog second_log;
+  inspector.start([&](Connection& c, SiteLog&) {
+    v1::Hello hello;
+    hello.set_protocol_version(common::kProtocolVersion);
+    hello.set_site_name("site-1");
+    c.send(to_frame(hello));
+    from_frame<v1::JobSpec>(c.recv(5s));
+    for (;;)
+      if (from_frame<v1::BackboneChunk>(c.recv(5s)).last()) break;
+    c.send(protocols::error_frame(protocols::ErrorCode::kLeaving, "site 'site-1' only inspected the job"));
+    c.close();
+    std::this_thread::sleep_for(300ms);
+    listener.push(std::unique_ptr<Connection>(new SharedConn(second_coord_end)));
+    honest("site-1", 30, 3.0f)(*second_site_end, second_log);
+  });
+  CoordinatorOptions o = base_options(1, {"site-0", "site-1"}, 2);
+  Coordinator coord(o, fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.set_listener(&listener);
+  auto res = coord.run(nullptr);
+  good.thread.join();
+  inspector.thread.join();
+  ASSERT_EQ(res.rounds.size(), 1u);
+  EXPECT_TRUE(res.rounds[0].applied);
+  EXPECT_EQ(res.rounds[0].sites_reported, 2u);
+  EXPECT_TRUE(site(res, "site-1").active);
+  EXPECT_TRUE(second_log.got_shutdown);
+  expect_params(res.params, 2.5f);
 }
 
 }  // namespace

@@ -11,11 +11,13 @@
 
 #include <chrono>
 #include <future>
+#include <thread>
 
 #include "common/errors.h"
 #include "common/sha256.h"
 #include "common/transport/inproc.h"
 #include "protocols/messages.h"
+#include "worker/site_policy.h"
 #include "tests/unit_job.h"
 
 namespace fedtl::worker {
@@ -299,6 +301,128 @@ TEST_F(WorkerTest, ShutdownStopsTheWorkerAndCarriesResumeExpected) {
   EXPECT_FALSE(res.success);
   EXPECT_TRUE(res.resume_expected);
   EXPECT_EQ(res.shutdown_reason, "stopped by a signal");
+}
+
+// Issue 11, item 6: a JobSpec announcing a backbone larger than the site's bound
+// (policy.max_backbone_bytes, default 2 GiB) is refused with kPolicyRefused before anything is
+// allocated for it; 2^62 bytes once ended the worker in std::length_error ("internal error").
+TEST_F(WorkerTest, HugeAnnouncedBackboneIsRefusedBeforeAnyAllocation) {
+  for (bool with_policy : {false, true}) {
+    SCOPED_TRACE(with_policy ? "site policy" : "worker bound");
+    auto [c, w] = common::make_inproc_pair("site-a", "coordinator");
+    coord = std::move(c);
+    wconn = std::move(w);
+    runtime.prepared = 0;
+    const SitePolicy policy;  // defaults: max_backbone_bytes = 2 GiB
+    opt.check_job = nullptr;
+    if (with_policy) opt.check_job = [policy](const v1::JobSpec& job) { return policy_violation(policy, job); };
+    auto run = start();
+    hello();
+    v1::JobSpec job = make_job();
+    job.set_min_sites(1);
+    job.set_backbone_bytes(uint64_t{1} << 62);
+    coord->send(to_frame(job));
+    auto err = from_frame<v1::ErrorMessage>(next(*coord));
+    EXPECT_EQ(err.code(), static_cast<uint32_t>(protocols::ErrorCode::kPolicyRefused));
+    EXPECT_NE(err.message().find("backbone is 4611686018427387904 bytes; this site accepts at most 2147483648 "
+                                 "(policy.max_backbone_bytes)"),
+              std::string::npos)
+        << err.message();
+    try {
+      run.get();
+      FAIL() << "the worker accepted a 2^62-byte backbone";
+    } catch (const PolicyError& e) {
+      EXPECT_NE(std::string(e.what()).find("policy.max_backbone_bytes"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(runtime.prepared, 0);
+  }
+}
+
+// Issue 11, item 6: a coordinator that falls silent is noticed within the bound
+// (WorkerOptions::idle_timeout = site policy coordinator_silence_s): after the handshake, and
+// before the JobSpec; run() ends with CoordinatorSilent saying for how long.
+TEST_F(WorkerTest, SilentCoordinatorIsNoticedWithinTheBound) {
+  opt.idle_timeout = 300ms;
+  for (bool after_ready : {true, false}) {
+    SCOPED_TRACE(after_ready ? "silent after Ready" : "silent before the JobSpec");
+    auto [c, w] = common::make_inproc_pair("site-a", "coordinator");
+    coord = std::move(c);
+    wconn = std::move(w);
+    auto run = start();
+    hello();
+    if (after_ready) {
+      coord->send(to_frame(make_job()));
+      send_backbone(*coord, kBackbone);
+      from_frame<v1::Ready>(next(*coord));
+    }
+    const auto t0 = std::chrono::steady_clock::now();  // and now: nothing
+    try {
+      run.get();
+      FAIL() << "the worker waited on a silent coordinator";
+    } catch (const CoordinatorSilent& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("the coordinator '" + wconn->peer_name() + "' sent nothing (not even a heartbeat) for 300 ms "
+                       "(policy.coordinator_silence_s)"),
+                std::string::npos)
+          << m;
+    }
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    EXPECT_GE(waited, 250ms);
+    EXPECT_LT(waited, 2s);
+  }
+}
+
+// The coordinator's heartbeats keep a waiting site alive well past the silence bound.
+TEST_F(WorkerTest, CoordinatorHeartbeatsKeepAWaitingSiteAlive) {
+  opt.idle_timeout = 300ms;
+  auto run = start();
+  hello();
+  coord->send(to_frame(make_job()));
+  send_backbone(*coord, kBackbone);
+  from_frame<v1::Ready>(next(*coord));
+  for (int i = 0; i < 12; ++i) {  // 1.2 s of waiting, four times the bound
+    std::this_thread::sleep_for(100ms);
+    coord->send(to_frame(v1::Heartbeat()));
+  }
+  coord->send(round_start(1, kParams));
+  EXPECT_EQ(from_frame<v1::Update>(next(*coord)).round(), 1u);
+  coord->send(to_frame(v1::Shutdown()));
+  EXPECT_EQ(run.get().rounds_trained, 1u);
+}
+
+// Issue 11, item 5: inspect only. The worker receives the job and the backbone, verifies the
+// digest, shows them with the site's verdict (a policy refusal is shown, not sent), tells the
+// coordinator it leaves (Error kLeaving) and returns without preparing anything.
+TEST_F(WorkerTest, InspectOnlyShowsTheJobAndLeavesBeforeReady) {
+  for (bool refused : {false, true}) {
+    SCOPED_TRACE(refused ? "job outside the policy" : "job within the policy");
+    auto [c, w] = common::make_inproc_pair("site-a", "coordinator");
+    coord = std::move(c);
+    wconn = std::move(w);
+    runtime.prepared = 0;
+    opt.inspect_only = true;
+    opt.check_job = [refused](const v1::JobSpec&) { return refused ? std::string("too many rounds") : ""; };
+    std::string shown_backbone, shown_verdict, shown_job;
+    opt.on_job = [&](const v1::JobSpec& job, const std::string& backbone, const std::string& verdict) {
+      shown_job = job.job_name();
+      shown_backbone = backbone;
+      shown_verdict = verdict;
+    };
+    auto run = start();
+    hello();
+    coord->send(to_frame(make_job()));
+    send_backbone(*coord, kBackbone);
+    auto err = from_frame<v1::ErrorMessage>(next(*coord));
+    EXPECT_EQ(err.code(), static_cast<uint32_t>(protocols::ErrorCode::kLeaving));
+    EXPECT_NE(err.message().find("only inspected the job and leaves before Ready"), std::string::npos) << err.message();
+    const WorkerResult r = run.get();
+    EXPECT_TRUE(r.inspected);
+    EXPECT_TRUE(r.success);
+    EXPECT_EQ(shown_job, "unit");
+    EXPECT_EQ(shown_backbone, kBackbone);
+    EXPECT_EQ(shown_verdict, refused ? "too many rounds" : "");
+    EXPECT_EQ(runtime.prepared, 0);
+  }
 }
 
 }  // namespace
