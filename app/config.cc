@@ -410,11 +410,21 @@ SiteConfig load_site_config(const std::string& path) {
   pol.get("share_training_metrics", c.policy.share_training_metrics);
   pol.get("max_backbone_bytes", c.policy.max_backbone_bytes);
   pol.get("coordinator_silence_s", c.policy.coordinator_silence_s);
+  pol.get("max_batch_size", c.policy.max_batch_size);
+  pol.get("max_learning_rate", c.policy.max_learning_rate);
+  pol.get("max_hidden", c.policy.max_hidden);
+  pol.get("max_round_seconds", c.policy.max_round_seconds);
   pol.reject_unknown();
 
   const std::string base = std::filesystem::path(path).parent_path().string();
   for (std::string* p : {&c.ca_cert, &c.cert, &c.key, &c.cache_dir, &c.data_dir, &c.data_job}) *p = resolve(base, *p);
   require(c.policy.max_backbone_bytes >= 1, "policy.max_backbone_bytes must be >= 1");
+  require(c.policy.max_batch_size >= 1, "policy.max_batch_size must be >= 1");
+  require(std::isfinite(c.policy.max_learning_rate) && c.policy.max_learning_rate > 0,
+          "policy.max_learning_rate must be finite and > 0");
+  require(c.policy.max_hidden >= 1, "policy.max_hidden must be >= 1");
+  require(std::isfinite(c.policy.max_round_seconds) && c.policy.max_round_seconds > 0,
+          "policy.max_round_seconds must be finite and > 0");
   require(std::isfinite(c.policy.coordinator_silence_s) && c.policy.coordinator_silence_s >= 1 &&
               c.policy.coordinator_silence_s <= 7 * 86400,
           "policy.coordinator_silence_s must be between 1 and 604800 seconds");

@@ -188,6 +188,7 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop, std::ostre
   wopt.share_training_metrics = site.policy.share_training_metrics;
   wopt.max_backbone_bytes = static_cast<uint64_t>(site.policy.max_backbone_bytes);
   wopt.idle_timeout = ms(site.policy.coordinator_silence_s);
+  wopt.max_round_seconds = site.policy.max_round_seconds;
   if (RAND_bytes(reinterpret_cast<unsigned char*>(&wopt.noise_secret), sizeof wopt.noise_secret) != 1)
     throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
   wopt.check_job = [&](const v1::JobSpec& job) { return worker::policy_violation(site.policy, job); };

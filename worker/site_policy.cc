@@ -22,6 +22,16 @@ std::string policy_violation(const worker::SitePolicy& p, const v1::JobSpec& job
   if (p.max_backbone_bytes >= 0 && job.backbone_bytes() > static_cast<uint64_t>(p.max_backbone_bytes))
     return "the job's backbone is " + std::to_string(job.backbone_bytes()) + " bytes; this site accepts at most " +
            std::to_string(p.max_backbone_bytes) + " (policy.max_backbone_bytes)";
+  const auto& t = job.training();
+  if (static_cast<int64_t>(t.batch_size()) > p.max_batch_size)
+    return "the job asks for batches of " + std::to_string(t.batch_size()) + "; this site allows at most " +
+           std::to_string(p.max_batch_size) + " (policy.max_batch_size)";
+  if (!(t.lr() <= p.max_learning_rate))
+    return "the job's learning rate " + std::to_string(t.lr()) + " is above this site's policy.max_learning_rate " +
+           std::to_string(p.max_learning_rate);
+  if (static_cast<int64_t>(job.model().hidden()) > p.max_hidden)
+    return "the job's head is " + std::to_string(job.model().hidden()) + " wide; this site allows at most " +
+           std::to_string(p.max_hidden) + " (policy.max_hidden)";
   return "";
 }
 

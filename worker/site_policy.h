@@ -16,6 +16,11 @@ struct SitePolicy {
   bool require_secure_aggregation = false;
   int64_t max_rounds = 100000;
   int64_t max_local_epochs = 1000;
+  // Bounds on the work a job may ask for (refused before any work, the reason sent back).
+  int64_t max_batch_size = 65536;
+  double max_learning_rate = 10;             // training.lr, and the backbone's learning rate
+  int64_t max_hidden = 65536;                // an MLP head's hidden width
+  double max_round_seconds = 86400;          // a RoundStart's deadline
   bool share_training_metrics = true;        // false: only updates leave the site
   // The largest backbone (bytes) the site downloads; a JobSpec announcing more is refused
   // before anything is allocated for it.

@@ -156,6 +156,11 @@ WorkerResult Worker::run() {
       global = protocols::unpack_tensor(start.params(), protocols::layout_numel(job.layout()));
       for (float v : global)
         if (!std::isfinite(v)) throw ProtocolError("the global parameters hold a non-finite value");
+      if (!std::isfinite(start.deadline_seconds()) || start.deadline_seconds() < 0 ||
+          start.deadline_seconds() > opt_.max_round_seconds)
+        throw ProtocolError("its deadline of " + std::to_string(start.deadline_seconds()) +
+                            " s is outside this site's bound of " + std::to_string(opt_.max_round_seconds) +
+                            " s (policy.max_round_seconds)");
     } catch (const ProtocolError& e) {
       const std::string why = "RoundStart of round " + std::to_string(start.round()) + " refused: " + e.what();
       spdlog::error("[{}] {}", opt_.site_name, why);

@@ -59,6 +59,8 @@ struct WorkerOptions {
   // A site with a certificate (TLS) signs its secure-aggregation keys and survivor sets with
   // it and checks everyone else's against the federation CA; it refuses a secure job whose
   // keys are not signed (a coordinator could substitute them). Both or neither.
+  // A RoundStart whose deadline is not finite or longer than this is refused (kBadMessage).
+  double max_round_seconds = 86400;
   std::shared_ptr<const common::IdentitySigner> signer;
   std::shared_ptr<const common::SiteVerifier> verifier;
 };

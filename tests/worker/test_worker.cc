@@ -425,5 +425,45 @@ TEST_F(WorkerTest, InspectOnlyShowsTheJobAndLeavesBeforeReady) {
   }
 }
 
+
+// Issue 11, item 6: work outside the site policy's bounds is refused before any work, naming the
+// key; and a RoundStart whose deadline is absurd is refused before training.
+TEST(SitePolicyBounds, AbsurdWorkIsRefusedNamingThePolicyKey) {
+  const SitePolicy p;
+  v1::JobSpec job = test_support::unit_job(kBackbone, kParams, 2, "");
+  job.set_min_sites(1);
+  EXPECT_EQ(policy_violation(p, job), "");
+  auto with = [&](auto edit) {
+    v1::JobSpec j = job;
+    edit(j);
+    return policy_violation(p, j);
+  };
+  EXPECT_NE(with([](v1::JobSpec& j) { j.mutable_training()->set_batch_size(1u << 30); }).find("policy.max_batch_size"),
+            std::string::npos);
+  EXPECT_NE(with([](v1::JobSpec& j) { j.mutable_training()->set_lr(1e6); }).find("policy.max_learning_rate"),
+            std::string::npos);
+  EXPECT_NE(with([](v1::JobSpec& j) { j.mutable_model()->set_hidden(1u << 30); }).find("policy.max_hidden"),
+            std::string::npos);
+  EXPECT_NE(with([](v1::JobSpec& j) { j.set_rounds(1u << 30); }).find("rounds"), std::string::npos);
+}
+
+TEST_F(WorkerTest, RoundStartWithAnAbsurdDeadlineIsRefused) {
+  auto run = start();
+  hello();
+  coord->send(to_frame(make_job()));
+  send_backbone(*coord, kBackbone);
+  from_frame<v1::Ready>(next(*coord));
+  v1::RoundStart rs;
+  rs.set_round(1);
+  protocols::pack_tensor(std::vector<float>(kParams, 0.5f), rs.mutable_params());
+  rs.set_deadline_seconds(1e300);
+  coord->send(to_frame(rs));
+  auto err = from_frame<v1::ErrorMessage>(next(*coord));
+  EXPECT_EQ(err.code(), static_cast<uint32_t>(protocols::ErrorCode::kBadMessage));
+  EXPECT_NE(err.message().find("policy.max_round_seconds"), std::string::npos) << err.message();
+  EXPECT_THROW(run.get(), ProtocolError);
+  EXPECT_EQ(runtime.last_global_size, 0u);
+}
+
 }  // namespace
 }  // namespace fedtl::worker
