@@ -163,7 +163,7 @@ SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::Stop
   nlohmann::json sites = nlohmann::json::array();
   for (const auto& s : o.result.sites)
     sites.push_back({{"site", s.name}, {"samples", s.num_samples}, {"completed", s.active},
-                     {"dropped_reason", s.dropped_reason}});
+                     {"dropped_reason", s.dropped_reason}, {"connection_replacements", s.replacements}});
   job.write_summary(o, "tls", {{"per_site", sites}}, {});
   return {o.final_eval.accuracy, o.model_sha256, cfg.out};
 }

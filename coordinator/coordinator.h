@@ -123,6 +123,9 @@ struct SiteInfo {
   uint64_t num_samples = 0;
   bool active = false;
   std::string dropped_reason;
+  // Times a new connection with this site's certificate replaced one still in use (a
+  // restarted site, or an impostor with a stolen kit: each is logged with both addresses).
+  uint32_t replacements = 0;
 };
 
 class Coordinator {

@@ -37,6 +37,7 @@ class BeatingConnection final : public common::Connection {
     t_->conn->close();
   }
   std::string peer_name() const override { return t_->conn->peer_name(); }
+  std::string peer_address() const override { return t_->conn->peer_address(); }
   uint64_t bytes_sent() const override { return t_->conn->bytes_sent(); }
   uint64_t bytes_received() const override { return t_->conn->bytes_received(); }
   HeartbeatSender::Target& target() { return *t_; }

@@ -41,6 +41,14 @@ Coordinator::Site* Coordinator::attach(std::unique_ptr<common::Connection> conn)
     }
   }
   if (slot->conn) {  // a reconnect replaces a connection the site has given up on
+    // ... or an impostor with a stolen kit replaces the real site: keep the reconnect
+    // behaviour (a site whose link died must get back in) but say so, with both addresses.
+    if (slot->info.active || slot->admitted) {
+      ++slot->info.replacements;
+      spdlog::warn("site '{}': a new connection from {} presents its certificate while its connection from {} is "
+                   "active; the new one replaces it (replacement {} of this site: a restarted site, or a stolen kit)",
+                   name, conn->peer_address(), slot->conn->peer_address(), slot->info.replacements);
+    }
     slot->conn->close();
     slot->bytes_sent_before += slot->conn->bytes_sent();
     slot->bytes_received_before += slot->conn->bytes_received();

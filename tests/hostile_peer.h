@@ -24,6 +24,7 @@ class TamperingConnection final : public common::Connection {
   common::Frame recv(common::Millis t) override { return inner_->recv(t); }
   void close() override { inner_->close(); }
   std::string peer_name() const override { return inner_->peer_name(); }
+  std::string peer_address() const override { return inner_->peer_address(); }
   uint64_t bytes_sent() const override { return inner_->bytes_sent(); }
   uint64_t bytes_received() const override { return inner_->bytes_received(); }
 

@@ -1,7 +1,7 @@
 // LibTorch implementation of the model layer (see transfer_model.h for the contract).
 #include "common/model/transfer_model.h"
 
-#include "common/model/archive_check.h"
+#include "common/torchscript_archive.h"
 
 #include <torch/script.h>
 #include <torch/torch.h>

@@ -32,6 +32,8 @@ class Connection {
   virtual void close() = 0;
   // The authenticated identity of the peer (site name from its certificate, "rank 3", ...).
   virtual std::string peer_name() const = 0;
+  // Where the peer connects from, for logs ("127.0.0.1:50312", "in-process", "MPI rank 3").
+  virtual std::string peer_address() const { return "unknown address"; }
   // Bytes sent/received so far including framing (for metrics).
   virtual uint64_t bytes_sent() const = 0;
   virtual uint64_t bytes_received() const = 0;

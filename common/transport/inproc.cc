@@ -84,6 +84,7 @@ class InprocConnection final : public Connection {
   }
 
   std::string peer_name() const override { return peer_; }
+  std::string peer_address() const override { return "in-process"; }
   uint64_t bytes_sent() const override { return sent_.load(); }
   uint64_t bytes_received() const override { return received_.load(); }
 

@@ -472,6 +472,7 @@ class TlsConnection final : public Connection {
   }
 
   std::string peer_name() const override { return s_->peer; }
+  std::string peer_address() const override { return s_->address; }
   uint64_t bytes_sent() const override { return s_->sent.load(); }
   uint64_t bytes_received() const override { return s_->received.load(); }
 

@@ -6,6 +6,10 @@
 #include "coordinator/coordinator.h"
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -449,6 +453,58 @@ TEST_F(CoordinatorTest, SiteRejoinsThroughTheListenerAfterALostConnection) {
   EXPECT_TRUE(site(res, "site-1").active);
   EXPECT_EQ(second_log.rounds_seen, 1);
   EXPECT_TRUE(second_log.got_shutdown);
+  // Its old connection was gone when the new one was attached: a rejoin, not a replacement.
+  EXPECT_EQ(site(res, "site-1").replacements, 0u);
+}
+
+// Issue "hostile input": a second connection presenting a site's certificate while the first
+// is in use (an impostor with a stolen kit) still replaces it — a restarted site must get back
+// in — but the replacement is logged with both addresses and counted.
+TEST_F(CoordinatorTest, ImpostorReplacingAnActiveSiteIsLoggedAndCounted) {
+  spdlog::set_level(spdlog::level::warn);  // the fixture keeps only errors
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(256);
+  spdlog::default_logger()->sinks().push_back(sink);
+  QueueListener listener;
+  FakeSite good("site-0"), real("site-1");
+  listener.push(std::move(good.coord_end));
+  listener.push(std::move(real.coord_end));
+  good.start(honest("site-0", 10, 1.0f));
+  SiteLog impostor_log;
+  std::thread impostor;
+  real.start([&](Connection& c, SiteLog& log) {
+    site_handshake(c, "site-1", 10);
+    answer_rounds(c, log, [&](const v1::RoundStart& s) {
+      if (s.round() == 1) {
+        // The impostor connects while this connection stays up and keeps answering.
+        auto [coord_end, site_end] = common::make_inproc_pair("coordinator", "site-1");
+        listener.push(std::move(coord_end));
+        impostor = std::thread([&impostor_log, conn = std::shared_ptr<Connection>(std::move(site_end))] {
+          site_handshake(*conn, "site-1", 10);
+          answer_rounds(*conn, impostor_log, [](const v1::RoundStart& s2) {
+            return std::optional<Frame>(update_frame(s2.round(), 10, std::vector<float>(kParams, 9.f)));
+          });
+        });
+      }
+      return std::optional<Frame>(update_frame(s.round(), 10, std::vector<float>(kParams, 3.f)));
+    });
+  });
+  Coordinator coord(base_options(3, {"site-0", "site-1"}, 1), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.set_listener(&listener);
+  auto res = coord.run(nullptr);
+  good.thread.join();
+  real.thread.join();
+  impostor.join();
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
+  EXPECT_EQ(site(res, "site-1").replacements, 1u);
+  EXPECT_EQ(site(res, "site-0").replacements, 0u);
+  EXPECT_TRUE(real.log.connection_closed) << "the replaced connection is closed";
+  EXPECT_GE(impostor_log.rounds_seen, 1);
+  bool warned = false;
+  for (const auto& line : sink->last_formatted())
+    warned |= line.find("site 'site-1': a new connection from in-process presents its certificate while its "
+                        "connection from in-process is active") != std::string::npos;
+  EXPECT_TRUE(warned) << "the replacement must be logged with both addresses";
 }
 
 

@@ -9,7 +9,7 @@
 #include <random>
 
 #include "common/errors.h"
-#include "common/model/archive_check.h"
+#include "common/torchscript_archive.h"
 #include "common/model/transfer_model.h"
 
 namespace fs = std::filesystem;

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <string>
 
-namespace fedtl::common::model {
+namespace fedtl::common {
 
 struct ArchiveLimits {
   uint64_t max_total_bytes = uint64_t{2} << 30;  // sum of the members' uncompressed sizes
@@ -21,4 +21,4 @@ struct ArchiveLimits {
 // (code the loader would run). Returns the total uncompressed size.
 uint64_t check_torchscript_archive(const std::string& archive, const ArchiveLimits& limits = {});
 
-}  // namespace fedtl::common::model
+}  // namespace fedtl::common

@@ -1,4 +1,4 @@
-#include "common/model/archive_check.h"
+#include "common/torchscript_archive.h"
 
 #include <zlib.h>
 
@@ -6,7 +6,7 @@
 
 #include "common/errors.h"
 
-namespace fedtl::common::model {
+namespace fedtl::common {
 namespace {
 
 [[noreturn]] void refuse(const std::string& why) { throw ModelError("backbone refused: " + why); }
@@ -125,4 +125,4 @@ uint64_t check_torchscript_archive(const std::string& a, const ArchiveLimits& li
   return total;
 }
 
-}  // namespace fedtl::common::model
+}  // namespace fedtl::common
