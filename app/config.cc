@@ -173,6 +173,8 @@ JobConfig from_table(const toml::table& root) {
   bb.get("std", c.backbone.std);
   bb.get_choice("freeze", c.backbone.freeze, model::parse_freeze, "\"all\", \"all_but_last\" or \"none\"");
   bb.get("unfrozen", c.backbone.unfrozen);
+  bb.get("sha256", c.backbone.sha256);
+  bb.get("max_bytes", c.backbone.max_bytes);
   bb.reject_unknown();
 
   Section pre(subtable(root, "pretrain"), "pretrain");
@@ -319,6 +321,11 @@ void validate(const JobConfig& c) {
   require(c.partition.max_per_class >= 0, "partition.max_per_class must be >= 0");
   require(c.partition.quantity_sigma > 0, "partition.quantity_sigma must be > 0");
   require(c.backbone.channels == 1 || c.backbone.channels == 3, "backbone.channels must be 1 or 3");
+  require(c.backbone.sha256.empty() ||
+              (c.backbone.sha256.size() == 64 &&
+               c.backbone.sha256.find_first_not_of("0123456789abcdef") == std::string::npos),
+          "backbone.sha256 must be 64 lower-case hex digits (as `fedtl pretrain` prints it)");
+  require(c.backbone.max_bytes >= 1, "backbone.max_bytes must be >= 1");
   require(c.backbone.height >= 1 && c.backbone.width >= 1, "backbone.height and backbone.width must be >= 1");
   require(c.backbone.mean.size() == static_cast<size_t>(c.backbone.channels) &&
               c.backbone.std.size() == static_cast<size_t>(c.backbone.channels),

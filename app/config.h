@@ -36,6 +36,11 @@ struct BackboneConfig {
   std::vector<double> mean{0.2860}, std{0.3530};     // per-channel normalisation
   common::model::Freeze freeze = common::model::Freeze::kAllButLast;  // "all" | "all_but_last" | "none"
   int64_t unfrozen = 1;  // N top-level children trained for "all_but_last"
+  // Pins the coordinator's own backbone file: its SHA-256 (64 hex digits, as `fedtl pretrain`
+  // prints it); a file that does not match is refused. "" = not pinned.
+  std::string sha256;
+  // The largest backbone the coordinator reads: file size and the archive's unpacked size.
+  int64_t max_bytes = int64_t{2} << 30;
 };
 
 struct PretrainConfig {

@@ -183,6 +183,7 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop, std::ostre
     spdlog::info("[{}] {} labelled images loaded for job '{}'", site.name, images.size(), job.job_name());
     return images;
   });
+  trainer.set_max_backbone_bytes(static_cast<uint64_t>(site.policy.max_backbone_bytes));
   worker::WorkerOptions wopt;
   wopt.site_name = site.name;
   wopt.share_training_metrics = site.policy.share_training_metrics;

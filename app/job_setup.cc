@@ -134,7 +134,11 @@ v1::TrainingSpec wire_training_spec(const app::JobConfig& cfg) {
   return t;
 }
 
-common::model::ModelSpec model_spec(const app::JobConfig& cfg) { return model_spec(wire_model_spec(cfg)); }
+common::model::ModelSpec model_spec(const app::JobConfig& cfg) {
+  common::model::ModelSpec m = model_spec(wire_model_spec(cfg));
+  m.max_backbone_bytes = static_cast<uint64_t>(cfg.backbone.max_bytes);
+  return m;
+}
 
 common::model::ModelSpec model_spec(const v1::ModelSpec& w) {
   common::model::ModelSpec m;
@@ -167,17 +171,31 @@ std::string pretrain_backbone(const app::JobConfig& cfg, const TaskData& data) {
 }
 
 std::string ensure_backbone(const app::JobConfig& cfg, const TaskData& data) {
+  auto pinned = [&](const std::string& bytes) {
+    const std::string sha = common::sha256_hex(bytes);
+    if (!cfg.backbone.sha256.empty() && sha != cfg.backbone.sha256)
+      throw ConfigError("backbone file '" + cfg.backbone.path + "' has sha256 " + sha + ", but backbone.sha256 pins " +
+                        cfg.backbone.sha256 + ": refusing a backbone that changed");
+    return sha;
+  };
   if (fs::exists(cfg.backbone.path)) {
+    const auto size = fs::file_size(cfg.backbone.path);
+    if (size > static_cast<uint64_t>(cfg.backbone.max_bytes))
+      throw ConfigError("backbone file '" + cfg.backbone.path + "' is " + std::to_string(size) +
+                        " bytes, above backbone.max_bytes (" + std::to_string(cfg.backbone.max_bytes) + ")");
     std::string bytes = common::read_file(cfg.backbone.path);
-    spdlog::info("backbone {} ({} bytes, sha256 {})", cfg.backbone.path, bytes.size(),
-                 common::sha256_hex(bytes).substr(0, 16));
+    const std::string sha = pinned(bytes);
+    spdlog::info("backbone {} ({} bytes, sha256 {}{})", cfg.backbone.path, bytes.size(), sha.substr(0, 16),
+                 cfg.backbone.sha256.empty() ? "" : ", as pinned by backbone.sha256");
     return bytes;
   }
   if (!cfg.backbone.pretrain_if_missing)
     throw ConfigError("backbone file '" + cfg.backbone.path + "' not found (run `fedtl pretrain` or set backbone.pretrain_if_missing)");
   std::string bytes = pretrain_backbone(cfg, data);
+  const std::string sha = pinned(bytes);
   common::write_file_atomic(cfg.backbone.path, bytes);
-  spdlog::info("saved backbone to {} (sha256 {})", cfg.backbone.path, common::sha256_hex(bytes).substr(0, 16));
+  spdlog::info("saved backbone to {} (sha256 {}; pin it with backbone.sha256 = \"{}\")", cfg.backbone.path,
+               sha.substr(0, 16), sha);
   return bytes;
 }
 

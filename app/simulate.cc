@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <iostream>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <thread>
@@ -100,7 +101,10 @@ void run_pretrain(const app::JobConfig& cfg, const std::string& out_path) {
   TaskData data = load_task_data(cfg);
   std::string bytes = pretrain_backbone(cfg, data);
   common::write_file_atomic(out_path, bytes);
-  spdlog::info("wrote backbone {} ({} bytes, sha256 {})", out_path, bytes.size(), common::sha256_hex(bytes));
+  const std::string sha = common::sha256_hex(bytes);
+  spdlog::info("wrote backbone {} ({} bytes, sha256 {})", out_path, bytes.size(), sha);
+  // What a job file adds to pin this very file (the coordinator then refuses any other).
+  std::cout << "[backbone]\npath = \"" << out_path << "\"\nsha256 = \"" << sha << "\"\n";
 }
 
 SimulateResult run_simulate(const app::JobConfig& cfg, const common::StopSignal* stop) {

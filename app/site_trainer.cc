@@ -2,6 +2,7 @@
 
 #include "app/job_setup.h"
 #include "common/errors.h"
+#include "common/torchscript_archive.h"
 
 namespace fedtl::app {
 
@@ -12,6 +13,9 @@ uint64_t SiteTrainer::prepare(const v1::JobSpec& job, const std::string& backbon
                         job.layout().SerializeAsString() == job_.layout().SerializeAsString();
   job_ = job;
   if (same_job) return static_cast<uint64_t>(data_.size());
+  common::ArchiveLimits limits;
+  limits.max_total_bytes = max_backbone_bytes_;
+  common::check_torchscript_archive(backbone_bytes, limits);
   if (!loaded_) {
     data_ = loader_(job);
     loaded_ = true;

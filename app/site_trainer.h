@@ -24,7 +24,11 @@ class SiteTrainer : public worker::SiteRuntime {
   // prepare() loads the data and builds the model; the frozen-prefix features are cached
   // at the first train_round(), so a federation comes up without waiting for every site's
   // forward passes.
+  // Checks the backbone archive first (unpacked size at most max_backbone_bytes, no
+  // __setstate__: common/torchscript_archive.h), before any data is loaded or LibTorch opens it.
   uint64_t prepare(const v1::JobSpec& job, const std::string& backbone_bytes) override;
+  // The site policy's bound on a backbone's unpacked size (policy.max_backbone_bytes).
+  void set_max_backbone_bytes(uint64_t n) { max_backbone_bytes_ = n; }
   worker::LocalUpdate train_round(uint32_t round, const std::vector<float>& global) override;
 
  private:
@@ -32,6 +36,7 @@ class SiteTrainer : public worker::SiteRuntime {
   common::ImageSet data_;
   bool loaded_ = false;
   common::ComputeSlots* slots_ = nullptr;
+  uint64_t max_backbone_bytes_ = uint64_t{2} << 30;
   v1::JobSpec job_;
   std::unique_ptr<common::model::TransferModel> model_;
   std::unique_ptr<common::model::FeatureSet> features_;

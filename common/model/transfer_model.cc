@@ -171,8 +171,10 @@ std::vector<OperatorUse> collect_operators(const torch::jit::Module& m) {
   return out;
 }
 
-torch::jit::Module load_module(const std::string& bytes) {
-  check_torchscript_archive(bytes);  // before LibTorch allocates or runs anything of it
+torch::jit::Module load_module(const std::string& bytes, uint64_t max_unpacked = uint64_t{2} << 30) {
+  ArchiveLimits limits;
+  limits.max_total_bytes = max_unpacked;
+  check_torchscript_archive(bytes, limits);  // before LibTorch allocates or runs anything of it
   std::istringstream is(bytes);
   torch::jit::Module m = torch::jit::load(is, torch::kCPU);
   for (const auto& use : collect_operators(m))
@@ -253,7 +255,7 @@ std::unique_ptr<TransferModel> TransferModel::create(const std::string& backbone
     auto impl = std::make_unique<Impl>();
     impl->spec = spec;
     try {
-      impl->backbone = load_module(backbone_bytes);
+      impl->backbone = load_module(backbone_bytes, spec.max_backbone_bytes);
     } catch (const c10::Error& e) {
       throw ModelError("not a TorchScript file (torch.jit.save format) or unreadable: " +
                        std::string(e.what_without_backtrace()).substr(0, 200));

@@ -51,6 +51,9 @@ struct ModelSpec {
   HeadType head = HeadType::kLinear;
   int64_t hidden = 128;
   int64_t num_classes = 5;
+  // The backbone archive may unpack to at most this many bytes (checked before LibTorch
+  // opens it: common/torchscript_archive.h).
+  uint64_t max_backbone_bytes = uint64_t{2} << 30;
 };
 
 struct ParamInfo {

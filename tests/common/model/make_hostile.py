@@ -47,7 +47,7 @@ class ExfiltrateOnLoad(torch.nn.Module):
 class Zeros(torch.nn.Module):
     def __init__(self, mb: int):
         super().__init__()
-        self.register_buffer("pad", torch.zeros(mb * (1 << 20) // 4))
+        self.register_buffer("pad", torch.zeros(max(1, mb * (1 << 20) // 4)))
 
     def forward(self, x):
         return x.flatten(1) + self.pad[0]
@@ -59,10 +59,20 @@ if mode == "forward":
 elif mode == "setstate":
     torch.jit.script(ExfiltrateOnLoad(sys.argv[2])).save(sys.argv[1])
 elif mode == "zipbomb":
+    # A real module with a 4-byte buffer, whose storage member is replaced by MB MiB of zeros,
+    # deflated as it is written (so making it needs no memory): the archive declares far more
+    # than its tensors need, the shape of a zip bomb.
     plain = sys.argv[1] + ".plain"
-    torch.jit.script(Zeros(int(sys.argv[2]))).save(plain)
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as dst:
+    torch.jit.script(Zeros(0)).save(plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED,
+                                                        compresslevel=1) as dst:
         for info in src.infolist():
-            dst.writestr(info.filename, src.read(info.filename))
+            if info.filename.endswith("/data/0"):
+                with dst.open(info.filename, "w", force_zip64=True) as out:
+                    chunk = bytes(1 << 20)
+                    for _ in range(int(sys.argv[2])):
+                        out.write(chunk)
+            else:
+                dst.writestr(info.filename, src.read(info.filename))
 else:
     sys.exit("unknown mode " + mode)
