@@ -141,6 +141,7 @@ JobConfig from_table(const toml::table& root) {
   job.get("threads", c.threads);
   job.get("round_timeout_s", c.round_timeout_s);
   job.get("liveness_timeout_s", c.liveness_timeout_s);
+  job.get("quorum_wait_s", c.quorum_wait_s);
   job.get("min_sites", c.min_sites);
   job.get("max_samples_per_site", c.max_samples_per_site);
   job.reject_unknown();
@@ -304,6 +305,8 @@ void validate(const JobConfig& c) {
   require(c.threads >= 1, "job.threads must be >= 1");
   require(c.round_timeout_s > 0, "job.round_timeout_s must be > 0");
   require(c.liveness_timeout_s > 0, "job.liveness_timeout_s must be > 0");
+  require(std::isfinite(c.quorum_wait_s) && c.quorum_wait_s >= 0 && c.quorum_wait_s <= 30 * 86400,
+          "job.quorum_wait_s must be between 0 and 2592000 (30 days)");
   require(c.min_sites >= 1 && c.min_sites <= c.partition.sites,
           "job.min_sites must be between 1 and job.sites (got " + std::to_string(c.min_sites) + ")");
   require(!c.out.empty(), "job.out must not be empty");

@@ -113,6 +113,7 @@ struct JobConfig {
   int64_t threads = 1;             // LibTorch intra-op threads per process (1 = reproducible)
   double round_timeout_s = 600;    // per-round deadline for site updates
   double liveness_timeout_s = 60;  // silence (no update, no heartbeat) that marks a site dead
+  double quorum_wait_s = 3600;     // below min_sites: wait this long for sites to (re)join
   int64_t min_sites = 1;           // quorum: fewer reports abandon the round
   // Robust aggregation against a site that lies (docs/security.md):
   int64_t max_samples_per_site = 0;  // job.: weight claims clipped here (0: largest at join,

@@ -64,6 +64,7 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
   copt.equal_weighting = cfg_.equal_weighting;
   copt.max_update_norm = cfg_.max_update_norm;
   copt.join_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.join_timeout_s * 1000));
+  copt.quorum_wait = std::chrono::milliseconds(static_cast<int64_t>(cfg_.quorum_wait_s * 1000));
   copt.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.handshake_timeout_s * 1000));
   if (site_verifier_ && copt.job.secure_aggregation()) {
     copt.job.mutable_secagg()->set_signed_keys(true);
@@ -186,6 +187,11 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
     s["delta"] = nullptr;
   }
   s["rounds_completed"] = o.curve.size();
+  size_t applied = 0;
+  for (const auto& r : o.result.rounds) applied += r.applied ? 1 : 0;
+  s["rounds_applied"] = applied;
+  s["rounds_abandoned"] = o.result.rounds.size() - applied;
+  s["quorum_lost"] = o.result.quorum_lost;
   s["interrupted"] = o.result.interrupted;
   if (!o.result.stop_reason.empty()) s["stop_reason"] = o.result.stop_reason;
   for (const auto& [k, v] : extra.items()) s[k] = v;

@@ -145,7 +145,9 @@ SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::Stop
   tls.key = fed.key;
   tls.max_frame_bytes = static_cast<uint32_t>(fed.max_frame_mb) << 20;
   tls.handshake_timeout = ms(fed.handshake_timeout_s);
-  tls.allowed_names = fed.sites;
+  // Any certificate of the federation completes the handshake; a name not on federation.sites
+  // then gets a typed refusal (kUnauthorized, from attach()) it can act on, instead of a bare
+  // TLS alert it would retry forever.
   const auto [host, port] = split_address(fed.listen, "federation.listen");
   auto listener = common::tls_listen(host, port, tls);
   spdlog::info("coordinator listening on {}:{} (mutual TLS 1.3), sites: {}", host, listener->port(),
@@ -242,10 +244,18 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop, std::ostre
       return 1;
     } catch (const PolicyError&) {
       return 2;  // the worker logged the refusal and told the coordinator why
-    } catch (const ConfigError&) {
-      throw;
+    } catch (const ConfigError& e) {
+      // This site cannot do this job (its data, its model): it told the coordinator; retrying
+      // would fail the same way.
+      if (stop) stop->on_stop(nullptr);
+      spdlog::error("[{}] {}; not retrying", site.name, e.what());
+      return 2;
     } catch (const protocols::PeerRefused& e) {  // the coordinator said no: retrying will not help
       spdlog::error("[{}] coordinator refused this site: {}", site.name, e.what());
+      return 2;
+    } catch (const PeerIdentityError& e) {  // not the coordinator site.coordinator_name names
+      if (stop) stop->on_stop(nullptr);
+      spdlog::error("[{}] {} (check site.coordinator_name and the kit's CA); not retrying", site.name, e.what());
       return 2;
     } catch (const ProtocolError& e) {
       spdlog::warn("[{}] protocol error: {}; reconnecting", site.name, e.what());
@@ -261,7 +271,10 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop, std::ostre
       spdlog::error("[{}] giving up after {:.0f} s without a finished job", site.name, site.give_up_after_s);
       return 1;
     }
-    std::this_thread::sleep_for(backoff);
+    if (stop ? stop->wait_for(backoff) : (std::this_thread::sleep_for(backoff), false)) {
+      spdlog::info("[{}] stopped by a signal", site.name);
+      return 0;
+    }
     backoff = std::min(backoff * 2, ms(site.max_backoff_s));
   }
 }

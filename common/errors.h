@@ -25,6 +25,9 @@ class ProtocolError : public Error { using Error::Error; };
 class TransportError : public Error { using Error::Error; };
 // A timeout specifically (a subclass so callers can treat deadlines differently).
 class TimeoutError : public TransportError { using TransportError::TransportError; };
+// The peer is not who it must be (its certificate was refused: another name, role or CA):
+// retrying cannot help.
+class PeerIdentityError : public TransportError { using TransportError::TransportError; };
 // A site refused the job under its policy (or the coordinator refused the site).
 class PolicyError : public Error { using Error::Error; };
 // File-system failures writing outputs/checkpoints.

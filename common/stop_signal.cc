@@ -63,10 +63,21 @@ void StopSignal::wait_loop() {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0 || sig == 0) return;
     spdlog::warn("received {}: finishing the current step, then stopping cleanly", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    requested_ = true;
-    std::lock_guard<std::mutex> lock(mu_);
-    if (callback_) callback_();
+    request();
   }
+}
+
+void StopSignal::request() {
+  std::lock_guard<std::mutex> lock(mu_);
+  requested_ = true;
+  cv_.notify_all();
+  if (callback_) callback_();
+}
+
+bool StopSignal::wait_for(std::chrono::milliseconds d) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, d, [this] { return requested_.load(); });
+  return requested_.load();
 }
 
 }  // namespace fedtl::common

@@ -5,6 +5,8 @@
 // connection, which wakes its blocking receive.
 #pragma once
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -21,6 +23,10 @@ class StopSignal {
   bool requested() const { return requested_.load(); }
   // Called (on the signal thread) when SIGINT or SIGTERM arrives; replaces any previous one.
   void on_stop(std::function<void()> fn);
+  // Sleeps up to `d`, waking at once when a signal arrives. Returns requested().
+  bool wait_for(std::chrono::milliseconds d);
+  // For tests: behaves as if SIGTERM had arrived.
+  void request();
 
  private:
   void wait_loop();
@@ -28,6 +34,7 @@ class StopSignal {
   int read_fd_ = -1, write_fd_ = -1;
   std::mutex mu_;
   std::function<void()> callback_;
+  std::condition_variable cv_;
   std::thread waiter_;
 };
 

@@ -106,10 +106,12 @@ RoundRecord Coordinator::run_round(uint32_t round) {
   std::mt19937_64 sampler(common::derive_seed(opt_.job.seed(), common::seed_stream::kSiteSampling, round));
   std::uniform_real_distribution<double> coin(0.0, 1.0);
   for (auto& s : sites_) {
+    s->in_round = false;
     if (!s->info.active) continue;
     if (dp_ && dp_->sampling_rate < 1.0 && coin(sampler) >= dp_->sampling_rate) continue;
     try {
       s->conn->send(start_frame);
+      s->in_round = true;
       ++rec.sites_active;
     } catch (const fedtl::Error& e) {
       drop(*s, std::string("send failed: ") + e.what());
@@ -175,6 +177,7 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
       }
     }
     if (r > first) accept_rejoiners();
+    if (!await_quorum(r, res)) break;
     RoundRecord rec = run_round(r);
     if (dp_) rec.epsilon = dp_->accountant.steps() ? dp_->accountant.epsilon(opt_.privacy.delta) : 0.0;
     if (on_round) on_round(rec);

@@ -79,6 +79,10 @@ struct CoordinatorOptions {
   // With a listener: how long to wait for every listed site before starting with at least
   // min_sites of them.
   std::chrono::milliseconds join_timeout{std::chrono::minutes(10)};
+  // Below min_sites connected before a round, wait this long for sites to (re)join (with a
+  // listener; logged once a minute with who is missing) instead of abandoning rounds; then
+  // stop, resumable. Without a listener nobody can rejoin: the job stops at once.
+  std::chrono::milliseconds quorum_wait{std::chrono::hours(1)};
   PrivacyOptions privacy;
   // A site cannot buy the model: its weight in a plain round's mean is its claimed sample
   // count clipped to the bound (max_samples_per_site; 0: the largest count any site declared in
@@ -145,7 +149,8 @@ class Coordinator {
     std::vector<SiteInfo> sites;
     uint64_t handshake_bytes_down = 0, handshake_bytes_up = 0;
     std::string stop_reason;        // why the job ended before its last round ("" = it did not)
-    bool interrupted = false;       // stopped by a signal; resumable from the last checkpoint
+    bool interrupted = false;       // stopped early (a signal, the quorum lost); resumable
+    bool quorum_lost = false;       // stopped because fewer than min_sites stayed
     double epsilon = 0;             // DP: final privacy spent (0: no DP)
     std::string accountant_state;   // DP: the RDP accountant, serialised (for checkpoints)
   };
@@ -162,6 +167,9 @@ class Coordinator {
   bool await_ready(Site& s, std::chrono::milliseconds timeout, bool drop_on_timeout);
   void join_phase();
   void accept_rejoiners();
+  // Before round `round`: true when at least min_sites are active (after waiting for
+  // rejoiners up to quorum_wait); false (res.stop_reason set) when the job must stop.
+  bool await_quorum(uint32_t round, Result& res);
   // refused: the site refused the job (a typed Error frame): it will not come back for it.
   void drop(Site& s, const std::string& reason, bool refused = false);
   RoundRecord run_round(uint32_t round);

@@ -26,6 +26,9 @@ struct Coordinator::Site {
   SiteInfo info;
   bool admitted = false;  // job (and backbone) sent; Ready pending
   bool refused = false;   // the site refused the job (policy): it will not come back for it
+  // Sent this round's RoundStart (DP site sampling leaves some sites out: they are not
+  // expected, and not taken for dead).
+  bool in_round = false;
   uint64_t bytes_sent_before = 0, bytes_received_before = 0;  // of replaced connections
   uint64_t sent() const { return bytes_sent_before + (conn ? conn->bytes_sent() : 0); }
   uint64_t received() const { return bytes_received_before + (conn ? conn->bytes_received() : 0); }

@@ -223,3 +223,62 @@ void Coordinator::accept_rejoiners() {
 }
 
 }  // namespace fedtl::coordinator
+
+namespace fedtl::coordinator {
+
+bool Coordinator::await_quorum(uint32_t round, Result& res) {
+  auto active = [&] {
+    size_t n = 0;
+    for (auto& s : sites_) n += s->info.active ? 1 : 0;
+    return n;
+  };
+  if (active() >= opt_.min_sites) return true;
+  auto missing = [&] {
+    std::string names;
+    for (auto& s : sites_)
+      if (!s->info.active) names += (names.empty() ? "" : ", ") + s->info.name;
+    return names;
+  };
+  auto stop = [&](const std::string& why) {
+    res.interrupted = true;
+    res.quorum_lost = true;
+    res.stop_reason = why;
+    spdlog::error("{}", why);
+    return false;
+  };
+  if (!listener_)
+    return stop("stopped before round " + std::to_string(round) + ": " + std::to_string(active()) + " of " +
+                std::to_string(sites_.size()) + " sites are left, the quorum is " + std::to_string(opt_.min_sites) +
+                ", and these sites cannot rejoin (missing: " + missing() + ")");
+  const auto t0 = Clock::now();
+  const auto deadline = t0 + opt_.quorum_wait;
+  auto next_log = t0;
+  while (active() < opt_.min_sites) {
+    const auto now = Clock::now();
+    if (opt_.stop_requested && opt_.stop_requested())
+      return stop("stopped by a signal while round " + std::to_string(round) + " waited for the quorum; resume with --resume");
+    if (now >= deadline)
+      return stop("stopped before round " + std::to_string(round) + ": the quorum of " + std::to_string(opt_.min_sites) +
+                  " sites did not come back within job.quorum_wait_s (missing: " + missing() + "); resume with --resume");
+    if (now >= next_log) {
+      spdlog::warn("round {} waits for the quorum: {} of {} sites connected, {} needed; missing: {} (waiting up to {} s more)",
+                   round, active(), sites_.size(), opt_.min_sites, missing(),
+                   std::chrono::duration_cast<std::chrono::seconds>(deadline - now).count());
+      next_log = now + std::chrono::minutes(1);
+    }
+    try {
+      auto conn = listener_->accept(std::min(until(deadline), milliseconds(500)));
+      spdlog::info("'{}' (re)connected", conn->peer_name());
+      if (Site* s = attach(std::move(conn)))
+        if (admit(*s)) await_ready(*s, opt_.handshake_timeout, /*drop_on_timeout=*/true);
+    } catch (const TimeoutError&) {
+    } catch (const TransportError&) {
+      return stop("stopped before round " + std::to_string(round) + ": the listener closed while waiting for the quorum");
+    }
+  }
+  spdlog::info("round {}: quorum back ({} of {} sites) after {:.0f} s", round, active(), sites_.size(),
+               std::chrono::duration<double>(Clock::now() - t0).count());
+  return true;
+}
+
+}  // namespace fedtl::coordinator

@@ -24,7 +24,7 @@ std::optional<Coordinator::Aggregate> Coordinator::plain_aggregate(uint32_t roun
   double loss_sum = 0;
   size_t below_clip = 0;
   for (auto& s : sites_) {  // site-index order: the sum does not depend on arrival order
-    if (!s->info.active) continue;
+    if (!s->info.active || !s->in_round) continue;  // not sampled this round: not expected
     try {
       for (;;) {
         common::Frame f = recv_live(*s->conn, deadline, opt_.liveness_timeout);

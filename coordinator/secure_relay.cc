@@ -28,7 +28,7 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
   const uint64_t m = params_.size() + 1;  // [w, w·Δ]
   std::vector<Site*> part;
   for (auto& s : sites_)
-    if (s->info.active) part.push_back(s.get());
+    if (s->info.active && s->in_round) part.push_back(s.get());  // the sampled sites
   // Receives one message of type M from every site still in `part`, in site order; sites
   // that time out leave `part` for this round, sites that misbehave are dropped.
   auto collect = [&](auto tag, const char* step, auto&& handle) {

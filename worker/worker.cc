@@ -129,8 +129,10 @@ WorkerResult Worker::run() {
   try {
     ready.set_num_samples(runtime_.prepare(job, backbone));
   } catch (const fedtl::Error& e) {
+    // This site cannot do this job (its data lacks a class, the backbone does not fit its
+    // images, ...): say why, and fail permanently rather than reconnect to the same refusal.
     send(protocols::error_frame(protocols::ErrorCode::kBadConfig, e.what()));
-    throw;
+    throw ConfigError("this site cannot take part in job '" + job.job_name() + "': " + e.what());
   }
   ready.set_backbone_sha256(job.backbone_sha256());
   send(to_frame(ready));

@@ -745,6 +745,7 @@ std::unique_ptr<Connection> tls_connect(const std::string& host, uint16_t port,
     std::promise<void> done;
     bool finished = false;
     bool timed_out = false;
+    bool identity_refused = false;  // the server's certificate was refused (name, role, CA)
     std::string stage = "resolving";
     std::string error;
   };
@@ -806,6 +807,7 @@ std::unique_ptr<Connection> tls_connect(const std::string& host, uint16_t port,
                     ssl::stream_base::client, [at, conn, finish](const error_code& hec) {
                       if (hec) {
                         if (at->timed_out) return finish("");
+                        at->identity_refused = !conn->verify_reason.empty();
                         return finish(conn->verify_reason.empty()
                                           ? describe(hec)
                                           : "server " + conn->verify_reason);
@@ -824,7 +826,10 @@ std::unique_ptr<Connection> tls_connect(const std::string& host, uint16_t port,
                        " (limits: " + ms_str(total) + " in all, " + ms_str(hs_limit) +
                        " for the handshake)");
   }
-  if (!at->error.empty()) throw TransportError("cannot connect to " + where + ": " + at->error);
+  if (!at->error.empty()) {
+    if (at->identity_refused) throw PeerIdentityError("cannot connect to " + where + ": " + at->error);
+    throw TransportError("cannot connect to " + where + ": " + at->error);
+  }
   spdlog::debug("tls: connected to {} at {}", conn->peer, conn->address);
   return std::make_unique<TlsConnection>(std::move(runner), std::move(conn), config.send_timeout);
 }

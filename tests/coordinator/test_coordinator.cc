@@ -508,6 +508,116 @@ TEST_F(CoordinatorTest, ImpostorReplacingAnActiveSiteIsLoggedAndCounted) {
 }
 
 
+// Issue "running a federation for real": losing the quorum must not burn the job. Without a
+// listener nobody can rejoin, so the job stops at once and says so truthfully.
+TEST_F(CoordinatorTest, QuorumLostWithoutAListenerStopsInsteadOfBurningRounds) {
+  FakeSite a("site-0"), b("site-1");
+  a.start(honest("site-0", 10, 1.0f));
+  b.start([](Connection& c, SiteLog& log) {
+    site_handshake(c, "site-1", 10);
+    answer_rounds(c, log, [&c](const v1::RoundStart& s) {
+      if (s.round() == 2) c.close();  // the site goes away during round 2
+      return s.round() == 1 ? std::optional<Frame>(update_frame(1, 10, std::vector<float>(kParams, 1.f)))
+                            : std::optional<Frame>();
+    });
+  });
+  Coordinator coord(base_options(10, {"site-0", "site-1"}, 2), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.add_site(std::move(a.coord_end));
+  coord.add_site(std::move(b.coord_end));
+  auto res = coord.run(nullptr);
+  a.thread.join();
+  b.thread.join();
+  ASSERT_EQ(res.rounds.size(), 2u) << "rounds 3-10 must not be run and abandoned";
+  EXPECT_TRUE(res.rounds[0].applied);
+  EXPECT_FALSE(res.rounds[1].applied);
+  EXPECT_TRUE(res.quorum_lost);
+  EXPECT_TRUE(res.interrupted) << "resumable";
+  EXPECT_NE(res.stop_reason.find("stopped before round 3"), std::string::npos) << res.stop_reason;
+  EXPECT_NE(res.stop_reason.find("missing: site-1"), std::string::npos) << res.stop_reason;
+}
+
+// With a listener the coordinator waits (job.quorum_wait_s) for the site to come back, then
+// goes on: no round is abandoned for want of a quorum while it waits.
+TEST_F(CoordinatorTest, QuorumWaitLetsASiteRejoinAndTheJobGoesOn) {
+  QueueListener listener;
+  FakeSite a("site-0"), b("site-1");
+  listener.push(std::move(a.coord_end));
+  listener.push(std::move(b.coord_end));
+  a.start(honest("site-0", 10, 1.0f));
+  SiteLog second;
+  std::thread comeback;
+  b.start([&](Connection& c, SiteLog& log) {
+    site_handshake(c, "site-1", 10);
+    answer_rounds(c, log, [&](const v1::RoundStart& s) {
+      if (s.round() == 1) return std::optional<Frame>(update_frame(1, 10, std::vector<float>(kParams, 1.f)));
+      c.close();  // gone in round 2; back 400 ms later, after the round was abandoned
+      comeback = std::thread([&] {
+        std::this_thread::sleep_for(400ms);
+        auto [coord_end, site_end] = common::make_inproc_pair("coordinator", "site-1");
+        listener.push(std::move(coord_end));
+        site_handshake(*site_end, "site-1", 10);
+        answer_rounds(*site_end, second, [](const v1::RoundStart& s2) {
+          return std::optional<Frame>(update_frame(s2.round(), 10, std::vector<float>(kParams, 1.f)));
+        });
+      });
+      return std::optional<Frame>();
+    });
+  });
+  auto opt = base_options(4, {"site-0", "site-1"}, 2);
+  opt.quorum_wait = 20s;
+  Coordinator coord(std::move(opt), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.set_listener(&listener);
+  auto res = coord.run(nullptr);
+  a.thread.join();
+  b.thread.join();
+  comeback.join();
+  ASSERT_EQ(res.rounds.size(), 4u);
+  EXPECT_TRUE(res.rounds[0].applied);
+  EXPECT_FALSE(res.rounds[1].applied) << "the round the site vanished in";
+  EXPECT_TRUE(res.rounds[2].applied) << "round 3 waited for the quorum";
+  EXPECT_TRUE(res.rounds[3].applied);
+  EXPECT_FALSE(res.quorum_lost);
+  EXPECT_EQ(second.rounds_seen, 2);
+  EXPECT_TRUE(second.got_shutdown);
+}
+
+// DP site sampling is not death: a site left out of a round is not expected in it (no wait,
+// no "missed the deadline"), and stays a member.
+TEST_F(CoordinatorTest, SitesNotSampledAreNotExpectedAndStayMembers) {
+  FakeSite a("site-0"), b("site-1"), c("site-2");
+  a.start(honest("site-0", 10, 1.0f));
+  b.start(honest("site-1", 10, 1.0f));
+  c.start(honest("site-2", 10, 1.0f));
+  auto opt = base_options(8, {"site-0", "site-1", "site-2"}, 1);
+  opt.round_timeout = 20s;  // a wait for an unsampled site would show as a missed deadline
+  opt.liveness_timeout = 20s;
+  auto* pv = opt.job.mutable_privacy();
+  pv->set_mode(v1::PRIVACY_CENTRAL);
+  pv->set_noise_multiplier(0.5);
+  pv->set_clip_norm(1.0);
+  pv->set_sampling_rate(0.5);
+  pv->set_expected_sites(2);
+  Coordinator coord(std::move(opt), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.add_site(std::move(a.coord_end));
+  coord.add_site(std::move(b.coord_end));
+  coord.add_site(std::move(c.coord_end));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto res = coord.run(nullptr);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  a.thread.join();
+  b.thread.join();
+  c.thread.join();
+  ASSERT_EQ(res.rounds.size(), 8u);
+  size_t sampled = 0;
+  for (const auto& r : res.rounds) {
+    EXPECT_EQ(r.sites_reported, r.sites_active) << "round " << r.round << ": every sampled site reported";
+    sampled += r.sites_active;
+  }
+  EXPECT_LT(sampled, 3u * 8u) << "with q = 0.5 some sites sit rounds out";
+  for (const auto& s : res.sites) EXPECT_TRUE(s.active) << s.name << " was taken for dead";
+  EXPECT_LT(seconds, 20.0) << "no round waited for a site it did not sample";
+}
+
 // A site with a valid kit that lies: it declares `declared` samples at join and claims
 // `claimed` in every Update, sending `delta` each round.
 std::function<void(Connection&, SiteLog&)> liar(const std::string& name, uint64_t declared, uint64_t claimed,
