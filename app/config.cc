@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <iomanip>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -25,7 +26,7 @@ bool in_range(int64_t v) {
 
 std::string fmt_real(double v) {
   std::ostringstream os;
-  os << v;
+  os << std::setprecision(12) << v;
   return os.str();
 }
 
