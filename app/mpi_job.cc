@@ -305,7 +305,7 @@ int run_mpi(MpiContext& ctx, const app::JobConfig& cfg, const MpiRunOptions& opt
     int k = opt.ranks_per_site;
     if (k <= 0) {
       const double e = env_double("FEDTL_RANKS_PER_SITE", 1);
-      if (e != static_cast<int>(e) || e < 1)
+      if (!(e >= 1 && e <= 65536) || e != std::floor(e))  // range first: the cast of 1e300 is undefined
         throw ConfigError("FEDTL_RANKS_PER_SITE must be a positive integer (got " + std::to_string(e) + ")");
       k = static_cast<int>(e);
     }
