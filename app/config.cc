@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <iomanip>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <toml++/toml.h>
@@ -10,6 +12,23 @@
 
 namespace fedtl::app {
 namespace {
+
+// An int64 from the file fits T (signed or unsigned, any width).
+template <typename T>
+bool in_range(int64_t v) {
+  if constexpr (std::is_unsigned_v<T>) {
+    return v >= 0 && static_cast<uint64_t>(v) <= std::numeric_limits<T>::max();
+  } else {
+    return v >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+           v <= static_cast<int64_t>(std::numeric_limits<T>::max());
+  }
+}
+
+std::string fmt_real(double v) {
+  std::ostringstream os;
+  os << std::setprecision(12) << v;
+  return os.str();
+}
 
 // Reads typed values out of one TOML table and remembers which keys were consumed, so the
 // leftovers can be reported as unknown.
@@ -28,10 +47,20 @@ class Section {
       out = *n->value<bool>();
     } else if constexpr (std::is_integral_v<T>) {
       if (!n->is_integer()) fail(key, "an integer");
-      out = static_cast<T>(*n->value<int64_t>());
+      // Checked in the type the value is stored in: a value it cannot hold is refused, never
+      // wrapped (sites = 2^32 + 3 must not become 3).
+      const int64_t v = *n->value<int64_t>();
+      if constexpr (std::is_unsigned_v<T>) {
+        if (v < 0) throw ConfigError(qualified(key) + " must be >= 0 (got " + std::to_string(v) + ")");
+      }
+      if (!in_range<T>(v))
+        throw ConfigError(qualified(key) + " = " + std::to_string(v) + " is out of range (at most " +
+                          std::to_string(std::numeric_limits<T>::max()) + ")");
+      out = static_cast<T>(v);
     } else if constexpr (std::is_floating_point_v<T>) {
       if (!n->is_number()) fail(key, "a number");
       out = *n->value<double>();
+      if (!std::isfinite(out)) throw ConfigError(qualified(key) + " must be a finite number (got " + fmt_real(out) + ")");
     } else if constexpr (std::is_same_v<T, std::string>) {
       if (!n->is_string()) fail(key, "a string");
       out = *n->value<std::string>();
@@ -54,7 +83,9 @@ class Section {
           out.push_back(*e.value<int64_t>());
         } else {
           if (!e.is_number()) fail(key, "an array of numbers");
-          out.push_back(*e.value<double>());
+          const double d = *e.value<double>();
+          if (!std::isfinite(d)) throw ConfigError(qualified(key) + " values must be finite numbers (got " + fmt_real(d) + ")");
+          out.push_back(d);
         }
       }
     }
@@ -299,76 +330,140 @@ JobConfig load_job_config(const std::string& path) {
   return c;
 }
 
+namespace {
+
+// Range checks, each naming its key and the value it got. Integers are checked as int64 (the
+// type they are parsed into) before anything narrows them; reals must be finite.
+void int_range(const std::string& key, int64_t v, int64_t lo, int64_t hi, const std::string& note = "") {
+  if (v < lo || v > hi)
+    throw ConfigError(key + " must be between " + std::to_string(lo) + " and " + std::to_string(hi) + note + " (got " +
+                      std::to_string(v) + ")");
+}
+
+enum class Low { kClosed, kOpen };  // lo itself allowed, or not
+void real_range(const std::string& key, double v, double lo, double hi, Low low = Low::kClosed,
+                const std::string& note = "") {
+  if (!std::isfinite(v)) throw ConfigError(key + " must be a finite number (got " + fmt_real(v) + ")");
+  const bool ok = (low == Low::kOpen ? v > lo : v >= lo) && v <= hi;
+  if (!ok)
+    throw ConfigError(key + " must be in " + (low == Low::kOpen ? "(" : "[") + fmt_real(lo) + ", " + fmt_real(hi) +
+                      "]" + note + " (got " + fmt_real(v) + ")");
+}
+
+// A duration in seconds: finite, at least a millisecond, at most kMaxSeconds.
+void seconds_range(const std::string& key, double v) {
+  real_range(key, v, kMinSeconds, kMaxSeconds, Low::kClosed, " seconds");
+}
+
+}  // namespace
+
+std::chrono::milliseconds seconds_to_ms(double seconds) {
+  // Saturating: NaN and negatives are 0, anything above kMaxMillisSeconds is that bound, so
+  // the multiplication and the cast can never overflow (and Clock::now() + it neither).
+  if (!(seconds > 0)) return std::chrono::milliseconds(0);
+  if (seconds >= kMaxMillisSeconds) seconds = kMaxMillisSeconds;
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0));
+}
+
 void validate(const JobConfig& c) {
-  require(c.rounds >= 1, "job.rounds must be >= 1 (got " + std::to_string(c.rounds) + ")");
-  require(c.partition.sites >= 1, "job.sites must be >= 1 (got " + std::to_string(c.partition.sites) + ")");
-  require(c.threads >= 1, "job.threads must be >= 1");
-  require(c.round_timeout_s > 0, "job.round_timeout_s must be > 0");
-  require(c.liveness_timeout_s > 0, "job.liveness_timeout_s must be > 0");
+  // [job]
+  int_range("job.sites", c.partition.sites, 1, kMaxSites);
+  int_range("job.rounds", c.rounds, 1, kMaxRounds);
+  int_range("job.threads", c.threads, 1, kMaxThreads);
+  seconds_range("job.round_timeout_s", c.round_timeout_s);
+  seconds_range("job.liveness_timeout_s", c.liveness_timeout_s);
   require(std::isfinite(c.quorum_wait_s) && c.quorum_wait_s >= 0 && c.quorum_wait_s <= 30 * 86400,
           "job.quorum_wait_s must be between 0 and 2592000 (30 days)");
-  require(c.min_sites >= 1 && c.min_sites <= c.partition.sites,
-          "job.min_sites must be between 1 and job.sites (got " + std::to_string(c.min_sites) + ")");
+  int_range("job.min_sites", c.min_sites, 1, c.partition.sites, " (job.sites)");
   require(!c.out.empty(), "job.out must not be empty");
-  require(c.max_samples_per_site >= 0, "job.max_samples_per_site must be >= 0 (0 = the largest count declared at join)");
-  require(std::isfinite(c.max_update_norm) && c.max_update_norm >= 0,
-          "server.max_update_norm must be finite and >= 0 (0 = 1e4 * sqrt(parameters))");
+  int_range("job.max_samples_per_site", c.max_samples_per_site, 0, kMaxSamples,
+            " (0 = the largest count declared at join)");
+  // [data]
   if (c.data.source == DataSource::kFolder) require(!c.data.dir.empty(), "data.dir is required when data.source = \"folder\"");
   require(c.data.target_classes.size() >= 2, "data.target_classes needs at least 2 classes");
+  require(c.data.target_classes.size() <= static_cast<size_t>(kMaxClassId) + 1, "data.target_classes has too many classes");
+  for (int64_t k : c.data.target_classes) int_range("data.target_classes", k, 0, kMaxClassId);
+  for (int64_t k : c.data.source_classes) int_range("data.source_classes", k, 0, kMaxClassId);
   std::set<int64_t> tgt(c.data.target_classes.begin(), c.data.target_classes.end());
   require(tgt.size() == c.data.target_classes.size(), "data.target_classes has duplicates");
   for (int64_t k : c.data.source_classes)
     require(!tgt.count(k), "class " + std::to_string(k) + " is in both data.source_classes and data.target_classes");
-  require(c.partition.alpha > 0, "partition.alpha must be > 0");
-  require(c.partition.samples_per_site >= 0, "partition.samples_per_site must be >= 0");
-  require(c.partition.max_per_class >= 0, "partition.max_per_class must be >= 0");
-  require(c.partition.quantity_sigma > 0, "partition.quantity_sigma must be > 0");
-  require(c.backbone.channels == 1 || c.backbone.channels == 3, "backbone.channels must be 1 or 3");
+  // [partition]
+  real_range("partition.alpha", c.partition.alpha, 0, 1e6, Low::kOpen);
+  int_range("partition.samples_per_site", c.partition.samples_per_site, 0, kMaxSamplesPerSite, " (0 = split the whole set)");
+  int_range("partition.max_per_class", c.partition.max_per_class, 0, kMaxSamplesPerSite, " (0 = no cap)");
+  real_range("partition.quantity_sigma", c.partition.quantity_sigma, 0, 10, Low::kOpen);
+  // [backbone]
+  require(c.backbone.channels == 1 || c.backbone.channels == 3,
+          "backbone.channels must be 1 or 3 (got " + std::to_string(c.backbone.channels) + ")");
+  int_range("backbone.height", c.backbone.height, 1, kMaxImageSide);
+  int_range("backbone.width", c.backbone.width, 1, kMaxImageSide);
   require(c.backbone.sha256.empty() ||
               (c.backbone.sha256.size() == 64 &&
                c.backbone.sha256.find_first_not_of("0123456789abcdef") == std::string::npos),
           "backbone.sha256 must be 64 lower-case hex digits (as `fedtl pretrain` prints it)");
   require(c.backbone.max_bytes >= 1, "backbone.max_bytes must be >= 1");
-  require(c.backbone.height >= 1 && c.backbone.width >= 1, "backbone.height and backbone.width must be >= 1");
   require(c.backbone.mean.size() == static_cast<size_t>(c.backbone.channels) &&
               c.backbone.std.size() == static_cast<size_t>(c.backbone.channels),
           "backbone.mean and backbone.std need one value per backbone channel");
-  for (double s : c.backbone.std) require(s > 0, "backbone.std values must be > 0");
-  require(c.backbone.unfrozen >= 1 || c.backbone.freeze != common::model::Freeze::kAllButLast,
-          "backbone.unfrozen must be >= 1");
-  require(c.pretrain.epochs >= 1 && c.pretrain.batch_size >= 1 && c.pretrain.lr > 0,
-          "pretrain.epochs, pretrain.batch_size and pretrain.lr must be positive");
-  require(c.head.hidden >= 1, "head.hidden must be >= 1");
-  require(c.train.lr > 0, "train.lr must be > 0 (got " + std::to_string(c.train.lr) + ")");
-  require(c.train.momentum >= 0 && c.train.momentum < 1, "train.momentum must be in [0, 1)");
-  require(c.train.weight_decay >= 0, "train.weight_decay must be >= 0");
-  require(c.train.epochs >= 1, "train.epochs must be >= 1");
-  require(c.train.batch_size >= 1, "train.batch_size must be >= 1");
-  require(c.baselines.epochs >= 1, "baselines.epochs must be >= 1");
-  require(c.federation.join_timeout_s > 0 && c.federation.handshake_timeout_s > 0,
-          "federation.join_timeout_s and federation.handshake_timeout_s must be > 0");
-  require(c.federation.max_frame_mb >= 1 && c.federation.max_frame_mb <= 4095,
-          "federation.max_frame_mb must be between 1 and 4095");
-  require(c.secagg.threshold >= 0, "secure_aggregation.threshold must be >= 0 (0 = floor(n/2)+1)");
-  require(c.secagg.clip > 0 && c.secagg.weight_bound >= 1, "secure_aggregation.clip must be > 0 and weight_bound >= 1");
-  require(c.secagg.complete_graph_max >= 2 && c.secagg.sparse_degree >= 0,
-          "secure_aggregation.complete_graph_max must be >= 2 and sparse_degree >= 0");
+  for (double m : c.backbone.mean) real_range("backbone.mean", m, -1e6, 1e6);
+  for (double s : c.backbone.std) real_range("backbone.std", s, 0, 1e6, Low::kOpen);
+  if (c.backbone.freeze == common::model::Freeze::kAllButLast)
+    int_range("backbone.unfrozen", c.backbone.unfrozen, 1, kMaxUnfrozen);
+  else
+    int_range("backbone.unfrozen", c.backbone.unfrozen, 0, kMaxUnfrozen);
+  // [pretrain]
+  int_range("pretrain.epochs", c.pretrain.epochs, 1, kMaxEpochs);
+  int_range("pretrain.batch_size", c.pretrain.batch_size, 1, kMaxBatchSize);
+  real_range("pretrain.lr", c.pretrain.lr, 0, kMaxLearningRate, Low::kOpen);
+  // [head]
+  int_range("head.hidden", c.head.hidden, 1, kMaxHidden);
+  // [train]
+  real_range("train.lr", c.train.lr, 0, kMaxLearningRate, Low::kOpen);
+  real_range("train.momentum", c.train.momentum, 0, 1);
+  require(c.train.momentum < 1, "train.momentum must be in [0, 1) (got 1)");
+  real_range("train.weight_decay", c.train.weight_decay, 0, 1e3);
+  int_range("train.epochs", c.train.epochs, 1, kMaxEpochs);
+  int_range("train.batch_size", c.train.batch_size, 1, kMaxBatchSize);
+  // [server] (make_strategy checks them again, and the strategy's name)
+  real_range("server.lr", c.server.server_lr, 0, kMaxLearningRate, Low::kOpen);
+  real_range("server.beta1", c.server.beta1, 0, 1);
+  require(c.server.beta1 < 1, "server.beta1 must be in [0, 1) (got 1)");
+  real_range("server.beta2", c.server.beta2, 0, 1);
+  require(c.server.beta2 < 1, "server.beta2 must be in [0, 1) (got 1)");
+  real_range("server.tau", c.server.tau, 0, 1e3, Low::kOpen);
+  real_range("server.mu", c.server.prox_mu, 0, 1e6);
+  real_range("server.max_update_norm", c.max_update_norm, 0, 1e30, Low::kClosed, " (0 = 1e4 * sqrt(parameters))");
+  // [baselines]
+  int_range("baselines.epochs", c.baselines.epochs, 1, kMaxEpochs);
+  // [federation]
+  seconds_range("federation.join_timeout_s", c.federation.join_timeout_s);
+  seconds_range("federation.handshake_timeout_s", c.federation.handshake_timeout_s);
+  int_range("federation.max_frame_mb", c.federation.max_frame_mb, 1, 4095);
+  require(c.federation.sites.size() <= static_cast<size_t>(kMaxSites),
+          "federation.sites lists more than " + std::to_string(kMaxSites) + " sites");
+  std::set<std::string> names(c.federation.sites.begin(), c.federation.sites.end());
+  require(names.size() == c.federation.sites.size(), "federation.sites has duplicate names");
+  // [secure_aggregation]
+  int_range("secure_aggregation.threshold", c.secagg.threshold, 0, kMaxSites, " (0 = floor(n/2)+1)");
+  real_range("secure_aggregation.clip", c.secagg.clip, 0, 1e6, Low::kOpen);
+  real_range("secure_aggregation.weight_bound", c.secagg.weight_bound, 1, static_cast<double>(kMaxSamples));
+  int_range("secure_aggregation.complete_graph_max", c.secagg.complete_graph_max, 2, kMaxSites);
+  int_range("secure_aggregation.sparse_degree", c.secagg.sparse_degree, 0, kMaxSites, " (0 = 2*ceil(log2 n))");
+  // [privacy]: every value is range-checked, used or not; the rules between them only with a mode.
   const auto& pv = c.privacy;
+  real_range("privacy.noise_multiplier", pv.noise_multiplier, 0, 1e6);
+  real_range("privacy.clip_norm", pv.clip_norm, 0, 1e6, Low::kOpen);
+  real_range("privacy.delta", pv.delta, 0, 1, Low::kOpen);
+  require(pv.delta < 1, "privacy.delta must be in (0, 1) (got 1)");
+  real_range("privacy.target_epsilon", pv.target_epsilon, 0, 1e6, Low::kClosed, " (0 = no target)");
+  real_range("privacy.sampling_rate", pv.sampling_rate, 0, 1, Low::kOpen);
+  real_range("privacy.target_quantile", pv.target_quantile, 0, 1);
+  real_range("privacy.clip_learning_rate", pv.clip_learning_rate, 0, 1e3, Low::kOpen);
   if (pv.mode) {
     require(pv.noise_multiplier > 0 || pv.target_epsilon > 0,
             "privacy.noise_multiplier must be > 0 (or 0 with privacy.target_epsilon > 0 to calibrate it)");
-    require(pv.noise_multiplier >= 0, "privacy.noise_multiplier must be > 0");
-    require(pv.clip_norm > 0, "privacy.clip_norm must be > 0");
-    require(pv.delta > 0 && pv.delta < 1, "privacy.delta must be in (0, 1)");
-    require(pv.target_epsilon >= 0, "privacy.target_epsilon must be >= 0 (0 = no target)");
-    require(pv.sampling_rate > 0 && pv.sampling_rate <= 1, "privacy.sampling_rate must be in (0, 1]");
-    require(pv.target_quantile >= 0 && pv.target_quantile <= 1 && pv.clip_learning_rate > 0,
-            "privacy.target_quantile must be in [0, 1] and privacy.clip_learning_rate > 0");
   }
-  std::set<std::string> names(c.federation.sites.begin(), c.federation.sites.end());
-  require(names.size() == c.federation.sites.size(), "federation.sites has duplicate names");
-  // The [server] section is validated by protocols::make_strategy when the coordinator
-  // builds its strategy (common/ does not link protocols/).
 }
 
 namespace {
@@ -444,7 +539,10 @@ SiteConfig load_site_config(const std::string& path) {
   if (c.data_source == SiteDataSource::kFolder) require(!c.data_dir.empty(), "data.dir is required for data.source = \"folder\"");
   if (c.data_source == SiteDataSource::kJobPartition)
     require(!c.data_job.empty() && c.partition_index >= 0, "data.job and data.partition_index are required for \"job-partition\"");
-  require(c.connect_timeout_s > 0 && c.max_backoff_s > 0 && c.give_up_after_s > 0, "site timeouts must be > 0");
+  seconds_range("site.connect_timeout_s", c.connect_timeout_s);
+  seconds_range("site.max_backoff_s", c.max_backoff_s);
+  seconds_range("site.give_up_after_s", c.give_up_after_s);
+  int_range("data.partition_index", c.partition_index, -1, kMaxSites - 1);
   if (c.cache_dir.empty()) c.cache_dir = "runs/site-" + c.name;
   return c;
 }

@@ -2,6 +2,7 @@
 // defaults, and validation. Parsing rejects unknown keys by name, wrong types and impossible
 // values with a one-line fedtl::ConfigError.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -14,6 +15,31 @@
 #include "worker/site_policy.h"
 
 namespace fedtl::app {
+
+// The ranges validate() enforces (docs/configuration.md lists them per key). Each fits the
+// narrowest type its value travels in (uint32 in the wire protocol, int in LibTorch calls).
+inline constexpr int64_t kMaxSites = 10000;            // job.sites, secure_aggregation.*
+inline constexpr int64_t kMaxRounds = 1000000;         // job.rounds
+inline constexpr int64_t kMaxThreads = 1024;           // job.threads
+inline constexpr int64_t kMaxEpochs = 100000;          // train/pretrain/baselines.epochs
+inline constexpr int64_t kMaxBatchSize = 1 << 20;      // train/pretrain.batch_size
+inline constexpr int64_t kMaxHidden = 1 << 20;         // head.hidden
+inline constexpr int64_t kMaxImageSide = 8192;         // backbone.height, backbone.width
+inline constexpr int64_t kMaxUnfrozen = 65535;         // backbone.unfrozen
+inline constexpr int64_t kMaxClassId = 65535;          // data.*_classes
+inline constexpr int64_t kMaxSamplesPerSite = int64_t{1} << 31;  // partition.samples_per_site, max_per_class
+inline constexpr int64_t kMaxSamples = int64_t{1} << 53;         // sample counts and their bound (exact doubles)
+inline constexpr double kMaxLearningRate = 1000;       // train.lr, pretrain.lr, server.lr
+// Every *_s key: at least a millisecond, at most 30 days.
+inline constexpr double kMinSeconds = 0.001;
+inline constexpr double kMaxSeconds = 30.0 * 86400;
+// seconds_to_ms saturates here (about 10 years): sums of bounded keys stay exact below it, and
+// steady_clock::now() plus it cannot overflow.
+inline constexpr double kMaxMillisSeconds = 3650.0 * 86400;
+
+// Seconds (a validated *_s value, or a sum of them) to milliseconds, saturating: NaN and
+// values <= 0 give 0, values above kMaxMillisSeconds give that bound. Never overflows.
+std::chrono::milliseconds seconds_to_ms(double seconds);
 
 // Where a job's images come from (data.source).
 enum class DataSource { kFashionMnist, kFolder };  // "fashion-mnist" | "folder"
@@ -81,7 +107,7 @@ struct FederationConfig {
 // [secure_aggregation]: masked updates; the coordinator learns only the weighted sum.
 struct SecureAggregationConfig {
   std::optional<bool> enabled;     // unset: off for simulate, on for coordinator/worker jobs
-  int64_t threshold = 0;           // t; 0 = floor(n/2) + 1
+  int64_t threshold = 0;           // t; 0 = floor(n/2) + 1 (at most the number of sites)
   double clip = 1.0;               // per-coordinate delta clip before fixed-point encoding
   double weight_bound = 100000;    // public bound on a site's sample count (w = samples / bound)
   // Round to nearest by default: with the ring's scale (~2^28 for 8 sites) the bias is below

@@ -50,9 +50,9 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
                            static_cast<uint32_t>(names.empty() ? cfg_.partition.sites : static_cast<int64_t>(names.size())));
   copt.backbone = backbone_;
   copt.min_sites = static_cast<size_t>(cfg_.min_sites);
-  copt.round_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.round_timeout_s * 1000));
+  copt.round_timeout = seconds_to_ms(cfg_.round_timeout_s);
   copt.site_names = names;
-  copt.liveness_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.liveness_timeout_s * 1000));
+  copt.liveness_timeout = seconds_to_ms(cfg_.liveness_timeout_s);
   copt.privacy.delta = cfg_.privacy.delta;
   copt.privacy.target_epsilon = cfg_.privacy.target_epsilon;
   copt.privacy.adaptive_clip = cfg_.privacy.adaptive_clip;
@@ -63,9 +63,9 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
   copt.sample_count_cap = static_cast<uint64_t>(cfg_.secagg.weight_bound);
   copt.equal_weighting = cfg_.equal_weighting;
   copt.max_update_norm = cfg_.max_update_norm;
-  copt.join_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.join_timeout_s * 1000));
-  copt.quorum_wait = std::chrono::milliseconds(static_cast<int64_t>(cfg_.quorum_wait_s * 1000));
-  copt.handshake_timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.federation.handshake_timeout_s * 1000));
+  copt.join_timeout = seconds_to_ms(cfg_.federation.join_timeout_s);
+  copt.quorum_wait = seconds_to_ms(cfg_.quorum_wait_s);
+  copt.handshake_timeout = seconds_to_ms(cfg_.federation.handshake_timeout_s);
   if (site_verifier_ && copt.job.secure_aggregation()) {
     copt.job.mutable_secagg()->set_signed_keys(true);
     copt.site_verifier = site_verifier_;
@@ -112,6 +112,7 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
       metrics.write(j);
       metrics_lines_.push_back(l);
       o.curve.emplace_back(j["round"].get<double>(), j["accuracy"].get<double>());
+      if (j.value("applied", true)) ++o.rounds_applied;
     }
   }
   const auto t_sites = Clock::now();
@@ -134,6 +135,7 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
     }
     metrics.write(line);
     metrics_lines_.push_back(line.dump());
+    if (r.applied) ++o.rounds_applied;
     o.curve.emplace_back(r.round, r.accuracy);
   });
   model_->set_params(o.result.params);
@@ -187,10 +189,10 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
     s["delta"] = nullptr;
   }
   s["rounds_completed"] = o.curve.size();
-  size_t applied = 0;
-  for (const auto& r : o.result.rounds) applied += r.applied ? 1 : 0;
-  s["rounds_applied"] = applied;
-  s["rounds_abandoned"] = o.result.rounds.size() - applied;
+  s["rounds_applied"] = o.rounds_applied;  // resumed rounds included
+  size_t abandoned = 0;
+  for (const auto& r : o.result.rounds) abandoned += r.applied ? 0 : 1;
+  s["rounds_abandoned"] = abandoned;  // in this run
   s["quorum_lost"] = o.result.quorum_lost;
   s["interrupted"] = o.result.interrupted;
   if (!o.result.stop_reason.empty()) s["stop_reason"] = o.result.stop_reason;

@@ -24,7 +24,14 @@ struct JobOutcome {
   std::string model_sha256;
   std::vector<std::pair<double, double>> curve;  // (round, accuracy)
   double seconds = 0;
+  // Rounds whose aggregate was applied to the global model, resumed ones included (0: the
+  // model is still the initial one; the command exits non-zero, see run.h).
+  size_t rounds_applied = 0;
 };
+
+struct SimulateResult;
+// The result a command reports for a finished job (run.h).
+SimulateResult job_result(const JobOutcome& o, const std::string& out_dir);
 
 class CoordinatorJob {
  public:

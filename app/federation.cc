@@ -46,7 +46,7 @@ std::pair<std::string, uint16_t> split_address(const std::string& addr, const st
   return {host, static_cast<uint16_t>(port)};
 }
 
-milliseconds ms(double seconds) { return milliseconds(static_cast<int64_t>(seconds * 1000)); }
+milliseconds ms(double seconds) { return seconds_to_ms(seconds); }  // saturating, never overflows
 
 // Backbones the site already holds, by digest (files named <sha256>.pt, re-verified).
 std::map<std::string, std::string> load_backbone_cache(const std::string& dir) {
@@ -167,7 +167,7 @@ SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::Stop
     sites.push_back({{"site", s.name}, {"samples", s.num_samples}, {"completed", s.active},
                      {"dropped_reason", s.dropped_reason}, {"connection_replacements", s.replacements}});
   job.write_summary(o, "tls", {{"per_site", sites}}, {});
-  return {o.final_eval.accuracy, o.model_sha256, cfg.out};
+  return job_result(o, cfg.out);
 }
 
 int run_worker(const app::SiteConfig& site, common::StopSignal* stop, std::ostream* inspect_out) {

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "common/data/datasets.h"
 #include "common/errors.h"
@@ -70,6 +71,14 @@ namespace {
 
 namespace model = common::model;
 
+// A job value narrowed to the wire's uint32, checked in that type: validate() bounds every key
+// far below 2^32, and a config changed after validation is refused here, never wrapped.
+uint32_t u32(const char* key, int64_t v) {
+  if (v < 0 || v > static_cast<int64_t>(std::numeric_limits<uint32_t>::max()))
+    throw ConfigError(std::string(key) + " = " + std::to_string(v) + " does not fit the protocol's 32 bits");
+  return static_cast<uint32_t>(v);
+}
+
 // The one translation of each vocabulary between the model layer and the wire.
 v1::Freeze to_wire(model::Freeze f) {
   switch (f) {
@@ -110,13 +119,13 @@ model::Optimizer from_wire(v1::Optimizer o) {
 v1::ModelSpec wire_model_spec(const app::JobConfig& cfg) {
   v1::ModelSpec m;
   m.set_head(to_wire(cfg.head.type));
-  m.set_hidden(static_cast<uint32_t>(cfg.head.hidden));
-  m.set_num_classes(static_cast<uint32_t>(cfg.data.target_classes.size()));
+  m.set_hidden(u32("head.hidden", cfg.head.hidden));
+  m.set_num_classes(u32("data.target_classes", static_cast<int64_t>(cfg.data.target_classes.size())));
   m.set_freeze(to_wire(cfg.backbone.freeze));
-  m.set_unfrozen(static_cast<uint32_t>(cfg.backbone.unfrozen));
-  m.set_in_channels(static_cast<uint32_t>(cfg.backbone.channels));
-  m.set_in_height(static_cast<uint32_t>(cfg.backbone.height));
-  m.set_in_width(static_cast<uint32_t>(cfg.backbone.width));
+  m.set_unfrozen(u32("backbone.unfrozen", cfg.backbone.unfrozen));
+  m.set_in_channels(u32("backbone.channels", cfg.backbone.channels));
+  m.set_in_height(u32("backbone.height", cfg.backbone.height));
+  m.set_in_width(u32("backbone.width", cfg.backbone.width));
   for (double v : cfg.backbone.mean) m.add_mean(v);
   for (double v : cfg.backbone.std) m.add_std(v);
   return m;
@@ -128,8 +137,8 @@ v1::TrainingSpec wire_training_spec(const app::JobConfig& cfg) {
   t.set_lr(cfg.train.lr);
   t.set_momentum(cfg.train.momentum);
   t.set_weight_decay(cfg.train.weight_decay);
-  t.set_epochs(static_cast<uint32_t>(cfg.train.epochs));
-  t.set_batch_size(static_cast<uint32_t>(cfg.train.batch_size));
+  t.set_epochs(u32("train.epochs", cfg.train.epochs));
+  t.set_batch_size(u32("train.batch_size", cfg.train.batch_size));
   t.set_prox_mu(cfg.server.name == "fedprox" ? cfg.server.prox_mu : 0.0);
   return t;
 }
@@ -204,7 +213,7 @@ v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& sha, uin
   v1::JobSpec j;
   j.set_job_name(cfg.name);
   j.set_seed(cfg.seed);
-  j.set_rounds(static_cast<uint32_t>(cfg.rounds));
+  j.set_rounds(u32("job.rounds", cfg.rounds));
   j.set_backbone_sha256(sha);
   j.set_backbone_bytes(nbytes);
   *j.mutable_model() = wire_model_spec(cfg);
@@ -215,7 +224,7 @@ v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& sha, uin
     for (int64_t s : p.shape) e->add_shape(s);
   }
   for (int64_t k : cfg.data.target_classes) j.add_target_classes(k);
-  j.set_min_sites(static_cast<uint32_t>(cfg.min_sites));
+  j.set_min_sites(u32("job.min_sites", cfg.min_sites));
   if (cfg.privacy.mode) {
     auto* pv = j.mutable_privacy();
     pv->set_mode(protocols::to_wire(cfg.privacy.mode));
@@ -240,12 +249,17 @@ v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& sha, uin
   if (secure) {
     auto* sa = j.mutable_secagg();
     sa->set_num_sites(num_sites);
+    // Checked against the federation's size as int64, before it narrows: a threshold the user
+    // never asked for (2^32 + 2 wrapping to 2) would be a privacy bug.
+    if (cfg.secagg.threshold < 0 || cfg.secagg.threshold > static_cast<int64_t>(num_sites))
+      throw ConfigError("secure_aggregation.threshold must be between 0 (= floor(n/2)+1) and the number of sites, " +
+                        std::to_string(num_sites) + " (got " + std::to_string(cfg.secagg.threshold) + ")");
     sa->set_threshold(cfg.secagg.threshold > 0 ? static_cast<uint32_t>(cfg.secagg.threshold) : num_sites / 2 + 1);
     sa->set_clip(cfg.secagg.clip);
     sa->set_weight_bound(cfg.secagg.weight_bound);
     sa->set_deterministic_rounding(cfg.secagg.deterministic_rounding);
-    sa->set_complete_graph_max(static_cast<uint32_t>(cfg.secagg.complete_graph_max));
-    sa->set_sparse_degree(static_cast<uint32_t>(cfg.secagg.sparse_degree));
+    sa->set_complete_graph_max(u32("secure_aggregation.complete_graph_max", cfg.secagg.complete_graph_max));
+    sa->set_sparse_degree(u32("secure_aggregation.sparse_degree", cfg.secagg.sparse_degree));
     protocols::validate_secagg(j);
   }
   return j;

@@ -22,6 +22,7 @@ int run_mpi(common::mpi::MpiContext&, const app::JobConfig&, const MpiRunOptions
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -48,7 +49,7 @@ using common::mpi::SiteComm;
 using common::mpi::SiteCommand;
 using common::mpi::SiteLayout;
 
-Millis ms(double seconds) { return Millis(static_cast<int64_t>(seconds * 1000)); }
+Millis ms(double seconds) { return seconds_to_ms(seconds); }  // saturating, never overflows
 
 std::string site_name(int s) { return "site-" + std::to_string(s); }
 
@@ -187,8 +188,9 @@ class LeaderRuntime : public worker::SiteRuntime {
   Millis timeout_;
 };
 
-void run_coordinator_rank(MpiContext& ctx, common::mpi::TransportComm& tcomm, const app::JobConfig& cfg,
-                          const Plan& plan) {
+// Returns the process exit status rank 0 reports: 1 when the job applied no round.
+int run_coordinator_rank(MpiContext& ctx, common::mpi::TransportComm& tcomm, const app::JobConfig& cfg,
+                         const Plan& plan) {
   const int n = plan.layout.sites;
   CoordinatorJob job(cfg);
   std::vector<std::string> names;
@@ -211,9 +213,11 @@ void run_coordinator_rank(MpiContext& ctx, common::mpi::TransportComm& tcomm, co
   job.write_summary(o, "mpi",
                     {{"per_site", sites}, {"ranks_per_site", plan.layout.ranks_per_site}, {"world_size", ctx.size()}},
                     {});
-  std::cout << "federated_accuracy " << o.final_eval.accuracy << "\nmodel_sha256 " << o.model_sha256 << "\nout "
-            << cfg.out << std::endl;
   // The connections go with the coordinator; the caller's final barrier waits for the sites.
+  const int status = finish_job(job_result(o, cfg.out), cfg.rounds, std::cout, std::cerr);
+  std::cout.flush();
+  std::cerr.flush();
+  return status;
 }
 
 void run_leader_rank(MpiContext& ctx, common::mpi::TransportComm& tcomm, SiteComm& site, const app::JobConfig& cfg,
@@ -301,12 +305,14 @@ int run_mpi(MpiContext& ctx, const app::JobConfig& cfg, const MpiRunOptions& opt
     int k = opt.ranks_per_site;
     if (k <= 0) {
       const double e = env_double("FEDTL_RANKS_PER_SITE", 1);
-      if (e != static_cast<int>(e) || e < 1)
+      if (!(e >= 1 && e <= 65536) || e != std::floor(e))  // range first: the cast of 1e300 is undefined
         throw ConfigError("FEDTL_RANKS_PER_SITE must be a positive integer (got " + std::to_string(e) + ")");
       k = static_cast<int>(e);
     }
     const double timeout_s = opt.timeout_s > 0 ? opt.timeout_s : env_double("FEDTL_MPI_TIMEOUT_S", 300);
-    if (timeout_s <= 0) throw ConfigError("the MPI timeout must be positive");
+    if (!std::isfinite(timeout_s) || timeout_s < kMinSeconds || timeout_s > kMaxSeconds)
+      throw ConfigError("the MPI timeout (--mpi-timeout or FEDTL_MPI_TIMEOUT_S) must be between 0.001 and " +
+                        std::to_string(static_cast<int64_t>(kMaxSeconds)) + " seconds");
     plan.layout = SiteLayout::make(ctx.size(), static_cast<int>(cfg.partition.sites), k);
     plan.slack = ms(timeout_s);
     plan.idle = ms(cfg.round_timeout_s + timeout_s);
@@ -336,11 +342,12 @@ int run_mpi(MpiContext& ctx, const app::JobConfig& cfg, const MpiRunOptions& opt
   common::model::set_torch_threads(static_cast<int>(cfg.threads));
 
   std::string where = ctx.rank() == 0 ? "coordinator" : site_name(site);
+  int status = 0;  // rank 0: 1 when the job applied no round
   try {
     common::mpi::TransportComm tcomm(ctx);
     SiteComm site_comm(ctx, plan.layout);
     if (ctx.rank() == 0)
-      run_coordinator_rank(ctx, tcomm, cfg, plan);
+      status = run_coordinator_rank(ctx, tcomm, cfg, plan);
     else if (site_comm.rank() == 0)
       run_leader_rank(ctx, tcomm, site_comm, cfg, plan, opt);
     else
@@ -352,7 +359,7 @@ int run_mpi(MpiContext& ctx, const app::JobConfig& cfg, const MpiRunOptions& opt
   } catch (const std::exception& e) {
     ctx.abort_job(where + ": " + e.what() + "; ending the job");
   }
-  return 0;
+  return status;
 }
 
 int run_mpi(const app::JobConfig& cfg, const MpiRunOptions& opt) {

@@ -46,7 +46,8 @@ struct MpiRunOptions {
 };
 
 // Initialises MPI, runs this rank's part of the job and finalises MPI. Returns the process
-// exit status: 0 on every rank when the job finished. A configuration error that every
+// exit status: 0 on every rank when the job finished; 1 on rank 0 when it applied no round
+// (one error line on stderr instead of the result on stdout). A configuration error that every
 // rank sees (wrong world size, bad ranks_per_site) is thrown as ConfigError on rank 0 (the
 // other ranks return 1 quietly); any other failure ends the whole job through MPI_Abort.
 // Rank 0 prints federated_accuracy / model_sha256 / out on stdout, like simulate.

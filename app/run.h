@@ -23,11 +23,24 @@ struct SimulateResult {
   double federated_accuracy = 0;
   std::string model_sha256;
   std::string out_dir;
+  size_t rounds_applied = 0;  // rounds whose aggregate changed the model (resumed ones included)
+  bool interrupted = false;   // stopped by a signal (resumable)
+  std::string stop_reason;    // why it ended before its last round ("" = it did not)
 };
 
 // Prints a finished job's result on stdout's format: "federated_accuracy", "model_sha256" and
 // "out" lines (scripts and tests read them).
 void print_result(const SimulateResult& r, std::ostream& out);
+
+// "" when the job applied at least one round (or was stopped by a signal, to be resumed);
+// else the one-line reason it produced no model: every round was abandoned.
+std::string no_round_applied(const SimulateResult& r, int64_t rounds);
+
+// What `fedtl simulate` and `fedtl coordinator` do with a finished job: when it applied at
+// least one round (or a signal stopped it), prints the result on `out` and returns 0; when it
+// applied none, prints "fedtl: error: <why>" on `err` and returns 1 (the outputs stay written,
+// summary.json says rounds_applied 0, but nothing on stdout passes for a result).
+int finish_job(const SimulateResult& r, int64_t rounds, std::ostream& out, std::ostream& err);
 
 // Applies command-line overrides to a loaded job and validates the result.
 app::JobConfig apply_overrides(app::JobConfig cfg, const SimulateOverrides& o);

@@ -85,8 +85,18 @@ Baselines run_baselines(CoordinatorJob& job, const std::vector<std::vector<int64
 }  // namespace
 
 app::JobConfig apply_overrides(app::JobConfig cfg, const SimulateOverrides& o) {
-  if (o.sites) cfg.partition.sites = *o.sites;
-  if (o.rounds) cfg.rounds = *o.rounds;
+  if (o.sites) {  // checked as int64 before it narrows into PartitionSpec::sites (an int)
+    if (*o.sites < 1 || *o.sites > kMaxSites)
+      throw ConfigError("--sites must be between 1 and " + std::to_string(kMaxSites) + " (got " +
+                        std::to_string(*o.sites) + ")");
+    cfg.partition.sites = static_cast<int>(*o.sites);
+  }
+  if (o.rounds) {
+    if (*o.rounds < 1 || *o.rounds > kMaxRounds)
+      throw ConfigError("--rounds must be between 1 and " + std::to_string(kMaxRounds) + " (got " +
+                        std::to_string(*o.rounds) + ")");
+    cfg.rounds = *o.rounds;
+  }
   if (o.seed) cfg.seed = *o.seed;
   if (o.out) cfg.out = *o.out;
   if (o.baselines) cfg.baselines.enabled = true;
@@ -202,12 +212,44 @@ SimulateResult run_simulate(const app::JobConfig& cfg, const common::StopSignal*
   spdlog::info("per-site accuracy:\n{}", table);
   extra["per_site"] = sites;
   job.write_summary(outcome, "inproc", extra, lines);
-  return {outcome.final_eval.accuracy, outcome.model_sha256, cfg.out};
+  return job_result(outcome, cfg.out);
+}
+
+SimulateResult job_result(const JobOutcome& o, const std::string& out_dir) {
+  SimulateResult r;
+  r.federated_accuracy = o.final_eval.accuracy;
+  r.model_sha256 = o.model_sha256;
+  r.out_dir = out_dir;
+  r.rounds_applied = o.rounds_applied;
+  r.interrupted = o.result.interrupted;
+  r.stop_reason = o.result.stop_reason;
+  return r;
 }
 
 void print_result(const SimulateResult& r, std::ostream& out) {
   out << "federated_accuracy " << r.federated_accuracy << "\nmodel_sha256 " << r.model_sha256 << "\nout " << r.out_dir
       << "\n";
+}
+
+std::string no_round_applied(const SimulateResult& r, int64_t rounds) {
+  if (r.rounds_applied > 0 || r.interrupted) return "";
+  std::string why = r.stop_reason.empty()
+                        ? "every one of its " + std::to_string(rounds) +
+                              " rounds was abandoned (fewer than job.min_sites sites reported within "
+                              "job.round_timeout_s, or every update was dropped)"
+                        : r.stop_reason;
+  return "the job applied no round, so it produced no model: " + why + "; see the log and " + r.out_dir +
+         "/metrics.jsonl";
+}
+
+int finish_job(const SimulateResult& r, int64_t rounds, std::ostream& out, std::ostream& err) {
+  const std::string why = no_round_applied(r, rounds);
+  if (!why.empty()) {
+    err << "fedtl: error: " << why << "\n";
+    return 1;
+  }
+  print_result(r, out);
+  return 0;
 }
 
 }  // namespace fedtl::app

@@ -17,8 +17,8 @@ Command add_coordinator(CLI::App& app) {
   co->add_flag("--resume", a->ov.resume, "continue from the last good checkpoint in --out; sites reconnect by themselves");
   return {co, [a](common::StopSignal& stop) {
             auto cfg = app::apply_overrides(app::load_job_config(a->config), a->ov);
-            app::print_result(app::run_coordinator(cfg, &stop), std::cout);
-            return 0;
+            // A job that applied no round exits 1 with one error line (app::finish_job).
+            return app::finish_job(app::run_coordinator(cfg, &stop), cfg.rounds, std::cout, std::cerr);
           }};
 }
 

@@ -1,6 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
 #include "app/config.h"
+#include "app/job_setup.h"
+#include "app/run.h"
 #include "common/errors.h"
 
 using namespace fedtl;
@@ -38,4 +45,151 @@ TEST(Config, ImpossibleValuesAreRefused) {
   EXPECT_NE(error_of("[backbone]\nfreeze = \"some\"\n").find("backbone.freeze"), std::string::npos);
   EXPECT_NE(error_of("[data]\nsource_classes = [1]\ntarget_classes = [1, 2]\n").find("both"), std::string::npos);
   EXPECT_NE(error_of("[job\n").find("t.toml:1"), std::string::npos);
+}
+
+// Issue 18: every value that used to wrap or overflow after validation is refused, naming its
+// key, before anything narrows it (the wire carries these as 32-bit integers).
+TEST(Config, ValuesThatWouldWrapOrOverflowAreRefusedNamingTheKey) {
+  const struct {
+    const char* toml;
+    const char* key;
+  } cases[] = {
+      {"[job]\nrounds = 4294967296\n", "job.rounds"},                        // 2^32: used to run 0 rounds
+      {"[train]\nepochs = 4294967297\n", "train.epochs"},                    // 2^32+1: used to run 1 epoch
+      {"[train]\nbatch_size = 4294967296\n", "train.batch_size"},            // used to hang
+      {"[secure_aggregation]\nthreshold = 4294967298\n", "secure_aggregation.threshold"},  // used to become 2
+      {"[job]\nthreads = 2147483648\n", "job.threads"},                      // used to be an internal error
+      {"[job]\nround_timeout_s = 1e300\n", "job.round_timeout_s"},           // ms conversion overflowed
+      {"[job]\nliveness_timeout_s = inf\n", "job.liveness_timeout_s"},
+      {"[train]\nlr = inf\n", "train.lr"},
+      {"[job]\nsites = 4294967299\n", "job.sites"},                          // an int: used to become 3
+      {"[job]\nseed = -1\n", "job.seed"},                                    // a uint64
+      {"[pretrain]\nepochs = 4294967296\n", "pretrain.epochs"},
+      {"[pretrain]\nbatch_size = 4294967296\n", "pretrain.batch_size"},
+      {"[head]\nhidden = 4294967297\n", "head.hidden"},
+      {"[backbone]\nheight = 4294967324\n", "backbone.height"},
+      {"[backbone]\nunfrozen = 4294967297\n", "backbone.unfrozen"},
+      {"[baselines]\nepochs = 4294967296\n", "baselines.epochs"},
+      {"[job]\nmin_sites = 4294967297\n", "job.min_sites"},
+      {"[job]\nmax_samples_per_site = 9223372036854775807\n", "job.max_samples_per_site"},
+      {"[federation]\njoin_timeout_s = 1e300\n", "federation.join_timeout_s"},
+      {"[federation]\nhandshake_timeout_s = 3e6\n", "federation.handshake_timeout_s"},  // > 30 days
+      {"[federation]\nmax_frame_mb = 4096\n", "federation.max_frame_mb"},   // << 20 overflows uint32
+      {"[secure_aggregation]\ncomplete_graph_max = 4294967298\n", "secure_aggregation.complete_graph_max"},
+      {"[secure_aggregation]\nsparse_degree = 4294967296\n", "secure_aggregation.sparse_degree"},
+      {"[secure_aggregation]\nweight_bound = 1e300\n", "secure_aggregation.weight_bound"},
+      {"[data]\ntarget_classes = [1, 4294967299]\n", "data.target_classes"},
+      {"[partition]\nsamples_per_site = 9223372036854775807\n", "partition.samples_per_site"},
+  };
+  for (const auto& c : cases) {
+    const std::string err = error_of(c.toml);
+    EXPECT_NE(err.find(c.key), std::string::npos) << c.toml << " -> \"" << err << "\"";
+    EXPECT_EQ(err.find('\n'), std::string::npos) << err;  // one line
+  }
+  // The bounds themselves are accepted.
+  auto ok = parse_job_config("[job]\nrounds = 1000000\nthreads = 1024\nround_timeout_s = 2592000\n"
+                             "[train]\nepochs = 100000\nbatch_size = 1048576\n");
+  EXPECT_EQ(ok.rounds, 1000000);
+  EXPECT_EQ(ok.train.batch_size, 1048576);
+  EXPECT_NE(error_of("[job]\nrounds = 1000001\n").find("job.rounds must be between 1 and 1000000"), std::string::npos);
+  EXPECT_NE(error_of("[job]\nround_timeout_s = 2592001\n").find("job.round_timeout_s"), std::string::npos);
+}
+
+TEST(Config, NonFiniteRealsAreRefusedNamingTheKey) {
+  for (const char* key : {"job.round_timeout_s", "job.liveness_timeout_s", "train.lr", "train.momentum",
+                          "train.weight_decay", "pretrain.lr", "partition.alpha", "partition.quantity_sigma",
+                          "server.lr", "server.beta1", "server.beta2", "server.tau", "server.mu",
+                          "server.max_update_norm", "federation.join_timeout_s", "federation.handshake_timeout_s",
+                          "secure_aggregation.clip", "secure_aggregation.weight_bound", "privacy.noise_multiplier",
+                          "privacy.clip_norm", "privacy.delta", "privacy.target_epsilon", "privacy.sampling_rate",
+                          "privacy.target_quantile", "privacy.clip_learning_rate"}) {
+    const std::string k(key);
+    const auto dot = k.find('.');
+    for (const char* v : {"inf", "-inf", "nan"}) {
+      const std::string toml = "[" + k.substr(0, dot) + "]\n" + k.substr(dot + 1) + " = " + v + "\n";
+      const std::string err = error_of(toml);
+      EXPECT_NE(err.find(k), std::string::npos) << toml << " -> \"" << err << "\"";
+      EXPECT_NE(err.find("finite"), std::string::npos) << err;
+    }
+  }
+  EXPECT_NE(error_of("[backbone]\nmean = [inf]\n").find("backbone.mean"), std::string::npos);
+  EXPECT_NE(error_of("[backbone]\nstd = [nan]\n").find("backbone.std"), std::string::npos);
+}
+
+// Values set after parsing (command-line overrides, code) are checked the same way, and the
+// narrowing into the wire's uint32 is checked in that type.
+TEST(Config, OverridesAndTheWireAreCheckedBeforeNarrowing) {
+  auto cfg = parse_job_config("[job]\nsites = 3\n");
+  app::SimulateOverrides o;
+  o.rounds = int64_t{1} << 32;
+  try {
+    app::apply_overrides(cfg, o);
+    ADD_FAILURE() << "--rounds 2^32 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--rounds"), std::string::npos) << e.what();
+  }
+  o = {};
+  o.sites = (int64_t{1} << 32) + 3;
+  EXPECT_THROW(app::apply_overrides(cfg, o), ConfigError);
+
+  // A threshold above the number of sites is refused before it narrows (2^32+2 never becomes 2).
+  cfg.secagg.enabled = true;
+  cfg.secagg.threshold = (int64_t{1} << 32) + 2;
+  try {
+    app::make_job_spec(cfg, std::string(64, '0'), 1, {}, 3);
+    ADD_FAILURE() << "threshold 2^32+2 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("secure_aggregation.threshold"), std::string::npos) << e.what();
+  }
+  cfg.secagg.threshold = 4;  // in range for the file, but above this federation's 3 sites
+  EXPECT_THROW(app::make_job_spec(cfg, std::string(64, '0'), 1, {}, 3), ConfigError);
+  cfg.secagg.threshold = 0;
+  cfg.rounds = int64_t{1} << 32;  // set in code after validation
+  try {
+    app::make_job_spec(cfg, std::string(64, '0'), 1, {}, 3);
+    ADD_FAILURE() << "rounds 2^32 narrowed into the JobSpec";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("job.rounds"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Config, SecondsToMillisecondsSaturatesInsteadOfOverflowing) {
+  using std::chrono::milliseconds;
+  EXPECT_EQ(app::seconds_to_ms(1.5), milliseconds(1500));
+  EXPECT_EQ(app::seconds_to_ms(0), milliseconds(0));
+  EXPECT_EQ(app::seconds_to_ms(-5), milliseconds(0));
+  EXPECT_EQ(app::seconds_to_ms(std::nan("")), milliseconds(0));
+  const auto cap = app::seconds_to_ms(app::kMaxMillisSeconds);
+  EXPECT_EQ(app::seconds_to_ms(1e300), cap);
+  EXPECT_EQ(app::seconds_to_ms(HUGE_VAL), cap);
+  EXPECT_GT(cap, app::seconds_to_ms(2 * app::kMaxSeconds));  // sums of two bounded keys stay exact
+  // steady_clock::now() + the cap does not overflow.
+  const auto now = std::chrono::steady_clock::now();
+  EXPECT_GT(now + cap, now);
+}
+
+TEST(Config, TheExampleJobIsWithinEveryRange) {
+  EXPECT_NO_THROW(app::load_job_config(std::string(FEDTL_SOURCE_DIR) + "/examples/hospitals/job.toml"));
+}
+
+// A job that applied no round produced no model: the command says so in one line and exits 1.
+TEST(Config, AJobThatAppliedNoRoundExitsNonZero) {
+  app::SimulateResult r;
+  r.out_dir = "runs/x";
+  r.model_sha256 = "abc";
+  std::ostringstream out, err;
+  EXPECT_EQ(app::finish_job(r, 5, out, err), 1);
+  EXPECT_EQ(out.str(), "");  // nothing passes for a result
+  const std::string line = err.str();
+  EXPECT_NE(line.find("fedtl: error: the job applied no round"), std::string::npos) << line;
+  EXPECT_NE(line.find("5 rounds was abandoned"), std::string::npos) << line;
+  EXPECT_EQ(std::count(line.begin(), line.end(), '\n'), 1) << line;
+  r.rounds_applied = 1;
+  std::ostringstream out2, err2;
+  EXPECT_EQ(app::finish_job(r, 5, out2, err2), 0);
+  EXPECT_NE(out2.str().find("model_sha256 abc"), std::string::npos);
+  EXPECT_EQ(err2.str(), "");
+  r.rounds_applied = 0;
+  r.interrupted = true;  // stopped by a signal before round 1: resumable, not a failure
+  EXPECT_EQ(app::no_round_applied(r, 5), "");
 }

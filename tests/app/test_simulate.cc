@@ -3,6 +3,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+#include <sys/wait.h>
 #include <nlohmann/json.hpp>
 
 #include "app/run.h"
@@ -149,4 +151,37 @@ TEST_F(Simulate, CommandLineReportsErrorsInOneLineAndExitsNonZero) {
   const std::string err = common::read_file((dir_ / "err.txt").string());
   EXPECT_NE(err.find("unknown key 'job.frobnicate'"), std::string::npos) << err;
   EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+}
+
+// Issue 18: a job that applied no round exits non-zero with one error line and no result on
+// stdout. Cheap and deterministic: a privacy budget too small for even one round stops the job
+// before round 1 (the data and backbone are loaded, nothing is trained); its outputs are still
+// written and say rounds_applied 0.
+TEST_F(Simulate, CommandLineExitsNonZeroWhenTheJobAppliedNoRound) {
+  const fs::path job = dir_ / "no_round.toml";
+  const fs::path out = dir_ / "no_round";
+  std::ofstream(job) << "[job]\nseed = 5\nsites = 2\nrounds = 3\nout = \"" << out.string()
+                     << "\"\n[partition]\nscheme = \"iid\"\nsamples_per_site = 50\n[backbone]\npath = \""
+                     << (dir_ / "backbone.pt").string()
+                     << "\"\npretrain_if_missing = false\n[privacy]\nmode = \"central\"\nnoise_multiplier = 1.0\n"
+                        "target_epsilon = 0.001\n";
+  const std::string cmd = std::string(FEDTL_BINARY_DIR) + "/fedtl --log-level warn simulate --config " +
+                          job.string() + " >" + (dir_ / "no_round.out").string() + " 2>" +
+                          (dir_ / "no_round.err").string();
+  const int rc = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(rc)) << rc;
+  EXPECT_EQ(WEXITSTATUS(rc), 1);
+  const std::string err = common::read_file((dir_ / "no_round.err").string());
+  EXPECT_NE(err.find("fedtl: error: the job applied no round"), std::string::npos) << err;
+  EXPECT_NE(err.find("epsilon"), std::string::npos) << err;  // says why
+  EXPECT_EQ(common::read_file((dir_ / "no_round.out").string()), "");
+  EXPECT_EQ(read_json(out / "summary.json")["rounds_applied"], 0);
+
+  // A job that applies its rounds exits 0.
+  auto cfg = small_job("applied");
+  const auto r = app::run_simulate(cfg);
+  EXPECT_EQ(r.rounds_applied, 2u);
+  std::ostringstream o, e;
+  EXPECT_EQ(app::finish_job(r, cfg.rounds, o, e), 0);
+  EXPECT_EQ(read_json(fs::path(cfg.out) / "summary.json")["rounds_applied"], 2);
 }
