@@ -508,6 +508,10 @@ SiteConfig load_site_config(const std::string& path) {
   data.reject_unknown();
   Section pol(subtable(root, "policy"), "policy");
   pol.get("backbone_sha256", c.policy.backbone_sha256);
+  for (const auto& d : c.policy.backbone_sha256)
+    require(d.size() == 64 && d.find_first_not_of("0123456789abcdef") == std::string::npos,
+            "policy.backbone_sha256: '" + d + "' is not a SHA-256 digest (64 lower-case hex digits, as the "
+            "coordinator's log and `fedtl pretrain` print it)");
   pol.get("min_sites", c.policy.min_sites);
   pol.get("require_secure_aggregation", c.policy.require_secure_aggregation);
   pol.get("max_rounds", c.policy.max_rounds);

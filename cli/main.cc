@@ -9,6 +9,11 @@
 
 #include "cli/commands.h"
 #include "common/errors.h"
+#include "common/transport/framing.h"
+
+#ifndef FEDTL_VERSION
+#define FEDTL_VERSION "dev"
+#endif
 
 int main(int argc, char** argv) {
   // Logs and progress go to stderr; stdout stays free for results.
@@ -18,6 +23,9 @@ int main(int argc, char** argv) {
 
   CLI::App app{"fedtl: federated transfer learning across sites that cannot share their data"};
   app.require_subcommand(1);
+  // --version answers before any subcommand is required.
+  app.set_version_flag("--version", std::string("fedtl ") + FEDTL_VERSION + " (wire protocol " +
+                                        std::to_string(fedtl::common::kProtocolVersion) + ")");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
 

@@ -348,3 +348,26 @@ TEST_F(Adversary, SiteRefusesASecureJobWhoseKeysAreNotSigned) {
   EXPECT_EQ(err.code(), static_cast<uint32_t>(protocols::ErrorCode::kPolicyRefused));
   EXPECT_NE(err.message().find("signed keys"), std::string::npos) << err.message();
 }
+
+// A site file that does not match its kit is caught before anything connects: site.name must be
+// the certificate's name, and a pinned backbone digest must be a whole SHA-256.
+TEST_F(Adversary, SiteFileThatDoesNotMatchItsKitIsRefusedAtStart) {
+  auto s = site("hospital-a", 0);
+  s.name = "hospital-x";
+  try {
+    app::run_worker(s);
+    FAIL() << "a site name other than its certificate's was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("issued to 'hospital-a'"), std::string::npos) << e.what();
+  }
+  const std::string path = (dir_ / "site.toml").string();
+  std::ofstream(path) << "[site]\nname = \"hospital-a\"\ncoordinator = \"127.0.0.1:1\"\nca_cert = \"" << s.ca_cert
+                      << "\"\ncert = \"" << s.cert << "\"\nkey = \"" << s.key
+                      << "\"\n[data]\ndir = \"/tmp\"\n[policy]\nbackbone_sha256 = [\"deadbeef\"]\n";
+  try {
+    app::load_site_config(path);
+    FAIL() << "a shortened digest was accepted as a pin";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("'deadbeef' is not a SHA-256 digest"), std::string::npos) << e.what();
+  }
+}
