@@ -6,6 +6,7 @@
 
 #include "common/errors.h"
 #include "common/files.h"
+#include "common/metrics.h"
 #include "common/sha256.h"
 
 namespace fedtl::app {
@@ -19,7 +20,13 @@ class CoordinatorJob::Evaluator : public coordinator::Evaluator {
   coordinator::RoundEval evaluate(const std::vector<float>& params) override {
     model_.set_params(params);
     const auto r = model_.evaluate(test_);
-    return {r.accuracy, r.loss};
+    const auto m = common::classification_metrics(r.labels, r.scores, static_cast<int64_t>(r.confusion.size()));
+    coordinator::RoundEval ev;
+    ev.accuracy = r.accuracy;
+    ev.loss = r.loss;
+    ev.balanced_accuracy = m.balanced_accuracy;
+    if (m.macro_auc) ev.macro_auc = *m.macro_auc;
+    return ev;
   }
 
  private:
@@ -126,7 +133,8 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
     json line = {{"round", r.round}, {"accuracy", r.accuracy}, {"loss", r.loss}, {"train_loss", r.train_loss},
                  {"sites_reported", r.sites_reported}, {"applied", r.applied}, {"bytes_up", r.bytes_up},
                  {"bytes_down", r.bytes_down}, {"seconds", r.seconds}, {"transport", transport},
-                 {"secure_aggregation", cfg_.secagg.enabled.value_or(false)}};
+                 {"secure_aggregation", cfg_.secagg.enabled.value_or(false)},
+                 {"balanced_accuracy", r.balanced_accuracy}, {"macro_auc", r.macro_auc}};
     if (cfg_.privacy.mode) {
       line["epsilon"] = r.epsilon;
       line["delta"] = cfg_.privacy.delta;
@@ -167,6 +175,22 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
   s["backbone_sha256"] = backbone_sha_;
   s["trainable_parameters"] = model_->num_params();
   s["confusion_matrix"] = o.final_eval.confusion;
+  {
+    // What a clinician reads: per class sensitivity, specificity, precision, F1 and ROC AUC.
+    const auto m = common::classification_metrics(o.final_eval.labels, o.final_eval.scores,
+                                                  static_cast<int64_t>(o.final_eval.confusion.size()));
+    auto opt = [](const std::optional<double>& v) { return v ? json(*v) : json(nullptr); };
+    json per_class = json::object();
+    for (size_t c = 0; c < m.per_class.size(); ++c) {
+      const auto& pc = m.per_class[c];
+      const std::string name = c < data_.target_names.size() ? data_.target_names[c] : std::to_string(c);
+      per_class[name] = {{"precision", pc.precision}, {"recall", pc.recall},       {"specificity", pc.specificity},
+                         {"f1", pc.f1},               {"auc", opt(pc.auc)},       {"support", pc.support}};
+    }
+    s["test_metrics"] = {{"accuracy", m.accuracy},     {"balanced_accuracy", m.balanced_accuracy},
+                         {"macro_f1", m.macro_f1},     {"macro_auc", opt(m.macro_auc)},
+                         {"per_class", per_class}};
+  }
   s["class_names"] = data_.target_names;
   s["handshake_bytes_down"] = o.result.handshake_bytes_down;
   uint64_t up = 0, down = 0;

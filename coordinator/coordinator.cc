@@ -134,6 +134,8 @@ RoundRecord Coordinator::run_round(uint32_t round) {
   const RoundEval ev = evaluator_.evaluate(params_);
   rec.accuracy = ev.accuracy;
   rec.loss = ev.loss;
+  rec.balanced_accuracy = ev.balanced_accuracy;
+  rec.macro_auc = ev.macro_auc;
   for (auto& s : sites_) {
     rec.bytes_up += s->received();
     rec.bytes_down += s->sent();

@@ -21,6 +21,7 @@
 #pragma once
 #include <chrono>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,6 +39,8 @@ class HeartbeatSender;
 
 struct RoundEval {
   double accuracy = 0, loss = 0;
+  double balanced_accuracy = 0;
+  double macro_auc = std::numeric_limits<double>::quiet_NaN();  // NaN: undefined (one class only)
 };
 
 // Evaluates global parameters on the coordinator's held-out data.
@@ -112,6 +115,7 @@ struct CoordinatorOptions {
 struct RoundRecord {
   uint32_t round = 0;
   double accuracy = 0, loss = 0;   // global model after this round, on the evaluation set
+  double balanced_accuracy = 0, macro_auc = std::numeric_limits<double>::quiet_NaN();
   double train_loss = 0;           // sample-weighted mean of the sites' local losses
   size_t sites_reported = 0, sites_active = 0;
   bool applied = false;            // false: quorum missed, round abandoned

@@ -473,6 +473,10 @@ EvalResult TransferModel::evaluate(const FeatureSet& data, int64_t batch) const 
                       .item<double>();
       Tensor pred = logits.argmax(1);
       correct += pred.eq(y).sum().item<int64_t>();
+      Tensor prob = torch::softmax(logits, 1).contiguous();
+      r.scores.insert(r.scores.end(), prob.data_ptr<float>(), prob.data_ptr<float>() + prob.numel());
+      Tensor yc = y.contiguous();
+      r.labels.insert(r.labels.end(), yc.data_ptr<int64_t>(), yc.data_ptr<int64_t>() + yc.numel());
       auto pa = pred.accessor<int64_t, 1>();
       auto ya = y.accessor<int64_t, 1>();
       for (int64_t i = 0; i < pred.size(0); ++i) {

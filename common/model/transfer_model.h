@@ -90,6 +90,10 @@ struct EvalResult {
   double accuracy = 0, loss = 0;
   int64_t samples = 0;
   std::vector<std::vector<int64_t>> confusion;  // [true class][predicted class]
+  // Per sample: the softmax scores (samples x classes, row-major) and the true label, for
+  // the clinical metrics (common/metrics.h).
+  std::vector<float> scores;
+  std::vector<int64_t> labels;
 };
 
 // Outputs of the frozen prefix for a set of images, with their labels. Opaque.

@@ -204,7 +204,7 @@ v1::SecAggShares ClientSession::share_keys(const v1::SecAggKeyList& list) {
   for (const auto& k : list.keys()) {
     if (k.site() >= cfg_.num_sites) refuse("key list names unknown site " + std::to_string(k.site()));
     if (k.round() != cfg_.round) check_round(k.round(), "SecAggKeys in the key list");
-    PeerKeys pk{key_bytes(k.cipher_pk(), k.site(), "cipher key"), key_bytes(k.mask_pk(), k.site(), "mask key")};
+    PeerKeys pk{key_bytes(k.cipher_pk(), k.site(), "cipher key"), key_bytes(k.mask_pk(), k.site(), "mask key"), {}};
     if (!x25519_key_usable(pk.cipher_pk) || !x25519_key_usable(pk.mask_pk))
       refuse("key list carries a malformed or low-order X25519 key for site " + std::to_string(k.site()));
     if (cfg_.signed_keys && k.site() != site_) {

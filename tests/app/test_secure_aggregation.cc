@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -135,6 +136,25 @@ TEST_F(SecureRounds, SimulateIsDeterministicLearnsAndSaysItWasSecure) {
   EXPECT_NEAR(plain.federated_accuracy, a.federated_accuracy, 0.05);
   auto s = nlohmann::json::parse(common::read_file((dir_ / "a" / "summary.json").string()));
   EXPECT_TRUE(s["secure_aggregation"].get<bool>());
+  // The clinical metrics travel in every mode's summary (common/metrics.h has the hand-worked
+  // cases; here: they are there, consistent, and per class by name).
+  const auto& tm = s["test_metrics"];
+  EXPECT_DOUBLE_EQ(tm["accuracy"].get<double>(), s["federated_accuracy"].get<double>());
+  EXPECT_GT(tm["macro_auc"].get<double>(), 0.5);
+  EXPECT_LE(tm["macro_auc"].get<double>(), 1.0);
+  ASSERT_EQ(tm["per_class"].size(), 5u);
+  double recall_sum = 0;
+  for (const auto& [name, c] : tm["per_class"].items()) {
+    EXPECT_FALSE(name.empty());
+    EXPECT_GT(c["support"].get<int64_t>(), 0) << name;
+    recall_sum += c["recall"].get<double>();
+  }
+  EXPECT_NEAR(tm["balanced_accuracy"].get<double>(), recall_sum / 5, 1e-9);
+  std::ifstream metrics((dir_ / "a" / "metrics.jsonl").string());
+  std::string line;
+  ASSERT_TRUE(std::getline(metrics, line));
+  const auto first = nlohmann::json::parse(line);
+  EXPECT_TRUE(first.contains("macro_auc") && first.contains("balanced_accuracy")) << line;
 }
 
 TEST_F(SecureRounds, SiteVanishingMidRoundLeavesExactlyTheSurvivorsSum) {
