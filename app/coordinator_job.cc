@@ -34,12 +34,17 @@ class CoordinatorJob::Evaluator : public coordinator::Evaluator {
   const common::model::FeatureSet& test_;
 };
 
-CoordinatorJob::CoordinatorJob(const app::JobConfig& cfg) : cfg_(cfg), start_(Clock::now()) {
+CoordinatorJob::CoordinatorJob(const app::JobConfig& cfg, bool with_training) : cfg_(cfg), start_(Clock::now()) {
   common::model::set_torch_threads(static_cast<int>(cfg_.threads));
   (void)protocols::make_strategy(cfg_.server);  // validates [server] before any work
-  data_ = load_task_data(cfg_);
-  spdlog::info("target task: {} classes, {} training and {} test images", cfg_.data.target_classes.size(),
-               data_.target_train.size(), data_.target_test.size());
+  const bool pretrains_here = cfg_.backbone.pretrain_if_missing && !std::filesystem::exists(cfg_.backbone.path);
+  data_ = load_task_data(cfg_, with_training || pretrains_here);
+  if (data_.target_train.size() > 0)
+    spdlog::info("target task: {} classes, {} training and {} test images", cfg_.data.target_classes.size(),
+                 data_.target_train.size(), data_.target_test.size());
+  else
+    spdlog::info("target task: {} classes, {} test images (the sites hold the training images)",
+                 cfg_.data.target_classes.size(), data_.target_test.size());
   backbone_ = ensure_backbone(cfg_, data_);
   backbone_sha_ = common::sha256_hex(backbone_);
   model_ = common::model::TransferModel::create(backbone_, model_spec(cfg_), cfg_.seed);

@@ -38,7 +38,9 @@ class CoordinatorJob {
   // Loads the data (test set for evaluation; training sets for simulations), the backbone
   // (pre-training it when configured and absent) and builds the global model. Throws
   // fedtl::Error on bad configuration or data.
-  explicit CoordinatorJob(const app::JobConfig& cfg);
+  // with_training = false (a TLS coordinator): only the test set is loaded, plus the source
+  // classes when the backbone must be pre-trained here.
+  explicit CoordinatorJob(const app::JobConfig& cfg, bool with_training = true);
   ~CoordinatorJob();
 
   const app::JobConfig& config() const { return cfg_; }

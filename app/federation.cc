@@ -138,7 +138,7 @@ SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::Stop
     throw ConfigError("federation.ca_cert, federation.cert and federation.key are required (see `fedtl ca issue`)");
   if (static_cast<int64_t>(fed.sites.size()) < cfg.min_sites)
     throw ConfigError("job.min_sites is larger than the number of federation.sites");
-  CoordinatorJob job(cfg);
+  CoordinatorJob job(cfg, /*with_training=*/false);
   common::TlsConfig tls;
   tls.ca_cert = fed.ca_cert;
   tls.cert = fed.cert;
@@ -217,7 +217,7 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop, std::ostre
   };
   wopt.on_backbone = [&](const std::string& sha, const std::string& bytes) {
     common::write_file_atomic(backbone_dir + "/" + sha + ".pt", bytes);
-    spdlog::info("[{}] backbone {} verified and cached", site.name, sha.substr(0, 12));
+    spdlog::info("[{}] backbone {} verified and cached", site.name, sha);
   };
 
   const auto give_up = Clock::now() + ms(site.give_up_after_s);

@@ -18,41 +18,47 @@
 namespace fedtl::app {
 namespace fs = std::filesystem;
 
-TaskData load_task_data(const app::JobConfig& cfg) {
+TaskData load_task_data(const app::JobConfig& cfg, bool with_training) {
   TaskData d;
   common::ImageSet train, test;
   if (cfg.data.source == DataSource::kFashionMnist) {
     const std::string dir = cfg.data.dir.empty() ? common::kFashionMnistDir : cfg.data.dir;
-    train = common::read_fashion_mnist("train", dir);
+    if (with_training) train = common::read_fashion_mnist("train", dir);
     test = common::read_fashion_mnist("t10k", dir);
     static const char* names[] = {"T-shirt", "Trouser", "Pullover", "Dress", "Coat",
                                   "Sandal",  "Shirt",   "Sneaker",  "Bag",   "Boot"};
     train.class_names.assign(std::begin(names), std::end(names));
   } else {
     if (cfg.data.test_dir.empty()) throw ConfigError("data.test_dir is required when data.source = \"folder\"");
-    train = common::read_image_folder(cfg.data.dir, cfg.backbone.channels, cfg.backbone.height, cfg.backbone.width);
     test = common::read_image_folder(cfg.data.test_dir, cfg.backbone.channels, cfg.backbone.height,
                                      cfg.backbone.width);
+    if (with_training)
+      train = common::read_image_folder(cfg.data.dir, cfg.backbone.channels, cfg.backbone.height, cfg.backbone.width);
+    else
+      train.class_names = test.class_names;
   }
-  const int64_t num_classes = static_cast<int64_t>(
-      std::max(train.class_names.size(),
-               static_cast<size_t>(*std::max_element(train.labels.begin(), train.labels.end()) + 1)));
+  const common::ImageSet& labelled = with_training ? train : test;  // where the class count comes from
+  const int64_t num_classes = static_cast<int64_t>(std::max(
+      train.class_names.size(),
+      labelled.labels.empty()
+          ? size_t{0}
+          : static_cast<size_t>(*std::max_element(labelled.labels.begin(), labelled.labels.end()) + 1)));
   for (int64_t k : cfg.data.target_classes)
     if (k < 0 || k >= num_classes) throw ConfigError("data.target_classes: class " + std::to_string(k) +
                                                      " does not exist (the data has " + std::to_string(num_classes) + ")");
   for (int64_t k : cfg.data.source_classes)
     if (k < 0 || k >= num_classes) throw ConfigError("data.source_classes: class " + std::to_string(k) +
                                                      " does not exist (the data has " + std::to_string(num_classes) + ")");
-  d.target_train = train.select_classes(cfg.data.target_classes);
+  if (with_training) d.target_train = train.select_classes(cfg.data.target_classes);
   d.target_test = test.select_classes(cfg.data.target_classes);
-  if (!cfg.data.source_classes.empty()) {
+  if (with_training && !cfg.data.source_classes.empty()) {
     d.source_train = train.select_classes(cfg.data.source_classes);
     d.source_test = test.select_classes(cfg.data.source_classes);
   }
   for (int64_t k : cfg.data.target_classes)
     d.target_names.push_back(static_cast<size_t>(k) < train.class_names.size() ? train.class_names[static_cast<size_t>(k)]
                                                                              : std::to_string(k));
-  if (d.target_train.size() == 0 || d.target_test.size() == 0)
+  if ((with_training && d.target_train.size() == 0) || d.target_test.size() == 0)
     throw DataError("no training or test images of the target classes");
   return d;
 }
@@ -194,7 +200,7 @@ std::string ensure_backbone(const app::JobConfig& cfg, const TaskData& data) {
                         " bytes, above backbone.max_bytes (" + std::to_string(cfg.backbone.max_bytes) + ")");
     std::string bytes = common::read_file(cfg.backbone.path);
     const std::string sha = pinned(bytes);
-    spdlog::info("backbone {} ({} bytes, sha256 {}{})", cfg.backbone.path, bytes.size(), sha.substr(0, 16),
+    spdlog::info("backbone {} ({} bytes, sha256 {}{})", cfg.backbone.path, bytes.size(), sha,
                  cfg.backbone.sha256.empty() ? "" : ", as pinned by backbone.sha256");
     return bytes;
   }
@@ -203,8 +209,7 @@ std::string ensure_backbone(const app::JobConfig& cfg, const TaskData& data) {
   std::string bytes = pretrain_backbone(cfg, data);
   const std::string sha = pinned(bytes);
   common::write_file_atomic(cfg.backbone.path, bytes);
-  spdlog::info("saved backbone to {} (sha256 {}; pin it with backbone.sha256 = \"{}\")", cfg.backbone.path,
-               sha.substr(0, 16), sha);
+  spdlog::info("saved backbone to {} (pin it with backbone.sha256 = \"{}\")", cfg.backbone.path, sha);
   return bytes;
 }
 

@@ -19,8 +19,11 @@ struct TaskData {
   std::vector<std::string> target_names;
 };
 
-// Reads the configured dataset and splits it into source and target tasks.
-TaskData load_task_data(const app::JobConfig& cfg);
+// Reads the configured dataset and splits it into source and target tasks. With
+// with_training = false only the test images are read (a TLS coordinator trains nothing: its
+// memory should not hold a training set it never uses); target_train and the source sets stay
+// empty then.
+TaskData load_task_data(const app::JobConfig& cfg, bool with_training = true);
 
 common::model::InputSpec input_spec(const app::JobConfig& cfg);
 // Each setting is translated once from the job file to the wire (wire_*) and once from the

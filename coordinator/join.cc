@@ -104,7 +104,7 @@ bool Coordinator::admit(Site& s) {
       }
     } else {
       spdlog::info("site '{}' already holds backbone {}: download skipped", s.info.name,
-                   job.backbone_sha256().substr(0, 12));
+                   job.backbone_sha256());
     }
     s.admitted = true;
     HeartbeatSender::enable(*s.conn);  // job and backbone are through: heartbeats may follow

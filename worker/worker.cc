@@ -74,7 +74,7 @@ WorkerResult Worker::run() {
   job_ = from_frame<v1::JobSpec>(recv_from_coordinator());
   const auto& job = job_;
   spdlog::debug("[{}] job '{}': {} rounds, backbone {}", opt_.site_name, job.job_name(), job.rounds(),
-                job.backbone_sha256().substr(0, 12));
+                job.backbone_sha256());
   // The site's verdict on the job, before anything is allocated or downloaded for it.
   std::string verdict;
   protocols::ErrorCode verdict_code = protocols::ErrorCode::kPolicyRefused;
