@@ -561,6 +561,38 @@ def forward(self, x):
   });
 }
 
+// --- re-initialised backbones ----------------------------------------------------------------
+
+std::string reinitialized_backbone(const std::string& backbone_bytes, uint64_t seed) {
+  return guarded("re-initialising the backbone", [&] {
+    torch::jit::Module m = load_module(backbone_bytes);
+    std::mt19937_64 rng(seed);
+    torch::NoGradGuard no_grad;
+    for (const auto& p : m.named_parameters(/*recurse=*/true)) {
+      Tensor t = p.value;
+      const bool is_bias = p.name.size() >= 4 && p.name.compare(p.name.size() - 4, 4, "bias") == 0;
+      if (t.dim() >= 2) {
+        const double fan_in = static_cast<double>(t.numel() / t.size(0));
+        t.copy_(seeded_uniform(t.sizes().vec(), 1.0 / std::sqrt(fan_in), rng).to(t.dtype()));
+      } else if (is_bias) {
+        t.zero_();
+      } else {
+        t.fill_(1.0);
+      }
+    }
+    for (const auto& b : m.named_buffers(/*recurse=*/true)) {
+      const std::string& n = b.name;
+      auto ends = [&](const char* suffix) {
+        const size_t k = std::strlen(suffix);
+        return n.size() >= k && n.compare(n.size() - k, k, suffix) == 0;
+      };
+      if (ends("running_mean") || ends("num_batches_tracked")) b.value.zero_();
+      if (ends("running_var")) b.value.fill_(1.0);
+    }
+    return save_module(m);
+  });
+}
+
 // --- built-in CNN ---------------------------------------------------------------------------
 
 std::string builtin_cnn(const InputSpec& input, uint64_t seed) {

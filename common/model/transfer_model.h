@@ -159,6 +159,13 @@ class TransferModel {
 // Returns the bytes of torch.jit.save. Parameters are initialised from `seed`.
 std::string builtin_cnn(const InputSpec& input, uint64_t seed);
 
+// The same TorchScript backbone with every parameter re-initialised from `seed` (what "the same
+// architecture, trained from scratch" starts from): weights of 2+ dimensions uniform in
+// ±1/sqrt(fan_in) (PyTorch's default for convolutions and linear layers), biases 0, 1-D weights
+// (normalisation scales) 1; batch-norm statistics reset (mean 0, variance 1). Checked like any
+// backbone first (archive, operators).
+std::string reinitialized_backbone(const std::string& backbone_bytes, uint64_t seed);
+
 struct PretrainOptions {
   int64_t epochs = 3, batch_size = 128;
   double lr = 1e-3;  // Adam

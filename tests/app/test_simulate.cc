@@ -98,9 +98,36 @@ TEST_F(Simulate, ThreeSitesTwoRoundsBeatChanceAndWriteEveryOutput) {
     EXPECT_GT(s[k].get<double>(), 0.0) << k;
   }
   EXPECT_EQ(s["per_site"].size(), 3u);
+  // The federated-from-scratch baseline and the transfer gain it gives.
+  ASSERT_TRUE(s["federated_scratch_accuracy"].is_number());
+  EXPECT_GT(s["federated_scratch_accuracy"].get<double>(), 0.0);
+  EXPECT_NEAR(s["transfer_gain_points"].get<double>(),
+              100 * (s["federated_accuracy"].get<double>() - s["federated_scratch_accuracy"].get<double>()), 1e-9);
+  EXPECT_TRUE(s["warnings"].is_array());
+  EXPECT_TRUE(fs::exists(out / "federated_scratch" / "summary.json"));
   // The exported model reproduces the reported accuracy's predictions shape.
   auto test = common::read_fashion_mnist("t10k").subset({0, 1, 2});
   EXPECT_EQ(common::model::run_exported_model((out / "model.pt").string(), test).size(), 3u * 5u);
+}
+
+// A frozen backbone that computes nothing useful (every weight zero): the same federated job
+// from a random initialisation does far better, and the summary says so.
+TEST_F(Simulate, NegativeTransferIsWarnedAbout) {
+  const std::string dead = (dir_ / "dead_backbone.pt").string();
+  const std::string cmd = std::string("/usr/bin/python3 -c \"import torch; m = torch.jit.load('") +
+                          (dir_ / "backbone.pt").string() +
+                          "'); [p.data.zero_() for p in m.parameters()]; m.save('" + dead + "')\"";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  auto cfg = small_job("negative");
+  cfg.backbone.path = dead;
+  cfg.backbone.freeze = common::model::Freeze::kAll;
+  cfg.baselines.enabled = true;
+  app::run_simulate(cfg);
+  auto s = read_json(fs::path(cfg.out) / "summary.json");
+  EXPECT_LT(s["transfer_gain_points"].get<double>(), -1.0) << s.dump();
+  bool warned = false;
+  for (const auto& w : s["warnings"]) warned |= w["code"] == "negative_transfer";
+  EXPECT_TRUE(warned) << s["warnings"].dump();
 }
 
 TEST_F(Simulate, SameSeedSameDigestOtherSeedOtherDigest) {
