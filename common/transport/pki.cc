@@ -421,6 +421,21 @@ std::string pki_issue(const std::string& dir, const std::string& name, const std
     }
     os << "\n" << root_table << "\n";
     write_new_file(kit_dir / "kit.toml", os.str(), 0644);
+    if (is_worker) {
+      // A site.toml the hospital completes (its data) instead of retyping its kit.
+      std::ostringstream site;
+      site << "# fedtl worker file for site '" << name << "': `fedtl worker --config site.toml`.\n"
+           << "# Paths are relative to this file. Fill in [data]; see docs/configuration.md for every key.\n\n"
+           << "[site]\nname = \"" << name << "\"\ncoordinator = \""
+           << (coordinator_address.empty() ? "HOST:PORT" : coordinator_address) << "\"\n";
+      if (!server_name.empty()) site << "coordinator_name = \"" << server_name << "\"\n";
+      site << "ca_cert = \"ca.crt\"\ncert = \"" << name << ".crt\"\nkey = \"" << name << ".key\"\n"
+           << "cache_dir = \"cache\"\n\n"
+           << "[data]\nsource = \"folder\"\ndir = \"/path/to/labelled/images\"   # one sub-folder per class\n\n"
+           << "[policy]\n# backbone_sha256 = [\"<64 hex digits>\"]   # accept only these backbones\n"
+           << "# require_secure_aggregation = true\n# min_sites = 3\n";
+      write_new_file(kit_dir / "site.toml", site.str(), 0644);
+    }
   } catch (...) {
     std::error_code rec;
     fs::remove_all(kit_dir, rec);  // we created it, so it holds only this kit's files

@@ -10,6 +10,8 @@
 //   DIR/kits/NAME/NAME.crt       its certificate: CN=NAME, O=<federation>, signed by the CA
 //   DIR/kits/NAME/ca.crt         copy of the CA certificate
 //   DIR/kits/NAME/kit.toml       see load_kit(); paths in it are relative to the kit dir
+//   DIR/kits/NAME/site.toml      workers: a `fedtl worker` file with the kit filled in and
+//                                [data] to complete (app/config.h SiteConfig)
 //
 // Certificates: leaves are valid for 3 years (never past the CA's end), carry
 // extendedKeyUsage clientAuth (workers) or serverAuth+clientAuth (coordinator), and

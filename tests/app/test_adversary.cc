@@ -371,3 +371,14 @@ TEST_F(Adversary, SiteFileThatDoesNotMatchItsKitIsRefusedAtStart) {
     EXPECT_NE(std::string(e.what()).find("'deadbeef' is not a SHA-256 digest"), std::string::npos) << e.what();
   }
 }
+
+// `fedtl ca issue` writes a site.toml beside kit.toml: the kit filled in, [data] to complete.
+TEST_F(Adversary, IssuedKitCarriesASiteFileThatLoads) {
+  const auto s = app::load_site_config(kit("hospital-a", "site.toml"));
+  EXPECT_EQ(s.name, "hospital-a");
+  EXPECT_EQ(s.coordinator, "127.0.0.1:" + std::to_string(port_));
+  EXPECT_EQ(s.coordinator_name, "coordinator");
+  EXPECT_EQ(fs::path(s.cert), fs::path(kit("hospital-a", "hospital-a.crt")));
+  EXPECT_EQ(fs::path(s.key), fs::path(kit("hospital-a", "hospital-a.key")));
+  EXPECT_EQ(s.data_dir, "/path/to/labelled/images");
+}
