@@ -107,7 +107,8 @@ class Section {
     if (!t_) return;
     for (const auto& [k, v] : *t_) {
       if (!seen_.count(std::string(k.str())))
-        throw ConfigError("unknown key '" + qualified(std::string(k.str())) + "' in job config");
+        throw ConfigError("unknown key '" + qualified(std::string(k.str())) +
+                          "' (docs/configuration.md lists every key of the job and site files)");
     }
   }
 
