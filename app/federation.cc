@@ -138,7 +138,6 @@ SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::Stop
     throw ConfigError("federation.ca_cert, federation.cert and federation.key are required (see `fedtl ca issue`)");
   if (static_cast<int64_t>(fed.sites.size()) < cfg.min_sites)
     throw ConfigError("job.min_sites is larger than the number of federation.sites");
-  CoordinatorJob job(cfg, /*with_training=*/false);
   common::TlsConfig tls;
   tls.ca_cert = fed.ca_cert;
   tls.cert = fed.cert;
@@ -152,6 +151,9 @@ SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::Stop
   auto listener = common::tls_listen(host, port, tls);
   spdlog::info("coordinator listening on {}:{} (mutual TLS 1.3), sites: {}", host, listener->port(),
                fmt::join(fed.sites, ", "));
+  // Listening first: a port in use or an unusable kit is reported before minutes of loading.
+  // Sites that connect meanwhile complete their handshakes and wait to be admitted.
+  CoordinatorJob job(cfg, /*with_training=*/false);
   uint64_t secret = 0;
   if (RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret) != 1)
     throw Error("OpenSSL RAND_bytes failed: no randomness for the DP noise seed");
