@@ -71,7 +71,16 @@ WorkerResult Worker::run() {
   for (const auto& kv : opt_.backbone_cache) hello.add_backbone_sha256(kv.first);
   send(to_frame(hello));
 
-  job_ = from_frame<v1::JobSpec>(recv_from_coordinator());
+  // Before the job, silence is not yet a fault: a coordinator listens before it has loaded its
+  // data and backbone (minutes for a large test set). A plain TimeoutError: the caller retries.
+  common::Frame first;
+  try {
+    first = conn_.recv(opt_.idle_timeout);
+  } catch (const TimeoutError&) {
+    throw TimeoutError("the coordinator '" + conn_.peer_name() + "' accepted the connection but sent no job within " +
+                       std::to_string(opt_.idle_timeout.count() / 1000.0) + " s (it may still be starting)");
+  }
+  job_ = from_frame<v1::JobSpec>(first);
   const auto& job = job_;
   spdlog::debug("[{}] job '{}': {} rounds, backbone {}", opt_.site_name, job.job_name(), job.rounds(),
                 job.backbone_sha256());

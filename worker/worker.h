@@ -90,7 +90,8 @@ class Worker {
   // with an enum value this build does not know or impossible work (protocols/job_check.h):
   // ConfigError after an Error kBadConfig. A RoundStart whose parameters do not match the
   // job's layout or are not finite: ProtocolError after an Error kBadMessage, before training.
-  // A coordinator silent for longer than idle_timeout: CoordinatorSilent.
+  // A coordinator silent for longer than idle_timeout once it sent the job: CoordinatorSilent
+  // (permanent); before the job: a plain TimeoutError (it may still be starting; retry).
   WorkerResult run();
 
  private:
