@@ -139,7 +139,8 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
                  {"sites_reported", r.sites_reported}, {"applied", r.applied}, {"bytes_up", r.bytes_up},
                  {"bytes_down", r.bytes_down}, {"seconds", r.seconds}, {"transport", transport},
                  {"secure_aggregation", cfg_.secagg.enabled.value_or(false)},
-                 {"balanced_accuracy", r.balanced_accuracy}, {"macro_auc", r.macro_auc}};
+                 {"balanced_accuracy", r.balanced_accuracy}, {"macro_auc", r.macro_auc},
+                 {"connection_replacements", r.connection_replacements}};
     if (cfg_.privacy.mode) {
       line["epsilon"] = r.epsilon;
       line["delta"] = cfg_.privacy.delta;

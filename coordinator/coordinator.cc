@@ -142,6 +142,7 @@ RoundRecord Coordinator::run_round(uint32_t round) {
   }
   rec.bytes_up -= up0;
   rec.bytes_down -= down0;
+  for (auto& s : sites_) rec.connection_replacements += s->info.replacements;
   rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return rec;
 }

@@ -116,6 +116,7 @@ struct RoundRecord {
   uint32_t round = 0;
   double accuracy = 0, loss = 0;   // global model after this round, on the evaluation set
   double balanced_accuracy = 0, macro_auc = std::numeric_limits<double>::quiet_NaN();
+  uint32_t connection_replacements = 0;  // so far, all sites (see SiteInfo::replacements)
   double train_loss = 0;           // sample-weighted mean of the sites' local losses
   size_t sites_reported = 0, sites_active = 0;
   bool applied = false;            // false: quorum missed, round abandoned

@@ -498,6 +498,8 @@ TEST_F(CoordinatorTest, ImpostorReplacingAnActiveSiteIsLoggedAndCounted) {
   sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
   EXPECT_EQ(site(res, "site-1").replacements, 1u);
   EXPECT_EQ(site(res, "site-0").replacements, 0u);
+  ASSERT_FALSE(res.rounds.empty());
+  EXPECT_EQ(res.rounds.back().connection_replacements, 1u) << "counted in the round metrics";
   EXPECT_TRUE(real.log.connection_closed) << "the replaced connection is closed";
   EXPECT_GE(impostor_log.rounds_seen, 1);
   bool warned = false;
