@@ -22,4 +22,10 @@ std::string time_str(const ASN1_TIME* t);
 // or "<what> expired on <notAfter> (valid <nb> to <na>)".
 std::string validity_problem(X509* cert, const std::string& what);
 
+// The single value of `nid` (e.g. NID_commonName) in a certificate's subject, or "".
+std::string subject_entry(X509* cert, int nid);
+
+// The reason of the last OpenSSL error, and clears the queue.
+std::string openssl_error();
+
 }  // namespace fedtl::common::cert_detail

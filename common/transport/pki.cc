@@ -30,6 +30,8 @@
 
 namespace fedtl::common {
 namespace {
+using cert_detail::openssl_error;
+using cert_detail::subject_entry;
 
 namespace fs = std::filesystem;
 
@@ -48,15 +50,6 @@ using PKey = std::unique_ptr<EVP_PKEY, Free>;
 using Cert = std::unique_ptr<X509, Free>;
 using Bio = std::unique_ptr<BIO, Free>;
 
-// The reason of the last OpenSSL error, and clears the queue.
-std::string openssl_error() {
-  const unsigned long e = ERR_get_error();
-  ERR_clear_error();
-  if (e == 0) return "unknown OpenSSL error";
-  char buf[256];
-  ERR_error_string_n(e, buf, sizeof(buf));
-  return buf;
-}
 
 [[noreturn]] void crypto_fail(const std::string& what) {
   throw Error("OpenSSL: " + what + ": " + openssl_error());
@@ -211,18 +204,6 @@ void sign(X509* cert, EVP_PKEY* key) {
   if (X509_sign(cert, key, EVP_sha256()) <= 0) crypto_fail("cannot sign the certificate");
 }
 
-// The single value of `nid` in a certificate subject, or "".
-std::string subject_entry(X509* cert, int nid) {
-  X509_NAME* name = X509_get_subject_name(cert);
-  const int idx = X509_NAME_get_index_by_NID(name, nid, -1);
-  if (idx < 0) return "";
-  unsigned char* utf8 = nullptr;
-  const int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx)));
-  if (n < 0) return "";
-  std::string out(reinterpret_cast<char*>(utf8), static_cast<size_t>(n));
-  OPENSSL_free(utf8);
-  return out;
-}
 
 // "host:port" with a DNS name, IPv4 address or [IPv6] address and a port in 1..65535.
 bool is_valid_address(const std::string& a) {
@@ -486,6 +467,28 @@ Kit load_kit(const std::string& kit_dir_or_file) {
 const char* role_name(CertRole role) { return role == CertRole::kCoordinator ? "coordinator" : "worker"; }
 
 namespace cert_detail {
+
+std::string openssl_error() {
+  const unsigned long e = ERR_get_error();
+  ERR_clear_error();
+  if (e == 0) return "unknown OpenSSL error";
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof(buf));
+  return buf;
+}
+
+std::string subject_entry(X509* cert, int nid) {
+  X509_NAME* name = X509_get_subject_name(cert);
+  const int idx = X509_NAME_get_index_by_NID(name, nid, -1);
+  if (idx < 0) return "";
+  unsigned char* utf8 = nullptr;
+  const int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx)));
+  if (n < 0) return "";
+  std::string out(reinterpret_cast<char*>(utf8), static_cast<size_t>(n));
+  OPENSSL_free(utf8);
+  return out;
+}
+
 
 std::optional<CertRole> certificate_role(X509* cert) {
   if (!cert || !(X509_get_extension_flags(cert) & EXFLAG_XKUSAGE)) return std::nullopt;

@@ -12,6 +12,7 @@
 #include <mutex>
 
 #include "common/errors.h"
+#include "common/transport/cert_check.h"
 #include "common/files.h"
 
 namespace fedtl::common {
@@ -28,14 +29,7 @@ struct Free {
 using PKey = std::unique_ptr<EVP_PKEY, Free>;
 using Cert = std::unique_ptr<X509, Free>;
 
-std::string openssl_error() {
-  const unsigned long e = ERR_get_error();
-  ERR_clear_error();
-  if (e == 0) return "unknown OpenSSL error";
-  char buf[256];
-  ERR_error_string_n(e, buf, sizeof(buf));
-  return buf;
-}
+using cert_detail::openssl_error;
 
 Cert parse_cert(const std::string& pem) {
   std::unique_ptr<BIO, Free> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
@@ -44,17 +38,7 @@ Cert parse_cert(const std::string& pem) {
   return c;
 }
 
-std::string common_name(X509* cert) {
-  X509_NAME* name = X509_get_subject_name(cert);
-  const int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
-  if (idx < 0) return "";
-  unsigned char* utf8 = nullptr;
-  const int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx)));
-  if (n < 0) return "";
-  std::string out(reinterpret_cast<char*>(utf8), static_cast<size_t>(n));
-  OPENSSL_free(utf8);
-  return out;
-}
+std::string common_name(X509* cert) { return cert_detail::subject_entry(cert, NID_commonName); }
 
 }  // namespace
 
