@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include "app/config.h"
@@ -94,6 +95,12 @@ TEST(HostileBackbone, ZipBombIsRefusedBeforeLoadingWithPeakRssUnder500MB) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_NE(WEXITSTATUS(status), 0) << err.str();
   EXPECT_NE(err.str().find("zip bomb"), std::string::npos) << err.str();
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // Sanitizer builds add hundreds of MB of shadow memory to any process (714 MB measured for
+  // this refusal under ASan): the bound is checked in the normal build only.
+  std::cerr << "peak RSS " << usage.ru_maxrss / 1024 << " MB (sanitizer build: bound not checked)\n";
+#else
   EXPECT_LT(usage.ru_maxrss, 500 * 1024) << "peak RSS " << usage.ru_maxrss / 1024 << " MB";
+#endif
   fs::remove_all(dir);
 }
