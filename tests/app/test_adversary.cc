@@ -35,6 +35,8 @@
 #include "coordinator/coordinator.h"
 #include "protocols/messages.h"
 #include "protocols/secagg/wire.h"
+#include "tests/captured_log.h"
+#include "tests/free_port.h"
 #include "tests/hostile_peer.h"
 #include "worker/worker.h"
 
@@ -45,38 +47,8 @@ using common::MessageType;
 
 namespace {
 
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-// Every warn-or-worse line logged in this process while it lives.
-class CapturedLog {
- public:
-  CapturedLog() : sink_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(4096)) {
-    spdlog::default_logger()->sinks().push_back(sink_);
-  }
-  ~CapturedLog() {
-    auto& s = spdlog::default_logger()->sinks();
-    s.erase(std::remove(s.begin(), s.end(), sink_), s.end());
-  }
-  bool contains(const std::string& text) const {
-    for (const auto& line : sink_->last_formatted())
-      if (line.find(text) != std::string::npos) return true;
-    return false;
-  }
-
- private:
-  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
-};
-
+using test_support::CapturedLog;
+using test_support::free_port;
 using test_support::rewrite;
 using test_support::TamperingConnection;
 

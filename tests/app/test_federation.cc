@@ -29,6 +29,7 @@
 #include "common/transport/tls.h"
 #include "coordinator/coordinator.h"
 #include "protocols/messages.h"
+#include "tests/free_port.h"
 #include "worker/worker.h"
 
 namespace fs = std::filesystem;
@@ -37,17 +38,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-uint16_t free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
+using test_support::free_port;
+
 
 // A plaintext client that sends garbage and hangs up.
 void garbage_client(uint16_t port) {

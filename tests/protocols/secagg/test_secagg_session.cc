@@ -21,6 +21,7 @@
 #include "protocols/secagg/quantize.h"
 #include "protocols/secagg/session.h"
 #include "protocols/secagg/wire.h"
+#include "tests/captured_log.h"
 
 namespace fedtl::protocols::secagg {
 namespace {
@@ -320,25 +321,6 @@ TEST(SecAggRound, SparseGraphAbortsWhenANeighbourhoodIsWipedOut) {
 // ---------------------------------------------------------------------------------------------
 // Refusals
 
-class CapturedLog {
- public:
-  CapturedLog() : sink_(std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(64)) {
-    spdlog::default_logger()->sinks().push_back(sink_);
-  }
-  ~CapturedLog() {
-    auto& s = spdlog::default_logger()->sinks();
-    s.erase(std::remove(s.begin(), s.end(), sink_), s.end());
-  }
-  bool contains(const std::string& text) const {
-    for (const auto& line : sink_->last_formatted())
-      if (line.find(text) != std::string::npos && line.find("warn") != std::string::npos) return true;
-    return false;
-  }
-
- private:
-  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink_;
-};
-
 struct Federation {
   RoundConfig cfg;
   std::vector<std::unique_ptr<ClientSession>> c;
@@ -396,7 +378,7 @@ std::vector<uint32_t> sum_of_ids(uint32_t n, uint64_t m, const std::set<uint32_t
 }
 
 TEST(SecAggRefusal, TamperedShareIsRejectedAndBlamesItsSenderNotItsRecipient) {
-  CapturedLog log;
+  test_support::CapturedLog log(64);
   Federation s(make_cfg(5, 3, 8));
   s.share_all();
   uint32_t sender = 0;
@@ -408,7 +390,7 @@ TEST(SecAggRefusal, TamperedShareIsRejectedAndBlamesItsSenderNotItsRecipient) {
   });
   // The recipient stayed, the sender counts as a dropped holder for it, and the sum is whole.
   EXPECT_EQ(s.c[2]->rejected(), std::set<uint32_t>{sender});
-  EXPECT_TRUE(log.contains("failed authentication"));
+  EXPECT_TRUE(log.warned("failed authentication"));
   ASSERT_TRUE(sum);
   EXPECT_EQ(*sum, sum_of_ids(5, 8));
   ASSERT_EQ(s.server->blamed().count(sender), 1u);
@@ -428,7 +410,7 @@ TEST(SecAggRefusal, ShareFailingItsCommitmentIsRejected) {
 }
 
 TEST(SecAggRefusal, SenderRejectedBySeveralRecipientsIsACheater) {
-  CapturedLog log;
+  test_support::CapturedLog log(64);
   {
     // A survivor: its masked input is in the sum, so the round is abandoned and it is named.
     Federation s(make_cfg(5, 3, 8));
@@ -440,7 +422,7 @@ TEST(SecAggRefusal, SenderRejectedBySeveralRecipientsIsACheater) {
     });
     EXPECT_FALSE(sum);
     EXPECT_EQ(s.server->cheaters(), std::set<uint32_t>{0});
-    EXPECT_TRUE(log.contains("sites 2, 3 rejected"));
+    EXPECT_TRUE(log.warned("sites 2, 3 rejected"));
   }
   {
     // A dropout: it stays out, its mask key comes from the holders that accepted its shares
@@ -462,7 +444,7 @@ TEST(SecAggRefusal, SenderRejectedBySeveralRecipientsIsACheater) {
 }
 
 TEST(SecAggRefusal, ForgedRevealedShareNamesTheRevealerAndTheRoundGoesOn) {
-  CapturedLog log;
+  test_support::CapturedLog log(64);
   Federation s(make_cfg(5, 3, 8));
   s.share_all();
   // Site 1 reveals structurally valid random field elements instead of its share of b_4.
@@ -476,14 +458,14 @@ TEST(SecAggRefusal, ForgedRevealedShareNamesTheRevealerAndTheRoundGoesOn) {
     }
   });
   EXPECT_EQ(s.server->cheaters(), std::set<uint32_t>{1});
-  EXPECT_TRUE(log.contains("site 1 is the cheater"));
+  EXPECT_TRUE(log.warned("site 1 is the cheater"));
   // The four honest answers still hold three shares of every secret: the sum is exact.
   ASSERT_TRUE(sum);
   EXPECT_EQ(*sum, sum_of_ids(5, 8));
 }
 
 TEST(SecAggRefusal, MalformedKeysGetTheirSenderRefusedAtStepOne) {
-  CapturedLog log;
+  test_support::CapturedLog log(64);
   const RoundConfig cfg = make_cfg(5, 3, 8);
   std::vector<std::unique_ptr<ClientSession>> c;
   for (uint32_t u = 0; u < 5; ++u) c.push_back(std::make_unique<ClientSession>(cfg, u));
@@ -510,11 +492,11 @@ TEST(SecAggRefusal, MalformedKeysGetTheirSenderRefusedAtStepOne) {
     m.set_mask_pk(key);
     EXPECT_THROW(server.add_keys(m), ProtocolError);
   }
-  EXPECT_TRUE(log.contains("malformed or low-order"));
+  EXPECT_TRUE(log.warned("malformed or low-order"));
   auto copy = k[2];
   copy.set_mask_pk(k[0].mask_pk());  // another site's key
   EXPECT_THROW(server.add_keys(copy), ProtocolError);
-  EXPECT_TRUE(log.contains("advertised a key of site 0"));
+  EXPECT_TRUE(log.warned("advertised a key of site 0"));
   auto same = k[2];
   same.set_cipher_pk(same.mask_pk());
   EXPECT_THROW(server.add_keys(same), ProtocolError);
@@ -556,7 +538,7 @@ TEST(SecAggRefusal, ShareRedirectedToAnotherSiteIsRejected) {
 }
 
 TEST(SecAggRefusal, MessagesReplayedFromAnEarlierRoundAreRefused) {
-  CapturedLog log;
+  test_support::CapturedLog log(64);
   const uint32_t n = 4;
   Federation r1(make_cfg(n, 3, 8, /*round=*/1));
   r1.share_all();
@@ -566,7 +548,7 @@ TEST(SecAggRefusal, MessagesReplayedFromAnEarlierRoundAreRefused) {
   // An old SecAggKeys / key list replayed into round 2.
   v1::SecAggKeys old_keys = r1.keys.keys(0);
   EXPECT_THROW(r2.server->add_keys(old_keys), ProtocolError);
-  EXPECT_TRUE(log.contains("replayed from earlier round 1"));
+  EXPECT_TRUE(log.warned("replayed from earlier round 1"));
   EXPECT_THROW(r2.c[0]->share_keys(r1.keys), ProtocolError);
   r2.share_all();
   // An old share list with its round number rewritten: AES-GCM binds the round -> every share
@@ -575,7 +557,7 @@ TEST(SecAggRefusal, MessagesReplayedFromAnEarlierRoundAreRefused) {
   forged.set_round(2);
   r2.c[3]->mask_input(forged, std::vector<uint32_t>(8, 0));
   EXPECT_EQ(r2.c[3]->rejected().size(), static_cast<size_t>(forged.shares_size()));
-  EXPECT_TRUE(log.contains("failed authentication"));
+  EXPECT_TRUE(log.warned("failed authentication"));
   // A masked input from round 1 into round 2.
   auto y1 = r1.c[0]->mask_input(r1.server->shares_for(0), std::vector<uint32_t>(8, 0));
   EXPECT_THROW(r2.server->add_masked(y1), ProtocolError);
@@ -592,7 +574,7 @@ TEST(SecAggRefusal, DuplicateAndOutOfStepMessagesAreRefused) {
 }
 
 TEST(SecAggRefusal, RevealingBothSecretsOfOneSiteIsRefused) {
-  CapturedLog log;
+  test_support::CapturedLog log(64);
   Federation s(make_cfg(5, 3, 8));
   s.share_all();
   for (uint32_t u = 0; u < 5; ++u) s.server->add_masked(s.c[u]->mask_input(s.server->shares_for(u), std::vector<uint32_t>(8, u)));
@@ -606,7 +588,7 @@ TEST(SecAggRefusal, RevealingBothSecretsOfOneSiteIsRefused) {
   } catch (const ProtocolError& e) {
     EXPECT_NE(std::string(e.what()).find("both"), std::string::npos);
   }
-  EXPECT_TRUE(log.contains("reveal both"));
+  EXPECT_TRUE(log.warned("reveal both"));
   // A second request (e.g. with the lists swapped) is refused too: one answer per round.
   const auto good = s.server->close_masked();
   s.c[2]->unmask(good);
@@ -766,7 +748,7 @@ TEST(SecAggSigned, CoordinatorTellingSitesDifferentSurvivorSetsIsCaughtBeforeAny
   *sigs.add_signatures() = c[1]->consistency(lie);
   *sigs.add_signatures() = c[2]->consistency(truth);
   *sigs.add_signatures() = c[3]->consistency(truth);
-  CapturedLog log;
+  test_support::CapturedLog log(64);
   for (uint32_t u = 0; u < 4; ++u) {
     try {
       c[u]->unmask(sigs);
@@ -775,7 +757,7 @@ TEST(SecAggSigned, CoordinatorTellingSitesDifferentSurvivorSetsIsCaughtBeforeAny
       EXPECT_NE(std::string(e.what()).find("different survivor sets"), std::string::npos) << e.what();
     }
   }
-  EXPECT_TRUE(log.contains("before revealing any share"));
+  EXPECT_TRUE(log.warned("before revealing any share"));
 }
 
 TEST(SecAggConfig, InvalidRoundParametersAreRefused) {
