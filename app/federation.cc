@@ -199,13 +199,11 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop, std::ostre
   wopt.check_job = [&](const v1::JobSpec& job) { return worker::policy_violation(site.policy, job); };
   // The kit's files are checked (key permissions, role, validity) before the signer reads the key.
   common::check_own_credentials(site.ca_cert, site.cert, site.key, common::CertRole::kWorker);
-  {
-    const common::IdentitySigner id(site.cert, site.key);
-    if (id.name() != site.name)
-      throw ConfigError("site.name is '" + site.name + "' but the certificate " + site.cert + " is issued to '" +
-                        id.name() + "': use the kit's name");
-  }
-  wopt.signer = std::make_shared<common::IdentitySigner>(site.cert, site.key);
+  auto signer = std::make_shared<const common::IdentitySigner>(site.cert, site.key);
+  if (signer->name() != site.name)
+    throw ConfigError("site.name is '" + site.name + "' but the certificate " + site.cert + " is issued to '" +
+                      signer->name() + "': use the kit's name");
+  wopt.signer = std::move(signer);
   wopt.verifier = std::make_shared<common::SiteVerifier>(site.ca_cert);
   wopt.inspect_only = inspect_out != nullptr;
   wopt.on_job = [&](const v1::JobSpec& job, const std::string& backbone, const std::string& verdict) {
