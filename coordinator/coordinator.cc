@@ -75,6 +75,12 @@ Coordinator::Coordinator(CoordinatorOptions options, std::unique_ptr<protocols::
       if (dp_->clipper && opt_.resume->clip_norm > 0) dp_->clipper->set_clip_norm(opt_.resume->clip_norm);
     }
   }
+  // Signed secure rounds check each key's certificate against the listed name of its index:
+  // the job every site receives (and the coordinator's own round config) carries the list.
+  if (!opt_.site_names.empty()) {
+    opt_.job.clear_site_names();
+    for (const auto& n : opt_.site_names) opt_.job.add_site_names(n);
+  }
   for (size_t i = 0; i < opt_.site_names.size(); ++i) {
     auto s = std::make_unique<Site>();
     s->info.index = static_cast<uint32_t>(i);

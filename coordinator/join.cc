@@ -86,11 +86,6 @@ bool Coordinator::admit(Site& s) {
     }
     v1::JobSpec job = opt_.job;
     job.set_site_index(s.info.index);
-    // Signed secure rounds check each key's certificate against the listed name of its index.
-    if (!opt_.site_names.empty()) {
-      job.clear_site_names();
-      for (const auto& n : opt_.site_names) job.add_site_names(n);
-    }
     s.conn->send(to_frame(job));
     const auto& held = hello.backbone_sha256();
     if (std::find(held.begin(), held.end(), job.backbone_sha256()) == held.end()) {

@@ -81,12 +81,7 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
     send_each([&](Site&) { return abort; });
     return std::nullopt;
   };
-  v1::JobSpec round_job = opt_.job;  // the sites' view: with the listed names (see admit())
-  if (!opt_.site_names.empty()) {
-    round_job.clear_site_names();
-    for (const auto& n : opt_.site_names) round_job.add_site_names(n);
-  }
-  sa::ServerSession server(protocols::secagg_round_config(round_job, round, m), opt_.site_verifier.get());
+  sa::ServerSession server(protocols::secagg_round_config(opt_.job, round, m), opt_.site_verifier.get());
   // Sites the session proved to cheat (a forged share revealed, ciphertexts rejected by
   // several recipients, inconsistent shares dealt) leave the federation, whatever became of
   // the round; the honest sites go on.
