@@ -174,6 +174,8 @@ JobConfig from_table(const toml::table& root) {
   job.get("round_timeout_s", c.round_timeout_s);
   job.get("liveness_timeout_s", c.liveness_timeout_s);
   job.get("quorum_wait_s", c.quorum_wait_s);
+  job.get("status_port", c.status_port);
+  job.get("status_address", c.status_address);
   job.get("min_sites", c.min_sites);
   job.get("max_samples_per_site", c.max_samples_per_site);
   job.reject_unknown();
@@ -373,6 +375,8 @@ void validate(const JobConfig& c) {
   int_range("job.threads", c.threads, 1, kMaxThreads);
   seconds_range("job.round_timeout_s", c.round_timeout_s);
   seconds_range("job.liveness_timeout_s", c.liveness_timeout_s);
+  int_range("job.status_port", c.status_port, 0, 65535);
+  require(!c.status_address.empty(), "job.status_address must be an IP address (e.g. \"127.0.0.1\")");
   require(std::isfinite(c.quorum_wait_s) && c.quorum_wait_s >= 0 && c.quorum_wait_s <= 30 * 86400,
           "job.quorum_wait_s must be between 0 and 2592000 (30 days)");
   int_range("job.min_sites", c.min_sites, 1, c.partition.sites, " (job.sites)");

@@ -140,6 +140,11 @@ struct JobConfig {
   double round_timeout_s = 600;    // per-round deadline for site updates
   double liveness_timeout_s = 60;  // silence (no update, no heartbeat) that marks a site dead
   double quorum_wait_s = 3600;     // below min_sites: wait this long for sites to (re)join
+  // The status page (/, /status, /metrics; app/status_board.h): 0 = off. Loopback unless
+  // the job names another address.
+  int64_t status_port = 0;
+  std::string status_address = "127.0.0.1";
+  bool force = false;              // --force: overwrite a previous run's outputs in `out`
   int64_t min_sites = 1;           // quorum: fewer reports abandon the round
   // Robust aggregation against a site that lies (docs/security.md):
   int64_t max_samples_per_site = 0;  // job.: weight claims clipped here (0: largest at join,

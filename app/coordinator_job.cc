@@ -34,7 +34,19 @@ class CoordinatorJob::Evaluator : public coordinator::Evaluator {
   const common::model::FeatureSet& test_;
 };
 
+namespace {
+// A previous run's outputs in `out` are kept unless the job resumes them or --force says so.
+void check_out_dir(const app::JobConfig& cfg) {
+  if (cfg.resume || cfg.force) return;
+  for (const char* f : {"summary.json", "metrics.jsonl", "checkpoint.bin", "model.pt"})
+    if (std::filesystem::exists(std::filesystem::path(cfg.out) / f))
+      throw ConfigError("'" + cfg.out + "' holds a previous run (" + f +
+                        "); use --resume to continue it, --force to overwrite it, or another --out");
+}
+}  // namespace
+
 CoordinatorJob::CoordinatorJob(const app::JobConfig& cfg, bool with_training) : cfg_(cfg), start_(Clock::now()) {
+  check_out_dir(cfg_);
   common::model::set_torch_threads(static_cast<int>(cfg_.threads));
   (void)protocols::make_strategy(cfg_.server);  // validates [server] before any work
   const bool pretrains_here = cfg_.backbone.pretrain_if_missing && !std::filesystem::exists(cfg_.backbone.path);
@@ -55,6 +67,23 @@ CoordinatorJob::CoordinatorJob(const app::JobConfig& cfg, bool with_training) : 
 }
 
 CoordinatorJob::~CoordinatorJob() = default;
+
+uint16_t CoordinatorJob::serve_status(const std::string& transport) {
+  if (cfg_.status_port <= 0) return 0;
+  StatusJobInfo info;
+  info.name = cfg_.name;
+  info.transport = transport;
+  info.strategy = cfg_.server.name;
+  info.rounds_planned = static_cast<uint32_t>(cfg_.rounds);
+  info.secure_aggregation = cfg_.secagg.enabled.value_or(false);
+  info.differential_privacy = cfg_.privacy.mode.has_value();
+  status_ = std::make_unique<StatusBoard>(info);
+  status_->set_phase("waiting for sites");
+  status_server_ = app::serve_status(*status_, cfg_.status_address, static_cast<uint16_t>(cfg_.status_port));
+  spdlog::info("status page on http://{}:{}/ (JSON at /status, Prometheus metrics at /metrics)",
+               cfg_.status_address, status_server_->port());
+  return status_server_->port();
+}
 
 std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const std::vector<std::string>& names) {
   coordinator::CoordinatorOptions copt;
@@ -109,6 +138,7 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
     common::write_checkpoint(ckpt_path, full);
   };
   copt.stop_requested = stop_;
+  if (status_) copt.on_sites = [b = status_.get()](const std::vector<coordinator::SiteInfo>& s) { b->update_sites(s); };
   return std::make_unique<coordinator::Coordinator>(copt, protocols::make_strategy(cfg_.server), *evaluator_,
                                                     initial);
 }
@@ -128,7 +158,9 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
     }
   }
   const auto t_sites = Clock::now();
+  if (status_) status_->set_phase("training");
   o.result = coord.run([&](const coordinator::RoundRecord& r) {
+    if (status_) status_->add_round(r);
     if (r.round == 1)
       spdlog::info("sites connected and ready in {:.2f} s",
                    std::chrono::duration<double>(Clock::now() - t_sites).count() - r.seconds);
@@ -152,6 +184,7 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
     if (r.applied) ++o.rounds_applied;
     o.curve.emplace_back(r.round, r.accuracy);
   });
+  if (status_) status_->set_phase(o.result.stop_reason.empty() ? "finished" : "stopped: " + o.result.stop_reason);
   model_->set_params(o.result.params);
   o.final_eval = model_->evaluate(*test_features_);
   o.model_sha256 = model_->digest();

@@ -12,6 +12,7 @@
 #include "app/job_setup.h"
 #include "common/checkpoint.h"
 #include "app/config.h"
+#include "app/status_board.h"
 #include "common/model/transfer_model.h"
 #include "common/report.h"
 #include "coordinator/coordinator.h"
@@ -58,6 +59,11 @@ class CoordinatorJob {
   void set_site_verifier(std::shared_ptr<const common::SiteVerifier> v) { site_verifier_ = std::move(v); }
   // Polled between rounds; true stops the job cleanly (checkpoint kept, outputs written).
   void set_stop(std::function<bool()> stop) { stop_ = std::move(stop); }
+  // Starts the status page (app/status_board.h) when job.status_port is set, before
+  // make_coordinator; it serves until this object is destroyed. Returns the port (0: off).
+  // Throws ConfigError when the address cannot be bound.
+  uint16_t serve_status(const std::string& transport);
+  const StatusBoard* status_board() const { return status_.get(); }
   // A coordinator for this job; site_names: the federation in index order (may be empty).
   std::unique_ptr<coordinator::Coordinator> make_coordinator(const std::vector<std::string>& site_names);
   // Runs the rounds, logging progress and appending metrics.jsonl and writing
@@ -84,6 +90,9 @@ class CoordinatorJob {
   double noise_multiplier_ = 0;   // as sent in the job (calibrated from target_epsilon when asked)
   uint64_t noise_secret_ = 0;     // see set_noise_secret
   std::shared_ptr<const common::SiteVerifier> site_verifier_;
+  // Declared last: the server (which reads the board) stops before anything it reads goes.
+  std::unique_ptr<StatusBoard> status_;
+  std::unique_ptr<common::HttpServer> status_server_;
 };
 
 }  // namespace fedtl::app

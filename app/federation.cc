@@ -160,6 +160,7 @@ SimulateResult run_coordinator(const app::JobConfig& job_cfg, const common::Stop
   job.set_noise_secret(secret);
   if (stop) job.set_stop([stop] { return stop->requested(); });
   job.set_site_verifier(std::make_shared<common::SiteVerifier>(fed.ca_cert));
+  job.serve_status("tls");
   auto coord = job.make_coordinator(fed.sites);
   coord->set_listener(listener.get());
   JobOutcome o = job.run(*coord, "tls");

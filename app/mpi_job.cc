@@ -195,6 +195,7 @@ int run_coordinator_rank(MpiContext& ctx, common::mpi::TransportComm& tcomm, con
   CoordinatorJob job(cfg);
   std::vector<std::string> names;
   for (int s = 0; s < n; ++s) names.push_back(site_name(s));
+  job.serve_status("mpi");
   auto coord = job.make_coordinator(names);
   common::mpi::MpiConnectionOptions copt;
   copt.send_timeout = plan.idle;

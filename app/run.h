@@ -17,6 +17,8 @@ struct SimulateOverrides {
   std::optional<std::string> out;
   bool baselines = false;
   bool resume = false;  // continue from <out>/checkpoint.bin
+  bool force = false;   // overwrite a previous run's outputs in --out
+  std::optional<int64_t> status_port;  // overrides job.status_port
 };
 
 struct SimulateResult {

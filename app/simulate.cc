@@ -102,6 +102,8 @@ app::JobConfig apply_overrides(app::JobConfig cfg, const SimulateOverrides& o) {
   if (o.out) cfg.out = *o.out;
   if (o.baselines) cfg.baselines.enabled = true;
   if (o.resume) cfg.resume = true;
+  if (o.force) cfg.force = true;
+  if (o.status_port) cfg.status_port = *o.status_port;
   cfg.min_sites = std::min<int64_t>(cfg.min_sites, cfg.partition.sites);
   app::validate(cfg);
   return cfg;
@@ -133,6 +135,7 @@ SimulateResult run_simulate(const app::JobConfig& cfg, const common::StopSignal*
 
   std::vector<std::string> names;
   for (int i = 0; i < n; ++i) names.push_back("site-" + std::to_string(i));
+  job.serve_status("inproc");
   auto coord = job.make_coordinator(names);
   // One worker thread per site, each with its end of an in-process connection.
   std::vector<std::unique_ptr<common::Connection>> worker_ends;

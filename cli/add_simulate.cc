@@ -10,7 +10,11 @@ void add_job_options(CLI::App* sub, std::string& config, app::SimulateOverrides&
   sub->add_option("--config,-c", config, config_help)->required();
   sub->add_option("--rounds", ov.rounds, "federated rounds (overrides job.rounds)");
   sub->add_option("--seed", ov.seed, "seed (overrides job.seed)");
-  sub->add_option("--out", ov.out, "output directory (overrides job.out)");
+  sub->add_option("--out", ov.out, "output directory (overrides job.out); a previous run there is kept unless --resume or --force");
+  sub->add_flag("--force", ov.force, "overwrite the outputs of a previous run in --out");
+  sub->add_option("--status-port", ov.status_port,
+                  "serve a live status page, /status (JSON) and /metrics (Prometheus) on this port "
+                  "(job.status_address: loopback unless the job names another address)");
 }
 
 Command add_simulate(CLI::App& app) {

@@ -29,5 +29,6 @@ Command add_worker(CLI::App& app);       // fedtl worker
 Command add_mpi(CLI::App& app);          // fedtl mpi
 Command add_ca(CLI::App& app);           // fedtl ca init | issue
 Command add_privacy(CLI::App& app);      // fedtl privacy epsilon | noise
+Command add_status(CLI::App& app);       // fedtl status
 
 }  // namespace fedtl::cli

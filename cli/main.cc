@@ -1,6 +1,7 @@
 // The fedtl command line. Every failure from input (a bad config, a corrupt file, a refused
 // peer) ends here as one line on stderr and a non-zero exit status.
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -28,18 +29,32 @@ int main(int argc, char** argv) {
                                         std::to_string(fedtl::common::kProtocolVersion) + ")");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
+  std::string log_file;
+  app.add_option("--log-file", log_file, "also append the log to this file (dated lines, flushed at each warning)");
 
   namespace cli = fedtl::cli;
   const std::vector<cli::Command> commands = {cli::add_simulate(app),    cli::add_pretrain(app),
                                               cli::add_coordinator(app), cli::add_worker(app),
                                               cli::add_mpi(app),         cli::add_ca(app),
-                                              cli::add_privacy(app)};
+                                              cli::add_privacy(app),     cli::add_status(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   spdlog::set_level(spdlog::level::from_str(log_level));
+  if (!log_file.empty()) {
+    try {
+      auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(log_file, /*truncate=*/false);
+      sink->set_pattern("[%Y-%m-%d %H:%M:%S.%e] %l %v");
+      logger->sinks().push_back(sink);
+      logger->flush_on(spdlog::level::warn);
+      spdlog::flush_every(std::chrono::seconds(2));
+    } catch (const spdlog::spdlog_ex& e) {
+      std::cerr << "fedtl: error: --log-file " << log_file << ": " << e.what() << "\n";
+      return 1;
+    }
+  }
   fedtl::common::StopSignal stop;  // SIGINT/SIGTERM: stop cleanly (see common/stop_signal.h)
 
   try {

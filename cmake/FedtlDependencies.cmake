@@ -9,6 +9,8 @@ find_package(spdlog REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)
 find_package(tomlplusplus REQUIRED)
 find_package(CLI11 REQUIRED)
+# prometheus-cpp-dev: the metric registry and text format of the status server's /metrics.
+find_package(prometheus-cpp CONFIG REQUIRED)
 
 # stb_image (libstb-dev ships the header and a compiled libstb).
 find_path(STB_INCLUDE_DIR stb/stb_image.h REQUIRED)

@@ -24,21 +24,25 @@ void JsonlWriter::write(const nlohmann::json& line) {
   if (!out_) throw IoError("error writing '" + path_ + "'");
 }
 
-namespace {
-std::string esc(const std::string& s) {
+std::string html_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
     if (c == '<') o += "&lt;";
     else if (c == '>') o += "&gt;";
     else if (c == '&') o += "&amp;";
+    else if (c == '"') o += "&quot;";
     else o += c;
   }
   return o;
 }
-}  // namespace
 
 void write_accuracy_plot(const std::string& path, const std::string& title, const std::vector<PlotSeries>& series,
                          const std::vector<PlotLine>& lines) {
+  write_file_atomic(path, accuracy_plot_svg(title, series, lines));
+}
+
+std::string accuracy_plot_svg(const std::string& title, const std::vector<PlotSeries>& series,
+                              const std::vector<PlotLine>& lines) {
   const double W = 760, H = 440, L = 60, R = 200, T = 40, B = 50;
   double xmax = 1, ymin = 1, ymax = 0;
   for (const auto& s : series)
@@ -61,7 +65,7 @@ void write_accuracy_plot(const std::string& path, const std::string& title, cons
   std::ostringstream o;
   o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
     << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  o << "<text x=\"" << L << "\" y=\"24\" font-size=\"15\">" << esc(title) << "</text>\n";
+  o << "<text x=\"" << L << "\" y=\"24\" font-size=\"15\">" << html_escape(title) << "</text>\n";
   for (int i = 0; i <= 5; ++i) {
     double y = ymin + (ymax - ymin) * i / 5;
     o << "<line x1=\"" << L << "\" x2=\"" << W - R << "\" y1=\"" << py(y) << "\" y2=\"" << py(y)
@@ -82,7 +86,7 @@ void write_accuracy_plot(const std::string& path, const std::string& title, cons
     double y = T + 10 + 20 * legend++;
     o << "<line x1=\"" << W - R + 12 << "\" x2=\"" << W - R + 36 << "\" y1=\"" << y << "\" y2=\"" << y
       << "\" stroke=\"" << color << "\" stroke-width=\"2\"" << (dashed ? " stroke-dasharray=\"6,4\"" : "")
-      << "/><text x=\"" << W - R + 42 << "\" y=\"" << y + 4 << "\">" << esc(label) << "</text>\n";
+      << "/><text x=\"" << W - R + 42 << "\" y=\"" << y + 4 << "\">" << html_escape(label) << "</text>\n";
   };
   for (const auto& s : series) {
     const char* c = colors[ci++ % 6];
@@ -100,7 +104,7 @@ void write_accuracy_plot(const std::string& path, const std::string& title, cons
     legend_entry(lab.str(), c, true);
   }
   o << "</svg>\n";
-  write_file_atomic(path, o.str());
+  return o.str();
 }
 
 std::string format_confusion(const std::vector<std::vector<int64_t>>& m, const std::vector<std::string>& names) {

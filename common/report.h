@@ -37,6 +37,12 @@ struct PlotLine {  // a horizontal reference line (a baseline)
 // dashed horizontal lines for the baselines, a legend.
 void write_accuracy_plot(const std::string& path, const std::string& title, const std::vector<PlotSeries>& series,
                          const std::vector<PlotLine>& lines);
+// The same chart as SVG text (the status page embeds it).
+std::string accuracy_plot_svg(const std::string& title, const std::vector<PlotSeries>& series,
+                              const std::vector<PlotLine>& lines);
+
+// Text made safe inside HTML/SVG text and attribute values (< > & ").
+std::string html_escape(const std::string& s);
 
 // Fixed-width text rendering of a confusion matrix ([true][pred]) with class names.
 std::string format_confusion(const std::vector<std::vector<int64_t>>& m, const std::vector<std::string>& names);

@@ -101,6 +101,7 @@ RoundRecord Coordinator::run_round(uint32_t round) {
     up0 += s->received();
     down0 += s->sent();
   }
+  publish_sites();
   v1::RoundStart start;
   start.set_round(round);
   protocols::pack_tensor(params_, start.mutable_params());

@@ -60,6 +60,8 @@ struct PrivacyOptions {
   uint64_t noise_secret = 0;        // mixed into the central noise seed; 0 = reproducible
 };
 
+struct SiteInfo;
+
 struct CoordinatorOptions {
   v1::JobSpec job;            // sent to every site (site_index filled per site)
   std::string backbone;       // the backbone file's bytes; digest/size must match job
@@ -110,6 +112,9 @@ struct CoordinatorOptions {
   std::optional<common::Checkpoint> resume;
   // Polled between rounds: true ends the job cleanly after the current round (SIGTERM).
   std::function<bool()> stop_requested;
+  // Called (on the run() thread) whenever a site's state changes and before every round, with
+  // every slot in index order: what a status page shows. Must be quick and must not throw.
+  std::function<void(const std::vector<SiteInfo>&)> on_sites;
 };
 
 struct RoundRecord {
@@ -135,6 +140,10 @@ struct SiteInfo {
   // Times a new connection with this site's certificate replaced one still in use (a
   // restarted site, or an impostor with a stolen kit: each is logged with both addresses).
   uint32_t replacements = 0;
+  // "waiting" (not connected yet), "joining" (connected; job sent or Ready pending), "ready"
+  // (takes part in rounds), "dropped" (connection lost or failed; may rejoin), "refused" (the
+  // site refused this job).
+  std::string state = "waiting";
 };
 
 class Coordinator {
@@ -177,6 +186,8 @@ class Coordinator {
   bool await_quorum(uint32_t round, Result& res);
   // refused: the site refused the job (a typed Error frame): it will not come back for it.
   void drop(Site& s, const std::string& reason, bool refused = false);
+  // Refreshes every SiteInfo::state and reports them to opt_.on_sites.
+  void publish_sites();
   RoundRecord run_round(uint32_t round);
   struct Aggregate {
     std::vector<double> mean;  // Σ w_i Δ_i / Σ w_i

@@ -58,7 +58,22 @@ Coordinator::Site* Coordinator::attach(std::unique_ptr<common::Connection> conn)
   slot->admitted = false;
   slot->info.dropped_reason.clear();
   slot->refused = false;  // a refusal belonged to the connection it came on
+  publish_sites();
   return slot;
+}
+
+void Coordinator::publish_sites() {
+  std::vector<SiteInfo> infos;
+  infos.reserve(sites_.size());
+  for (auto& s : sites_) {
+    auto& i = s->info;
+    if (!s->conn) i.state = "waiting";
+    else if (i.active) i.state = "ready";
+    else if (!i.dropped_reason.empty()) i.state = s->refused ? "refused" : "dropped";
+    else i.state = "joining";
+    infos.push_back(i);
+  }
+  if (opt_.on_sites) opt_.on_sites(infos);
 }
 
 void Coordinator::add_site(std::unique_ptr<common::Connection> conn) { attach(std::move(conn)); }
@@ -71,6 +86,7 @@ void Coordinator::drop(Site& s, const std::string& reason, bool refused) {
   s.refused = refused;
   spdlog::warn("site '{}' dropped: {}", s.info.name, reason);
   s.conn->close();
+  publish_sites();
 }
 
 bool Coordinator::admit(Site& s) {
@@ -145,6 +161,7 @@ bool Coordinator::await_ready(Site& s, milliseconds timeout, bool drop_on_timeou
     s.info.active = true;
     s.admitted = false;
     spdlog::info("site '{}' (index {}) ready: {} samples", s.info.name, s.info.index, s.info.num_samples);
+    publish_sites();
     return true;
   } catch (const TimeoutError& e) {
     if (drop_on_timeout) drop(s, std::string("not ready: ") + e.what());

@@ -28,7 +28,7 @@ for eps in inf 8 3 1; do
     printf '\n[privacy]\nmode = "central"\nnoise_multiplier = %s\nclip_norm = 1.0\ndelta = 1e-5\n' "$sigma" >> "$job"
   fi
   echo "privacy_utility: epsilon $eps (sigma $sigma)" >&2
-  $BIN simulate --config "$job" --rounds "$ROUNDS" > "$OUT/eps_$eps.out" 2> "$OUT/eps_$eps.log"
+  $BIN simulate --config "$job" --rounds "$ROUNDS" --force > "$OUT/eps_$eps.out" 2> "$OUT/eps_$eps.log"
   acc=$(awk '/federated_accuracy/ {printf "%.2f%%", 100 * $2}' "$OUT/eps_$eps.out")
   echo "| $eps | $sigma | $acc | $ROUNDS |" >> "$TABLE"
 done

@@ -168,6 +168,7 @@ TEST_F(SecureRounds, SiteVanishingMidRoundLeavesExactlyTheSurvivorsSum) {
   // The same three honest sites, aggregated in the clear.
   auto plain_cfg = secure_cfg;
   plain_cfg.secagg.enabled = false;
+  plain_cfg.out += "_plain";
   app::CoordinatorJob plain_job(plain_cfg);
   const auto plain = one_round(plain_job, parts, 3, false);
   ASSERT_EQ(plain.size(), secure.size());
