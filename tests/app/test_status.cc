@@ -240,8 +240,12 @@ TEST_F(LiveJob, StatusJsonFollowsTheRunningJob) {
   EXPECT_EQ(a["phase"], "training");
   ASSERT_EQ(a["sites"].size(), 2u);
   for (const auto& s : a["sites"]) EXPECT_EQ(s["state"], "ready") << s.dump();
-  std::this_thread::sleep_for(500ms);
-  const json b = json::parse(common::http_get(base() + "/status"));
+  json b;
+  for (auto end = std::chrono::steady_clock::now() + 60s; std::chrono::steady_clock::now() < end;) {
+    std::this_thread::sleep_for(200ms);  // a round takes a fraction of a second (more on a busy machine)
+    b = json::parse(common::http_get(base() + "/status"));
+    if (b["rounds_finished"].get<int>() > a["rounds_finished"].get<int>()) break;
+  }
   EXPECT_GT(b["rounds_finished"].get<int>(), a["rounds_finished"].get<int>()) << "rounds go on";
   EXPECT_TRUE(b["last_round"]["accuracy"].is_number());
 }
@@ -271,8 +275,12 @@ TEST_F(LiveJob, ARealPrometheusScrapesTheRoundCounter) {
   EXPECT_GE(rounds, 1) << "Prometheus never saw an applied round; its log: " << common::read_file((pdir / "log.txt").string());
   EXPECT_EQ(ready, 2);
   // It scraped a live job: the counter it reports grows as rounds go on.
-  std::this_thread::sleep_for(1500ms);
-  EXPECT_GT(prometheus_value(pport, "fedtl_rounds_total{outcome=\"applied\"}"), rounds);
+  double later = rounds;
+  for (auto end = std::chrono::steady_clock::now() + 60s; std::chrono::steady_clock::now() < end && !(later > rounds);) {
+    std::this_thread::sleep_for(250ms);
+    later = prometheus_value(pport, "fedtl_rounds_total{outcome=\"applied\"}");
+  }
+  EXPECT_GT(later, rounds);
   EXPECT_EQ(prometheus_value(pport, "up{job=\"fedtl\"}"), 1);
 }
 
@@ -317,7 +325,10 @@ TEST_F(LiveJob, HostileClientsDoNotStopTheJob) {
   EXPECT_THROW(common::http_get(base() + "/" + std::string(100000, 'x'), 3s), fedtl::Error);
   std::this_thread::sleep_for(1s);
   for (int fd : idle) ::close(fd);
-  std::this_thread::sleep_for(1s);
-  const int after = json::parse(common::http_get(base() + "/status"))["rounds_finished"].get<int>();
+  int after = before;
+  for (auto end = std::chrono::steady_clock::now() + 60s; std::chrono::steady_clock::now() < end && after <= before;) {
+    std::this_thread::sleep_for(200ms);
+    after = json::parse(common::http_get(base() + "/status"))["rounds_finished"].get<int>();
+  }
   EXPECT_GT(after, before) << "the job stalled under hostile HTTP clients";
 }
