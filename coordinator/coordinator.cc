@@ -90,7 +90,13 @@ Coordinator::Coordinator(CoordinatorOptions options, std::unique_ptr<protocols::
   }
 }
 
-Coordinator::~Coordinator() = default;
+Coordinator::~Coordinator() {
+  for (auto& s : sites_)  // an admission still in flight uses its connection: end it first
+    if (s->admitting.valid()) {
+      s->conn->close();
+      s->admitting.wait();
+    }
+}
 
 RoundRecord Coordinator::run_round(uint32_t round) {
   const auto t0 = Clock::now();

@@ -175,12 +175,21 @@ class Coordinator {
  private:
   struct Site;
   Site* attach(std::unique_ptr<common::Connection> conn);
-  bool admit(Site& s);                        // Hello -> JobSpec -> backbone
+  // The handshake (Hello -> JobSpec -> backbone) runs on a thread per site
+  // (start_admission), so one that stalls delays nobody; finish_admission applies its outcome
+  // on this thread when it is done (within `wait`; nullopt: wait as long as it takes) and
+  // returns whether the site was admitted (nullopt: none in flight, or not done yet).
+  // abort_admission closes a site's connection to end one in flight and drops the site.
+  void start_admission(Site& s);
+  std::optional<bool> finish_admission(Site& s, std::optional<std::chrono::milliseconds> wait);
+  void abort_admission(Site& s, const std::string& reason);
+  bool admit(Site& s);                        // start_admission + finish_admission, blocking
   // Ready (or a refusal) within `timeout`; true when the site is ready. A timeout drops the
   // site only with drop_on_timeout (the join loop polls every admitted site in turn).
   bool await_ready(Site& s, std::chrono::milliseconds timeout, bool drop_on_timeout);
   void join_phase();
-  void accept_rejoiners();
+  void accept_rejoiners();   // admissions for every site that connected since; collect_rejoiners
+  void collect_rejoiners();  // finished admissions (a short grace each) and their Ready
   // Before round `round`: true when at least min_sites are active (after waiting for
   // rejoiners up to quorum_wait); false (res.stop_reason set) when the job must stop.
   bool await_quorum(uint32_t round, Result& res);

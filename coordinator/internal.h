@@ -2,6 +2,8 @@
 // state) and the helpers they all use. Not part of the library's interface.
 #pragma once
 #include <chrono>
+#include <future>
+#include <string>
 #include <memory>
 
 #include "coordinator/coordinator.h"
@@ -21,6 +23,13 @@ milliseconds until(Clock::time_point deadline);
 // deadline passing throws TimeoutError.
 common::Frame recv_live(common::Connection& conn, Clock::time_point deadline, milliseconds liveness);
 
+// What one site's handshake I/O found (see Coordinator::start_admission).
+struct AdmitOutcome {
+  bool ok = false;       // job and backbone sent
+  bool refused = false;  // the site refused the job (a typed Error frame)
+  std::string why;       // !ok: the reason it is dropped
+};
+
 struct Coordinator::Site {
   std::unique_ptr<common::Connection> conn;  // null until the site connects
   SiteInfo info;
@@ -30,6 +39,9 @@ struct Coordinator::Site {
   // expected, and not taken for dead).
   bool in_round = false;
   uint64_t bytes_sent_before = 0, bytes_received_before = 0;  // of replaced connections
+  // The handshake running on its own thread (valid() while in flight). Declared after conn:
+  // it is destroyed (waited for) first, while the connection it uses still exists.
+  std::future<AdmitOutcome> admitting;
   uint64_t sent() const { return bytes_sent_before + (conn ? conn->bytes_sent() : 0); }
   uint64_t received() const { return bytes_received_before + (conn ? conn->bytes_received() : 0); }
 };

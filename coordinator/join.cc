@@ -50,6 +50,10 @@ Coordinator::Site* Coordinator::attach(std::unique_ptr<common::Connection> conn)
                    name, conn->peer_address(), slot->conn->peer_address(), slot->info.replacements);
     }
     slot->conn->close();
+    if (slot->admitting.valid()) {  // its admission thread uses the old connection: let it end
+      slot->admitting.wait();
+      slot->admitting = {};
+    }
     slot->bytes_sent_before += slot->conn->bytes_sent();
     slot->bytes_received_before += slot->conn->bytes_received();
   }
@@ -89,62 +93,96 @@ void Coordinator::drop(Site& s, const std::string& reason, bool refused) {
   publish_sites();
 }
 
-bool Coordinator::admit(Site& s) {
+namespace {
+
+// The handshake's I/O for one site (Hello -> JobSpec -> backbone), on a thread of its own so
+// that a site that stalls (or reads the backbone slowly) holds up nobody else. Touches only
+// `conn` and the read-only job and backbone; the coordinator thread applies the outcome.
+AdmitOutcome admit_io(common::Connection& conn, const v1::JobSpec& job, const std::string& backbone,
+                      size_t chunk_bytes, milliseconds hello_timeout, const std::string& name) {
+  AdmitOutcome out;
   try {
-    auto hello = from_frame<v1::Hello>(s.conn->recv(opt_.handshake_timeout));
+    auto hello = from_frame<v1::Hello>(conn.recv(hello_timeout));
     if (hello.protocol_version() != common::kProtocolVersion) {
-      const std::string why = "site speaks protocol version " + std::to_string(hello.protocol_version()) +
-                              ", coordinator speaks " + std::to_string(common::kProtocolVersion);
-      s.conn->send(protocols::error_frame(protocols::ErrorCode::kVersionMismatch, why));
-      s.admitted = true;
-      drop(s, why);
-      return false;
+      out.why = "site speaks protocol version " + std::to_string(hello.protocol_version()) +
+                ", coordinator speaks " + std::to_string(common::kProtocolVersion);
+      conn.send(protocols::error_frame(protocols::ErrorCode::kVersionMismatch, out.why));
+      return out;
     }
-    v1::JobSpec job = opt_.job;
-    job.set_site_index(s.info.index);
-    s.conn->send(to_frame(job));
+    conn.send(to_frame(job));
     const auto& held = hello.backbone_sha256();
     if (std::find(held.begin(), held.end(), job.backbone_sha256()) == held.end()) {
-      for (size_t off = 0;; off += opt_.chunk_bytes) {
+      for (size_t off = 0;; off += chunk_bytes) {
         v1::BackboneChunk c;
         c.set_offset(off);
-        c.set_data(opt_.backbone.substr(std::min(off, opt_.backbone.size()), opt_.chunk_bytes));
-        c.set_last(off + opt_.chunk_bytes >= opt_.backbone.size());
-        s.conn->send(to_frame(c));
+        c.set_data(backbone.substr(std::min(off, backbone.size()), chunk_bytes));
+        c.set_last(off + chunk_bytes >= backbone.size());
+        conn.send(to_frame(c));
         if (c.last()) break;
       }
     } else {
-      spdlog::info("site '{}' already holds backbone {}: download skipped", s.info.name,
-                   job.backbone_sha256());
+      spdlog::info("site '{}' already holds backbone {}: download skipped", name, job.backbone_sha256());
     }
-    s.admitted = true;
-    HeartbeatSender::enable(*s.conn);  // job and backbone are through: heartbeats may follow
-    return true;
+    out.ok = true;
   } catch (const protocols::PeerRefused& e) {
-    s.admitted = true;
-    drop(s, e.what(), /*refused=*/true);
-    return false;
+    out.why = e.what();
+    out.refused = true;
   } catch (const fedtl::Error& e) {
     // A site that refuses the job closes while the backbone is still streaming: its Error
     // frame, if it arrived, says why better than the broken pipe does.
-    std::string why = std::string("handshake failed: ") + e.what();
-    bool refused = false;
+    out.why = std::string("handshake failed: ") + e.what();
     try {
       for (;;) {
-        common::Frame f = s.conn->recv(milliseconds(200));
+        common::Frame f = conn.recv(milliseconds(200));
         if (f.type == MessageType::kError) {
           const auto em = from_frame<v1::ErrorMessage>(f);
-          refused = em.code() != static_cast<uint32_t>(protocols::ErrorCode::kLeaving);
-          why = (refused ? "refused: " : "left before Ready: ") + em.message();
+          out.refused = em.code() != static_cast<uint32_t>(protocols::ErrorCode::kLeaving);
+          out.why = (out.refused ? "refused: " : "left before Ready: ") + em.message();
           break;
         }
       }
     } catch (const fedtl::Error&) {
     }
-    s.admitted = true;
-    drop(s, why, refused);
+  }
+  return out;
+}
+
+}  // namespace
+
+void Coordinator::start_admission(Site& s) {
+  v1::JobSpec job = opt_.job;
+  job.set_site_index(s.info.index);
+  common::Connection* conn = s.conn.get();
+  s.admitting = std::async(std::launch::async, [this, conn, job = std::move(job), name = s.info.name] {
+    return admit_io(*conn, job, opt_.backbone, opt_.chunk_bytes, opt_.handshake_timeout, name);
+  });
+}
+
+std::optional<bool> Coordinator::finish_admission(Site& s, std::optional<milliseconds> wait) {
+  if (!s.admitting.valid()) return std::nullopt;
+  if (wait && s.admitting.wait_for(*wait) != std::future_status::ready) return std::nullopt;
+  const AdmitOutcome o = s.admitting.get();
+  s.admitted = true;
+  if (!o.ok) {
+    drop(s, o.why, o.refused);
     return false;
   }
+  HeartbeatSender::enable(*s.conn);  // job and backbone are through: heartbeats may follow
+  return true;
+}
+
+void Coordinator::abort_admission(Site& s, const std::string& reason) {
+  if (!s.admitting.valid()) return;
+  s.conn->close();  // wakes the admission thread's recv or send
+  s.admitting.wait();
+  s.admitting.get();
+  s.admitted = true;
+  drop(s, reason);
+}
+
+bool Coordinator::admit(Site& s) {
+  start_admission(s);
+  return *finish_admission(s, std::nullopt);
 }
 
 bool Coordinator::await_ready(Site& s, milliseconds timeout, bool drop_on_timeout) {
@@ -199,19 +237,22 @@ void Coordinator::join_phase() {
       try {
         auto conn = listener_->accept(std::min(until(deadline), milliseconds(200)));
         spdlog::info("'{}' connected", conn->peer_name());
-        if (Site* s = attach(std::move(conn))) admit(*s);
+        if (Site* s = attach(std::move(conn))) start_admission(*s);
       } catch (const TimeoutError&) {
       }
-      // Collect Ready (or a refusal) from admitted sites without blocking on any one.
+      // Collect finished admissions, then Ready (or a refusal), without blocking on any site.
+      for (auto& s : sites_) finish_admission(*s, milliseconds(0));
       for (auto& s : sites_)
         if (s->conn && s->admitted) await_ready(*s, milliseconds(1), /*drop_on_timeout=*/false);
     }
+    for (auto& s : sites_) abort_admission(*s, "no Hello before the join deadline");
     for (auto& s : sites_)
       if (s->conn && s->admitted) drop(*s, "not ready before the join deadline");
     return;
   }
-  for (auto& s : sites_)
-    if (s->conn) admit(*s);
+  for (auto& s : sites_)  // every admission at once; then each outcome
+    if (s->conn) start_admission(*s);
+  for (auto& s : sites_) finish_admission(*s, std::nullopt);
   const auto deadline = Clock::now() + opt_.handshake_timeout;
   for (auto& s : sites_)
     if (s->conn && s->admitted) await_ready(*s, until(deadline), /*drop_on_timeout=*/true);
@@ -224,13 +265,24 @@ void Coordinator::accept_rejoiners() {
     try {
       conn = listener_->accept(milliseconds(0));
     } catch (const TimeoutError&) {
-      return;
+      break;
     } catch (const TransportError&) {
-      return;
+      break;
     }
     spdlog::info("'{}' (re)connected", conn->peer_name());
-    if (Site* s = attach(std::move(conn)))
-      if (admit(*s)) await_ready(*s, opt_.handshake_timeout, /*drop_on_timeout=*/true);
+    if (Site* s = attach(std::move(conn))) start_admission(*s);
+  }
+  collect_rejoiners();
+}
+
+void Coordinator::collect_rejoiners() {
+  // Admissions run concurrently; each gets a short grace to finish before this round, and one
+  // that is still going (a site that connected and stalled) is collected before a later round
+  // instead of holding this one up.
+  const auto grace = Clock::now() + std::min<milliseconds>(opt_.handshake_timeout, milliseconds(2000));
+  for (auto& s : sites_) {
+    if (!s->admitting.valid()) continue;
+    if (finish_admission(*s, until(grace)).value_or(false)) await_ready(*s, opt_.handshake_timeout, /*drop_on_timeout=*/true);
   }
 }
 
@@ -266,6 +318,10 @@ bool Coordinator::await_quorum(uint32_t round, Result& res) {
   const auto deadline = t0 + opt_.quorum_wait;
   auto next_log = t0;
   while (active() < opt_.min_sites) {
+    for (auto& s : sites_)  // admissions that finished meanwhile, then their Ready
+      if (finish_admission(*s, milliseconds(0)).value_or(false))
+        await_ready(*s, opt_.handshake_timeout, /*drop_on_timeout=*/true);
+    if (active() >= opt_.min_sites) break;
     const auto now = Clock::now();
     if (opt_.stop_requested && opt_.stop_requested())
       return stop("stopped by a signal while round " + std::to_string(round) + " waited for the quorum; resume with --resume");
@@ -281,8 +337,7 @@ bool Coordinator::await_quorum(uint32_t round, Result& res) {
     try {
       auto conn = listener_->accept(std::min(until(deadline), milliseconds(500)));
       spdlog::info("'{}' (re)connected", conn->peer_name());
-      if (Site* s = attach(std::move(conn)))
-        if (admit(*s)) await_ready(*s, opt_.handshake_timeout, /*drop_on_timeout=*/true);
+      if (Site* s = attach(std::move(conn))) start_admission(*s);
     } catch (const TimeoutError&) {
     } catch (const TransportError&) {
       return stop("stopped before round " + std::to_string(round) + ": the listener closed while waiting for the quorum");

@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -814,6 +815,49 @@ TEST_F(CoordinatorTest, SiteThatInspectsAndLeavesCanJoinLater) {
   EXPECT_TRUE(site(res, "site-1").active);
   EXPECT_TRUE(second_log.got_shutdown);
   expect_params(res.params, 2.5f);
+}
+
+// Issue "scale": admission is concurrent. A listed site that connects first and then says
+// nothing (no Hello) must not hold up the others' job and backbone: before, admission waited
+// out its handshake timeout (here 20 s) before looking at anyone else. A stalled rejoiner
+// costs a later round at most a short grace, not the handshake timeout.
+TEST_F(CoordinatorTest, AStalledSiteDoesNotDelayTheOthersAdmission) {
+  QueueListener listener;
+  FakeSite stalled("site-0"), a("site-1"), b("site-2");
+  listener.push(std::move(stalled.coord_end));  // first in line, and silent
+  listener.push(std::move(a.coord_end));
+  listener.push(std::move(b.coord_end));
+  const auto t0 = std::chrono::steady_clock::now();
+  std::atomic<int64_t> job_ms_a{-1}, job_ms_b{-1};
+  auto timed = [&](const std::string& name, std::atomic<int64_t>& ms) {
+    return [&, name](Connection& c, SiteLog& log) {
+      site_handshake(c, name, 10);
+      ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+      answer_rounds(c, log, [&](const v1::RoundStart& s) {
+        return std::optional<Frame>(update_frame(s.round(), 10, std::vector<float>(kParams, 1.f)));
+      });
+    };
+  };
+  a.start(timed("site-1", job_ms_a));
+  b.start(timed("site-2", job_ms_b));
+  auto opt = base_options(2, {"site-0", "site-1", "site-2"}, 2);
+  opt.handshake_timeout = 20s;
+  opt.join_timeout = 2s;
+  Coordinator coord(std::move(opt), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.set_listener(&listener);
+  auto res = coord.run(nullptr);
+  const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  a.thread.join();
+  b.thread.join();
+  EXPECT_GE(job_ms_a.load(), 0);
+  EXPECT_LT(job_ms_a.load(), 1500) << "site-1 waited behind the stalled site";
+  EXPECT_LT(job_ms_b.load(), 1500) << "site-2 waited behind the stalled site";
+  ASSERT_EQ(res.rounds.size(), 2u);
+  EXPECT_EQ(res.rounds[0].sites_reported, 2u);
+  EXPECT_FALSE(site(res, "site-0").active);
+  EXPECT_NE(site(res, "site-0").dropped_reason.find("join deadline"), std::string::npos)
+      << site(res, "site-0").dropped_reason;
+  EXPECT_LT(total_s, 10) << "the job waited out the stalled site's handshake timeout";
 }
 
 }  // namespace
