@@ -139,6 +139,12 @@ std::optional<DicomFrame> parse_dicom_frame(const std::string& name) {
   return std::nullopt;
 }
 
+void check_dicom_tag(const std::string& key, const std::string& tag) {
+  DcmTag t;
+  if (DcmTag::findTagFromName(tag.c_str(), t).bad())
+    throw ConfigError(key + ": DICOM tag '" + tag + "' unknown (use a keyword such as BodyPartExamined, or gggg,eeee)");
+}
+
 DicomSet read_dicom_files(const std::vector<std::string>& paths, const DicomOptions& o) {
   check_options(o);
   register_codecs();

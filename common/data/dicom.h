@@ -58,4 +58,8 @@ DicomSet read_dicom_files(const std::vector<std::string>& paths, const DicomOpti
 // in unused. Then as read_dicom_files. Logs one line for the unused files.
 DicomSet read_dicom_dir(const std::string& dir, const DicomOptions& options);
 
+// Throws ConfigError naming `key` when `tag` is neither a DICOM keyword DCMTK's dictionary
+// knows nor "gggg,eeee".
+void check_dicom_tag(const std::string& key, const std::string& tag);
+
 }  // namespace fedtl::common
