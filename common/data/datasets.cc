@@ -212,7 +212,10 @@ ImageSet read_fashion_mnist(const std::string& split, const std::string& dir) {
 
 void UnusedFiles::add(const std::string& path, const std::string& why) {
   ++count;
-  if (first.size() < kListed) first.push_back(path + " (" + why + ")");
+  // An error's message names the file already: list it once.
+  const std::string prefix = path + ": ";
+  const std::string reason = why.rfind(prefix, 0) == 0 ? why.substr(prefix.size()) : why;
+  if (first.size() < kListed) first.push_back(path + " (" + reason + ")");
 }
 
 std::string UnusedFiles::describe() const {
