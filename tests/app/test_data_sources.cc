@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include "app/config.h"
 #include "app/job_setup.h"
@@ -18,6 +19,7 @@
 #include "common/errors.h"
 #include "common/files.h"
 #include "common/model/transfer_model.h"
+#include "tests/common/data/dicom_fixtures.h"
 
 namespace fedtl {
 namespace {
@@ -135,6 +137,53 @@ TEST_F(DataSources, SiteFolderIsBoundToTheJobsClassNames) {
     ADD_FAILURE() << "'overcoat' accepted as a class of the job";
   } catch (const DataError& e) {
     EXPECT_NE(std::string(e.what()).find("'overcoat'"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(DataSources, DicomJobSplitsTestSetByPatient) {
+  // 3 classes x 8 patients x 1-3 images each, DICOM class folders, no test_dir: the test set is
+  // data.test_fraction of the patients, never a patient on both sides.
+  std::mt19937 rng(11);
+  int uid = 0;
+  for (const char* cls : {"cr", "ct", "mr"})
+    for (int p = 0; p < 8; ++p)
+      for (int i = 0, n = 1 + static_cast<int>(rng() % 3); i < n; ++i) {
+        test_support::DicomSpec s;
+        s.rows = s.cols = 8;
+        s.bits_allocated = s.bits_stored = 8;
+        s.values.assign(64, static_cast<int32_t>(rng() % 256));
+        s.sop_uid = "1.2.3." + std::to_string(++uid);
+        s.patient_id = std::string(cls) + "-" + std::to_string(p);
+        const fs::path f = dir_ / "dicom" / cls / ("p" + std::to_string(p)) / ("i" + std::to_string(i));
+        fs::create_directories(f.parent_path());
+        test_support::write_dicom(f.string(), s);
+      }
+  const std::string toml = "[job]\nsites = 2\n[data]\nsource = \"dicom\"\ndir = \"" + (dir_ / "dicom").string() +
+                           "\"\ntest_fraction = 0.25\n[backbone]\npath = \"" + (dir_ / "bb.pt").string() + "\"\n";
+  const app::TaskData d = app::load_task_data(app::parse_job_config(toml, "dicom.toml"));
+  EXPECT_EQ(d.target_names, (std::vector<std::string>{"cr", "ct", "mr"}));
+  EXPECT_EQ(d.target_train.size() + d.target_test.size(), uid);
+  ASSERT_EQ(d.target_train.groups.size(), static_cast<size_t>(d.target_train.size()));
+  ASSERT_EQ(d.target_test.groups.size(), static_cast<size_t>(d.target_test.size()));
+  std::set<std::string> train(d.target_train.groups.begin(), d.target_train.groups.end());
+  for (const auto& g : d.target_test.groups) EXPECT_FALSE(train.count(g)) << "patient " << g << " on both sides";
+  EXPECT_GT(d.target_test.size(), 0);
+  // A site file with the DICOM keys: relative paths resolve against the site file.
+  const fs::path site_toml = dir_ / "site.toml";
+  std::ofstream(site_toml) << "[site]\nname = \"a\"\ncoordinator = \"h:1\"\nca_cert = \"ca\"\ncert = \"c\"\nkey = \"k\"\n"
+                              "[data]\nsource = \"dicom\"\ndir = \"dicom\"\nlabels = \"labels.csv\"\nwindow = [40, 400]\n"
+                              "frame = \"middle\"\non_bad_file = \"skip\"\nlabel_tag = \"0018,0015\"\n";
+  const app::SiteConfig sc = app::load_site_config(site_toml.string());
+  EXPECT_EQ(sc.data_source, app::SiteDataSource::kDicom);
+  EXPECT_EQ(sc.data_images.labels, (dir_ / "labels.csv").string());
+  EXPECT_EQ(sc.data_images.frame, common::DicomFrame::kMiddle);
+  EXPECT_EQ(sc.data_images.window, (std::vector<double>{40, 400}));
+  std::ofstream(site_toml, std::ios::app) << "missing_classes = \"sometimes\"\n";
+  try {
+    app::load_site_config(site_toml.string());
+    ADD_FAILURE() << "bad data.missing_classes accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("data.missing_classes"), std::string::npos) << e.what();
   }
 }
 
