@@ -33,10 +33,16 @@ struct PlotLine {  // a horizontal reference line (a baseline)
   double value = 0;
 };
 
+struct PlotMark {  // a vertical marker at a round (the best round, a phase change)
+  std::string label;
+  double round = 0;
+};
+
 // Writes an SVG line chart (atomically): x = round, y = accuracy %, one polyline per series,
-// dashed horizontal lines for the baselines, a legend.
+// dashed horizontal lines for the baselines, dotted vertical lines labelled at the top for the
+// marks, a legend.
 void write_accuracy_plot(const std::string& path, const std::string& title, const std::vector<PlotSeries>& series,
-                         const std::vector<PlotLine>& lines);
+                         const std::vector<PlotLine>& lines, const std::vector<PlotMark>& marks = {});
 
 // Fixed-width text rendering of a confusion matrix ([true][pred]) with class names.
 std::string format_confusion(const std::vector<std::vector<int64_t>>& m, const std::vector<std::string>& names);

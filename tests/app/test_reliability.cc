@@ -176,6 +176,9 @@ class SlowTrainer : public worker::SiteRuntime {
     if (round == slow_round_) std::this_thread::sleep_for(delay_);
     return inner_.train_round(round, global);
   }
+  worker::ValidationFigures validate(uint32_t round, const std::vector<float>& params) override {
+    return inner_.validate(round, params);
+  }
 
  private:
   app::SiteTrainer inner_;

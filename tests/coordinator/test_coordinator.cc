@@ -705,6 +705,7 @@ class InstantRuntime : public worker::SiteRuntime {
     up.num_samples = 10;
     return up;
   }
+  worker::ValidationFigures validate(uint32_t, const std::vector<float>&) override { return {}; }
 };
 
 // Issue 11, item 6: the coordinator is never silent for long. A real Worker whose silence

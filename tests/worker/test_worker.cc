@@ -50,6 +50,7 @@ class FakeRuntime : public SiteRuntime {
     up.train_loss = 0.25;
     return up;
   }
+  ValidationFigures validate(uint32_t, const std::vector<float>&) override { return {}; }
   int prepared = 0;
   std::string backbone;
   std::vector<uint32_t> rounds;
