@@ -51,12 +51,15 @@ CoordinatorJob::CoordinatorJob(const app::JobConfig& cfg, bool with_training) : 
   model_ = common::model::TransferModel::create(backbone_, model_spec(cfg_), cfg_.seed);
   {
     std::string children;
-    for (const auto& c : model_->trainable_children())
+    int64_t in_children = 0;
+    for (const auto& c : model_->trainable_children()) {
       children += (children.empty() ? "" : ", ") + c.name + " (" + std::to_string(c.params) + " parameters)";
+      in_children += c.params;
+    }
     spdlog::info("backbone children that train: {}; head {} parameters; train.backbone_lr {:g}, warm-up {} rounds, "
                  "unfreeze every {} rounds",
                  children.empty() ? std::string("none") : children,
-                 model_->num_params() - model_->trained_offset(), cfg_.train.backbone_lr.value_or(cfg_.train.lr / 10),
+                 model_->num_params() - in_children, cfg_.train.backbone_lr.value_or(cfg_.train.lr / 10),
                  cfg_.backbone.warmup_rounds, cfg_.backbone.unfreeze_every);
   }
   test_features_ = model_->features(data_.target_test);
