@@ -162,6 +162,9 @@ TEST_F(Reliability, ResumeAcrossAPhaseChangeWithEarlyStoppingCountingReachesTheS
   EXPECT_EQ(lines_full[2]["phase"], "unfreezing");
   EXPECT_EQ(lines_full[4]["phase"], "full");
   EXPECT_LT(lines_full[0]["trainable_params"].get<int64_t>(), lines_full[2]["trainable_params"].get<int64_t>());
+  // A round sends and receives only what it trains: the head-only rounds move a few KB.
+  EXPECT_LT(lines_full[0]["bytes_down"].get<double>() * 20, lines_full[4]["bytes_down"].get<double>());
+  EXPECT_LT(lines_full[0]["bytes_up"].get<double>() * 20, lines_full[4]["bytes_up"].get<double>());
   // The first round after the phase change whose validation did not improve on the best so far.
   uint32_t k = 0;
   double best = 1e300;
