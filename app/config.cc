@@ -91,6 +91,14 @@ class Section {
     }
   }
 
+  // An optional key: set only when the table has it.
+  template <typename T>
+  void get(const char* key, std::optional<T>& out) {
+    T v{};
+    get(key, v);
+    if (t_ && t_->get(key)) out = v;
+  }
+
   // A string key with a fixed vocabulary: `parse` maps a name to its value (nullopt: not a
   // name it knows); an unknown name is refused naming the key and the choices.
   template <typename T, typename Parse>
@@ -208,6 +216,8 @@ JobConfig from_table(const toml::table& root) {
   job.get("status_address", c.status_address);
   job.get("min_sites", c.min_sites);
   job.get("max_samples_per_site", c.max_samples_per_site);
+  job.get("early_stopping_patience", c.early_stopping_patience);
+  job.get("keep_best", c.keep_best);
   job.reject_unknown();
 
   Section data(subtable(root, "data"), "data");
@@ -225,6 +235,7 @@ JobConfig from_table(const toml::table& root) {
   data.get("target_classes", c.data.target_classes);
   data.get("test_fraction", c.data.test_fraction);
   get_image_keys(data, c.data.images);
+  data.get("validation_fraction", c.data.validation_fraction);
   data.reject_unknown();
 
   Section part(subtable(root, "partition"), "partition");
@@ -247,6 +258,8 @@ JobConfig from_table(const toml::table& root) {
   bb.get("std", c.backbone.std);
   bb.get_choice("freeze", c.backbone.freeze, model::parse_freeze, "\"all\", \"all_but_last\" or \"none\"");
   bb.get("unfrozen", c.backbone.unfrozen);
+  bb.get("warmup_rounds", c.backbone.warmup_rounds);
+  bb.get("unfreeze_every", c.backbone.unfreeze_every);
   bb.get("sha256", c.backbone.sha256);
   bb.get("max_bytes", c.backbone.max_bytes);
   bb.reject_unknown();
@@ -265,6 +278,7 @@ JobConfig from_table(const toml::table& root) {
   Section tr(subtable(root, "train"), "train");
   tr.get_choice("optimizer", c.train.optimizer, model::parse_optimizer, "\"sgd\" or \"adam\"");
   tr.get("lr", c.train.lr);
+  tr.get("backbone_lr", c.train.backbone_lr);
   tr.get("momentum", c.train.momentum);
   tr.get("weight_decay", c.train.weight_decay);
   tr.get("epochs", c.train.epochs);
@@ -422,6 +436,9 @@ void validate(const JobConfig& c) {
   require(!c.out.empty(), "job.out must not be empty");
   int_range("job.max_samples_per_site", c.max_samples_per_site, 0, kMaxSamples,
             " (0 = the largest count declared at join)");
+  int_range("job.early_stopping_patience", c.early_stopping_patience, 0, kMaxRounds, " (0 = off)");
+  require(c.early_stopping_patience == 0 || c.data.validation_fraction > 0,
+          "job.early_stopping_patience needs a validation split (data.validation_fraction > 0)");
   // [data] (data.dir is needed only where training data is read: load_task_data says so)
   const bool fmnist = c.data.source == DataSource::kFashionMnist;
   if (fmnist) {
@@ -457,6 +474,8 @@ void validate(const JobConfig& c) {
   require(tgt.size() == c.data.target_classes.size(), "data.target_classes has duplicates");
   for (int64_t k : c.data.source_classes)
     require(!tgt.count(k), "class " + std::to_string(k) + " is in both data.source_classes and data.target_classes");
+  real_range("data.validation_fraction", c.data.validation_fraction, 0, kMaxValidationFraction, Low::kClosed,
+             " (0 = no validation)");
   // [partition]
   real_range("partition.alpha", c.partition.alpha, 0, 1e6, Low::kOpen);
   int_range("partition.samples_per_site", c.partition.samples_per_site, 0, kMaxSamplesPerSite, " (0 = split the whole set)");
@@ -481,6 +500,13 @@ void validate(const JobConfig& c) {
     int_range("backbone.unfrozen", c.backbone.unfrozen, 1, kMaxUnfrozen);
   else
     int_range("backbone.unfrozen", c.backbone.unfrozen, 0, kMaxUnfrozen);
+  int_range("backbone.warmup_rounds", c.backbone.warmup_rounds, 0, kMaxRounds);
+  int_range("backbone.unfreeze_every", c.backbone.unfreeze_every, 0, kMaxRounds, " (0 = all at once)");
+  const bool trains_backbone = c.backbone.freeze != common::model::Freeze::kAll &&
+                               (c.backbone.freeze == common::model::Freeze::kNone || c.backbone.unfrozen > 0);
+  require(trains_backbone || (c.backbone.warmup_rounds == 0 && c.backbone.unfreeze_every == 0),
+          "backbone.warmup_rounds and backbone.unfreeze_every need backbone children to unfreeze "
+          "(backbone.freeze = \"all_but_last\" or \"none\")");
   // [pretrain]
   int_range("pretrain.epochs", c.pretrain.epochs, 1, kMaxEpochs);
   int_range("pretrain.batch_size", c.pretrain.batch_size, 1, kMaxBatchSize);
@@ -489,6 +515,7 @@ void validate(const JobConfig& c) {
   int_range("head.hidden", c.head.hidden, 1, kMaxHidden);
   // [train]
   real_range("train.lr", c.train.lr, 0, kMaxLearningRate, Low::kOpen);
+  if (c.train.backbone_lr) real_range("train.backbone_lr", *c.train.backbone_lr, 0, kMaxLearningRate, Low::kOpen);
   real_range("train.momentum", c.train.momentum, 0, 1);
   require(c.train.momentum < 1, "train.momentum must be in [0, 1) (got 1)");
   real_range("train.weight_decay", c.train.weight_decay, 0, 1e3);
@@ -592,6 +619,8 @@ SiteConfig load_site_config(const std::string& path) {
   pol.get("coordinator_silence_s", c.policy.coordinator_silence_s);
   pol.get("max_batch_size", c.policy.max_batch_size);
   pol.get("max_learning_rate", c.policy.max_learning_rate);
+  pol.get("max_backbone_lr", c.policy.max_backbone_lr);
+  pol.get("max_unfrozen_children", c.policy.max_unfrozen_children);
   pol.get("max_hidden", c.policy.max_hidden);
   pol.get("max_round_seconds", c.policy.max_round_seconds);
   pol.reject_unknown();
@@ -601,6 +630,9 @@ SiteConfig load_site_config(const std::string& path) {
     *p = resolve(base, *p);
   require(c.policy.max_backbone_bytes >= 1, "policy.max_backbone_bytes must be >= 1");
   require(c.policy.max_batch_size >= 1, "policy.max_batch_size must be >= 1");
+  require(std::isfinite(c.policy.max_backbone_lr) && c.policy.max_backbone_lr > 0,
+          "policy.max_backbone_lr must be finite and > 0");
+  require(c.policy.max_unfrozen_children >= 0, "policy.max_unfrozen_children must be >= 0");
   require(std::isfinite(c.policy.max_learning_rate) && c.policy.max_learning_rate > 0,
           "policy.max_learning_rate must be finite and > 0");
   require(c.policy.max_hidden >= 1, "policy.max_hidden must be >= 1");

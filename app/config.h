@@ -31,7 +31,8 @@ inline constexpr int64_t kMaxUnfrozen = 65535;         // backbone.unfrozen
 inline constexpr int64_t kMaxClassId = 65535;          // data.*_classes
 inline constexpr int64_t kMaxSamplesPerSite = int64_t{1} << 31;  // partition.samples_per_site, max_per_class
 inline constexpr int64_t kMaxSamples = int64_t{1} << 53;         // sample counts and their bound (exact doubles)
-inline constexpr double kMaxLearningRate = 1000;       // train.lr, pretrain.lr, server.lr
+inline constexpr double kMaxLearningRate = 1000;       // train.lr, train.backbone_lr, pretrain.lr, server.lr
+inline constexpr double kMaxValidationFraction = 0.9;  // data.validation_fraction
 // Every *_s key: at least a millisecond, at most 30 days.
 inline constexpr double kMinSeconds = 0.001;
 inline constexpr double kMaxSeconds = 30.0 * 86400;
@@ -78,6 +79,9 @@ struct DataConfig {
   // data.dir becomes the test set, split by patient when patient ids are known.
   double test_fraction = 0;
   ImageDataConfig images;
+  // Each site holds out this stratified share of its labels for federated validation
+  // (common/data/validation_split.h); 0 = no validation.
+  double validation_fraction = 0.2;
 };
 
 struct BackboneConfig {
@@ -86,7 +90,11 @@ struct BackboneConfig {
   int64_t channels = 1, height = 28, width = 28;      // what the backbone takes
   std::vector<double> mean{0.2860}, std{0.3530};     // per-channel normalisation
   common::model::Freeze freeze = common::model::Freeze::kAllButLast;  // "all" | "all_but_last" | "none"
-  int64_t unfrozen = 1;  // N top-level children trained for "all_but_last"
+  int64_t unfrozen = 1;  // N top-level children (with parameters) trained for "all_but_last"
+  // Gradual unfreezing (protocols/schedule.h): the first warmup_rounds rounds train the head
+  // only; then 0 unfreezes every scheduled child at once, R > 0 one more child every R rounds.
+  int64_t warmup_rounds = 0;
+  int64_t unfreeze_every = 0;
   // Pins the coordinator's own backbone file: its SHA-256 (64 hex digits, as `fedtl pretrain`
   // prints it); a file that does not match is refused. "" = not pinned.
   std::string sha256;
@@ -108,6 +116,7 @@ struct HeadConfig {
 struct TrainConfig {
   common::model::Optimizer optimizer = common::model::Optimizer::kSgd;  // "sgd" | "adam"
   double lr = 0.05;
+  std::optional<double> backbone_lr;  // the trained backbone children's lr; unset = lr / 10
   double momentum = 0.0;
   double weight_decay = 0.0;
   int64_t epochs = 2;       // local epochs per round
@@ -177,6 +186,12 @@ struct JobConfig {
   bool equal_weighting = false;      // server.weighting = "equal" (default "samples")
   double max_update_norm = 0;        // server.: plain updates above this L2 norm are dropped
                                      // (0: 1e4 * sqrt(parameters))
+  // Stop when the federation's validation loss has not improved for this many validations
+  // (0 = never); needs data.validation_fraction > 0.
+  int64_t early_stopping_patience = 0;
+  // model.pt is the model with the best validation loss, model_last.pt the last one (with
+  // validation; without it model.pt is the last model).
+  bool keep_best = true;
   DataConfig data;
   common::PartitionSpec partition;         // partition.sites is the number of sites
   BackboneConfig backbone;

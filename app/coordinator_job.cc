@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "common/data/classes.h"
@@ -65,6 +66,19 @@ CoordinatorJob::CoordinatorJob(const app::JobConfig& cfg, bool with_training) : 
   backbone_ = ensure_backbone(cfg_, data_);
   backbone_sha_ = common::sha256_hex(backbone_);
   model_ = common::model::TransferModel::create(backbone_, model_spec(cfg_), cfg_.seed);
+  {
+    std::string children;
+    int64_t in_children = 0;
+    for (const auto& c : model_->trainable_children()) {
+      children += (children.empty() ? "" : ", ") + c.name + " (" + std::to_string(c.params) + " parameters)";
+      in_children += c.params;
+    }
+    spdlog::info("backbone children that train: {}; head {} parameters; train.backbone_lr {:g}, warm-up {} rounds, "
+                 "unfreeze every {} rounds",
+                 children.empty() ? std::string("none") : children,
+                 model_->num_params() - in_children, cfg_.train.backbone_lr.value_or(cfg_.train.lr / 10),
+                 cfg_.backbone.warmup_rounds, cfg_.backbone.unfreeze_every);
+  }
   test_features_ = model_->features(data_.target_test);
   spdlog::info("model: {} trainable parameters ({} feature dims into a {} head); test features cached ({:.1f} MB)",
                model_->num_params(), model_->feature_dim(), common::model::to_string(cfg_.head.type), test_features_->bytes() / 1e6);
@@ -144,6 +158,7 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
   };
   copt.stop_requested = stop_;
   if (status_) copt.on_sites = [b = status_.get()](const std::vector<coordinator::SiteInfo>& s) { b->update_sites(s); };
+  copt.early_stopping_patience = static_cast<uint32_t>(cfg_.early_stopping_patience);
   return std::make_unique<coordinator::Coordinator>(copt, protocols::make_strategy(cfg_.server), *evaluator_,
                                                     initial);
 }
@@ -160,6 +175,10 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
       metrics_lines_.push_back(l);
       o.curve.emplace_back(j["round"].get<double>(), j["accuracy"].get<double>());
       if (j.value("applied", true)) ++o.rounds_applied;
+      if (j.contains("validation_accuracy") && j["validation_accuracy"].is_number())
+        o.validation_curve.emplace_back(j["round"].get<double>(), j["validation_accuracy"].get<double>());
+      if (j.contains("phase") && (o.phase_changes.empty() || o.phase_changes.back().second != j["phase"]))
+        o.phase_changes.emplace_back(j["round"].get<double>(), j["phase"].get<std::string>());
     }
   }
   const auto t_sites = Clock::now();
@@ -169,15 +188,20 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
     if (r.round == 1)
       spdlog::info("sites connected and ready in {:.2f} s",
                    std::chrono::duration<double>(Clock::now() - t_sites).count() - r.seconds);
-    spdlog::info("round {:>3}/{}: accuracy {:.2f}%  loss {:.4f}  train loss {:.4f}  sites {}/{}  up {:.2f} MB  down {:.2f} MB  {:.2f} s",
-                 r.round, cfg_.rounds, 100 * r.accuracy, r.loss, r.train_loss, r.sites_reported, r.sites_active,
-                 r.bytes_up / 1e6, r.bytes_down / 1e6, r.seconds);
+    spdlog::info("round {:>3}/{}: accuracy {:.2f}%  loss {:.4f}  train loss {:.4f}  validation loss {:.4f}  {} ({} "
+                 "trained)  sites {}/{}  up {:.2f} MB  down {:.2f} MB  {:.2f} s",
+                 r.round, cfg_.rounds, 100 * r.accuracy, r.loss, r.train_loss, r.validation_loss, r.phase,
+                 r.trainable_params, r.sites_reported, r.sites_active, r.bytes_up / 1e6, r.bytes_down / 1e6, r.seconds);
     json line = {{"round", r.round}, {"accuracy", r.accuracy}, {"loss", r.loss}, {"train_loss", r.train_loss},
                  {"sites_reported", r.sites_reported}, {"applied", r.applied}, {"bytes_up", r.bytes_up},
                  {"bytes_down", r.bytes_down}, {"seconds", r.seconds}, {"transport", transport},
                  {"secure_aggregation", cfg_.secagg.enabled.value_or(false)},
                  {"balanced_accuracy", r.balanced_accuracy}, {"macro_auc", r.macro_auc},
-                 {"connection_replacements", r.connection_replacements}};
+                 {"connection_replacements", r.connection_replacements},
+                 {"train_accuracy", r.train_accuracy},
+                 {"validation_loss", r.validation_loss}, {"validation_accuracy", r.validation_accuracy},
+                 {"validation_samples", r.validation_samples},
+                 {"trainable_params", r.trainable_params}, {"phase", r.phase}};
     if (cfg_.privacy.mode) {
       line["epsilon"] = r.epsilon;
       line["delta"] = cfg_.privacy.delta;
@@ -188,9 +212,23 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
     metrics_lines_.push_back(line.dump());
     if (r.applied) ++o.rounds_applied;
     o.curve.emplace_back(r.round, r.accuracy);
+    if (std::isfinite(r.validation_accuracy)) o.validation_curve.emplace_back(r.round, r.validation_accuracy);
+    if (o.phase_changes.empty() || o.phase_changes.back().second != r.phase) o.phase_changes.emplace_back(r.round, r.phase);
   });
   if (status_) status_->set_phase(o.result.stop_reason.empty() ? "finished" : "stopped: " + o.result.stop_reason);
+  o.best_round = o.result.best_round;
+  o.stopped_early = o.result.stopped_early;
   model_->set_params(o.result.params);
+  o.model_last_sha256 = model_->digest();
+  const bool best_differs = cfg_.keep_best && !o.result.best_params.empty() && o.result.best_params != o.result.params;
+  if (best_differs) {
+    model_->export_torchscript(cfg_.out + "/model_last.pt");
+    model_->set_params(o.result.best_params);
+    spdlog::info("keeping the model of round {} (validation loss {:.4f}) as model.pt; the last round's is model_last.pt",
+                 o.best_round, o.result.best_validation_loss);
+  } else if (cfg_.keep_best && o.best_round > 0) {
+    model_->export_torchscript(cfg_.out + "/model_last.pt");  // the best is the last
+  }
   o.final_eval = model_->evaluate(*test_features_);
   o.model_sha256 = model_->digest();
   model_->export_torchscript(cfg_.out + "/model.pt", data_.target_names);
@@ -199,6 +237,26 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
   spdlog::info("confusion matrix:\n{}", common::format_confusion(o.final_eval.confusion, data_.target_names));
   return o;
 }
+
+namespace {
+
+// The test curve, and the validation curve when the job validates.
+std::vector<common::PlotSeries> plot_series(const JobOutcome& o) {
+  std::vector<common::PlotSeries> series{{"federated (test)", o.curve}};
+  if (!o.validation_curve.empty()) series.push_back({"federated validation", o.validation_curve});
+  return series;
+}
+
+// The best round and the schedule's phase changes.
+std::vector<common::PlotMark> plot_marks(const JobOutcome& o) {
+  std::vector<common::PlotMark> marks;
+  for (size_t i = 1; i < o.phase_changes.size(); ++i)
+    marks.push_back({"phase: " + o.phase_changes[i].second, o.phase_changes[i].first});
+  if (o.best_round > 0) marks.push_back({"best round " + std::to_string(o.best_round), static_cast<double>(o.best_round)});
+  return marks;
+}
+
+}  // namespace
 
 void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& transport, const json& extra,
                                    const std::vector<common::PlotLine>& baselines) {
@@ -216,6 +274,12 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
   s["local_only_mean_accuracy"] = nullptr;
   s["scratch_accuracy"] = nullptr;
   s["model_sha256"] = o.model_sha256;
+  s["model_last_sha256"] = o.model_last_sha256;
+  s["best_round"] = o.best_round > 0 ? json(o.best_round) : json(nullptr);
+  s["stopped_early"] = o.stopped_early;
+  s["rounds_run"] = o.curve.size();
+  s["validation_fraction"] = cfg_.data.validation_fraction;
+  s["keep_best"] = cfg_.keep_best;
   s["backbone_sha256"] = backbone_sha_;
   s["trainable_parameters"] = model_->num_params();
   s["confusion_matrix"] = o.final_eval.confusion;
@@ -269,7 +333,7 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
   common::write_accuracy_plot(cfg_.out + "/accuracy.svg",
                               cfg_.name + ": global test accuracy per round (" + std::to_string(o.result.sites.size()) +
                                   " sites, " + cfg_.server.name + ", " + transport + ")",
-                              {{"federated (" + cfg_.server.name + ")", o.curve}}, baselines);
+                              plot_series(o), baselines, plot_marks(o));
   common::write_file_atomic(cfg_.out + "/summary.json", s.dump(2) + "\n");
   spdlog::info("done in {:.1f} s; outputs in {}/ (metrics.jsonl, summary.json, model.pt, accuracy.svg)",
                s["seconds"].get<double>(), cfg_.out);

@@ -22,8 +22,13 @@ namespace fedtl::app {
 struct JobOutcome {
   coordinator::Coordinator::Result result;
   common::model::EvalResult final_eval;
-  std::string model_sha256;
+  std::string model_sha256;       // model.pt: the best-validation round's model with job.keep_best
+  std::string model_last_sha256;  // the last round's model (model_last.pt when they differ)
   std::vector<std::pair<double, double>> curve;  // (round, accuracy)
+  std::vector<std::pair<double, double>> validation_curve;  // (round, validation accuracy)
+  std::vector<std::pair<double, std::string>> phase_changes;  // (first round, phase)
+  uint32_t best_round = 0;        // 0: no round validated
+  bool stopped_early = false;
   double seconds = 0;
   // Rounds whose aggregate was applied to the global model, resumed ones included (0: the
   // model is still the initial one; the command exits non-zero, see run.h).

@@ -10,12 +10,14 @@
 #include "common/data/classes.h"
 #include "common/data/datasets.h"
 #include "common/data/partition.h"
+#include "common/data/validation_split.h"
 #include "common/errors.h"
 #include "common/seeds.h"
 #include "common/files.h"
 #include "common/sha256.h"
 #include "protocols/dp/accountant.h"
 #include "protocols/job_check.h"
+#include "protocols/schedule.h"
 #include "protocols/secure_round.h"
 
 namespace fedtl::app {
@@ -211,6 +213,8 @@ v1::ModelSpec wire_model_spec(const app::JobConfig& cfg) {
   m.set_num_classes(u32("data.target_classes", static_cast<int64_t>(cfg.data.target_classes.size())));
   m.set_freeze(to_wire(cfg.backbone.freeze));
   m.set_unfrozen(u32("backbone.unfrozen", cfg.backbone.unfrozen));
+  m.set_warmup_rounds(u32("backbone.warmup_rounds", cfg.backbone.warmup_rounds));
+  m.set_unfreeze_every(u32("backbone.unfreeze_every", cfg.backbone.unfreeze_every));
   m.set_in_channels(u32("backbone.channels", cfg.backbone.channels));
   m.set_in_height(u32("backbone.height", cfg.backbone.height));
   m.set_in_width(u32("backbone.width", cfg.backbone.width));
@@ -228,6 +232,8 @@ v1::TrainingSpec wire_training_spec(const app::JobConfig& cfg) {
   t.set_epochs(u32("train.epochs", cfg.train.epochs));
   t.set_batch_size(u32("train.batch_size", cfg.train.batch_size));
   t.set_prox_mu(cfg.server.name == "fedprox" ? cfg.server.prox_mu : 0.0);
+  t.set_backbone_lr(cfg.train.backbone_lr.value_or(cfg.train.lr / 10));
+  t.set_validation_fraction(cfg.data.validation_fraction);
   return t;
 }
 
@@ -367,6 +373,30 @@ std::unique_ptr<common::model::TransferModel> site_model(const v1::JobSpec& job,
   return model;
 }
 
+SiteSplit split_site_data(const v1::JobSpec& job, const common::ImageSet& data) {
+  const auto split = common::stratified_holdout(
+      data.labels, job.training().validation_fraction(),
+      common::derive_seed(job.seed(), common::seed_stream::kValidation, job.site_index()));
+  SiteSplit out{data.subset(split.train), data.subset(split.validation)};
+  if (out.train.size() == 0) throw DataError("this site has no training images left after the validation hold-out");
+  return out;
+}
+
+void load_round(common::model::TransferModel& model, const v1::JobSpec& job, uint32_t round,
+                const std::vector<float>& params) {
+  const auto sched = protocols::round_schedule(job, round);
+  model.set_trained_children(sched.children);
+  model.set_params(params, static_cast<int64_t>(sched.offset));
+}
+
+worker::ValidationFigures validation_figures(const common::model::EvalResult& r) {
+  worker::ValidationFigures v;
+  v.samples = static_cast<uint64_t>(r.samples);
+  v.loss_sum = r.loss * static_cast<double>(r.samples);
+  v.correct = static_cast<uint64_t>(std::llround(r.accuracy * static_cast<double>(r.samples)));
+  return v;
+}
+
 common::model::TrainOptions train_options(const v1::TrainingSpec& t) {
   common::model::TrainOptions opt;
   opt.optimizer = from_wire(t.optimizer());
@@ -376,6 +406,7 @@ common::model::TrainOptions train_options(const v1::TrainingSpec& t) {
   opt.epochs = t.epochs();
   opt.batch_size = t.batch_size();
   opt.prox_mu = t.prox_mu();
+  opt.backbone_lr = t.backbone_lr() > 0 ? t.backbone_lr() : t.lr() / 10;
   return opt;
 }
 

@@ -11,6 +11,7 @@
 #include "common/data/sources.h"
 #include "common/model/transfer_model.h"
 #include "protocols/fedtl.pb.h"
+#include "worker/site_runtime.h"
 
 namespace fedtl::app {
 
@@ -68,6 +69,21 @@ v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& backbone
 // parameter layout (the coordinator's model), so a mismatch fails before any training.
 // Throws ModelError.
 std::unique_ptr<common::model::TransferModel> site_model(const v1::JobSpec& job, const std::string& backbone);
+
+// A site's images split by the job's validation fraction (stratified, seeded by the job seed
+// and the site index: common/data/validation_split.h), the same way on every transport.
+struct SiteSplit {
+  common::ImageSet train, validation;
+};
+SiteSplit split_site_data(const v1::JobSpec& job, const common::ImageSet& data);
+
+// Sets `model` to round `round`'s trained set (protocols/schedule.h) and its trained values
+// `params` (the round's suffix of the layout). Throws ModelError on a size mismatch.
+void load_round(common::model::TransferModel& model, const v1::JobSpec& job, uint32_t round,
+                const std::vector<float>& params);
+
+// A model's figures on a validation split, as a site reports them.
+worker::ValidationFigures validation_figures(const common::model::EvalResult& r);
 
 // The local training a job asks of a site in `round` (its shuffling seeded by job seed, site
 // and round, so every transport and every rank of a site shuffles alike).

@@ -73,6 +73,9 @@ class HookedRuntime : public worker::SiteRuntime {
     if (hook_) hook_(rank_, round);
     return inner_.train_round(round, global);
   }
+  worker::ValidationFigures validate(uint32_t round, const std::vector<float>& params) override {
+    return inner_.validate(round, params);
+  }
 
  private:
   worker::SiteRuntime& inner_;
@@ -94,19 +97,32 @@ class SiteShard {
   uint64_t prepare(const v1::JobSpec& job, const std::string& backbone) {
     job_ = job;
     if (data_.size() == 0) throw DataError("this site has no training images");
+    auto split = split_site_data(job, data_);  // as SiteTrainer: the same hold-out
+    train_ = std::move(split.train);
+    validation_ = std::move(split.validation);
     model_ = site_model(job, backbone);
     if (job.training().batch_size() % site_.size() != 0)
       spdlog::warn("site {}: batch size {} is not a multiple of its {} ranks; the ranks' slices differ in size and "
                    "their gradients are averaged unweighted",
                    site_.site(), job.training().batch_size(), site_.size());
     features_.reset();
-    return static_cast<uint64_t>(data_.size());
+    validation_features_.reset();
+    return static_cast<uint64_t>(train_.size());
+  }
+
+  // The site's validation figures (the leader rank reports them; every rank holds the data).
+  worker::ValidationFigures validate(uint32_t round, const std::vector<float>& params) {
+    if (!model_) throw ModelError("validating before the job was prepared");
+    load_round(*model_, job_, round, params);
+    return evaluate_validation();
   }
 
   worker::LocalUpdate train_round(uint32_t round, const std::vector<float>& global) {
     if (!model_) throw ModelError("training before the job was prepared");
-    if (!features_) features_ = model_->features(data_);
-    model_->set_params(global);
+    if (!features_) features_ = model_->features(train_);
+    load_round(*model_, job_, round, global);
+    worker::ValidationFigures validation;
+    if (site_.rank() == 0) validation = evaluate_validation();
     common::model::TrainOptions opt = train_options(job_, round);  // as SiteTrainer: same shuffles
     opt.rank_in_site = site_.rank();
     opt.ranks_in_site = site_.size();
@@ -117,9 +133,10 @@ class SiteShard {
     double stats[2] = {st.loss, st.accuracy};
     common::mpi::site_sum(site_, stats, 2, timeout_);
     worker::LocalUpdate up;
-    up.delta = model_->params();
+    up.validation = validation;
+    up.delta = model_->params(model_->trained_offset());
     for (size_t i = 0; i < up.delta.size(); ++i) up.delta[i] -= global[i];
-    up.num_samples = static_cast<uint64_t>(data_.size());
+    up.num_samples = static_cast<uint64_t>(train_.size());
     up.train_loss = stats[0];
     up.train_accuracy = stats[1];
     up.train_seconds = st.seconds;
@@ -144,12 +161,20 @@ class SiteShard {
 #endif
   }
 
-  common::ImageSet data_;
+  worker::ValidationFigures evaluate_validation() {
+    worker::ValidationFigures v;
+    if (validation_.size() == 0) return v;
+    if (!validation_features_) validation_features_ = model_->features(validation_);
+    v = validation_figures(model_->evaluate(*validation_features_));
+    return v;
+  }
+
+  common::ImageSet data_, train_, validation_;
   SiteComm& site_;
   Millis timeout_;
   v1::JobSpec job_;
   std::unique_ptr<common::model::TransferModel> model_;
-  std::unique_ptr<common::model::FeatureSet> features_;
+  std::unique_ptr<common::model::FeatureSet> features_, validation_features_;
   std::unique_ptr<common::mpi::GradientAverager> cpu_, gpu_;
 };
 
@@ -174,6 +199,11 @@ class LeaderRuntime : public worker::SiteRuntime {
     cmd.payload.assign(reinterpret_cast<const char*>(global.data()), global.size() * sizeof(float));
     common::mpi::exchange_command(site_, cmd, timeout_);
     return shard_.train_round(round, global);
+  }
+
+  // Only the leader evaluates: nothing changes on the other ranks.
+  worker::ValidationFigures validate(uint32_t round, const std::vector<float>& params) override {
+    return shard_.validate(round, params);
   }
 
   void stop() {

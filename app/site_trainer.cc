@@ -1,5 +1,7 @@
 #include "app/site_trainer.h"
 
+#include <cmath>
+
 #include "app/job_setup.h"
 #include "common/errors.h"
 #include "common/torchscript_archive.h"
@@ -10,9 +12,11 @@ uint64_t SiteTrainer::prepare(const v1::JobSpec& job, const std::string& backbon
   // After a reconnect to the same job the model and the feature cache are still valid.
   const bool same_job = model_ && job.backbone_sha256() == job_.backbone_sha256() &&
                         job.model().SerializeAsString() == job_.model().SerializeAsString() &&
-                        job.layout().SerializeAsString() == job_.layout().SerializeAsString();
+                        job.layout().SerializeAsString() == job_.layout().SerializeAsString() &&
+                        job.training().validation_fraction() == job_.training().validation_fraction() &&
+                        job.site_index() == job_.site_index() && job.seed() == job_.seed();
   job_ = job;
-  if (same_job) return static_cast<uint64_t>(data_.size());
+  if (same_job) return static_cast<uint64_t>(train_.size());
   common::ArchiveLimits limits;
   limits.max_total_bytes = max_backbone_bytes_;
   common::check_torchscript_archive(backbone_bytes, limits);
@@ -21,24 +25,42 @@ uint64_t SiteTrainer::prepare(const v1::JobSpec& job, const std::string& backbon
     loaded_ = true;
   }
   if (data_.size() == 0) throw DataError("this site has no training images");
+  auto split = split_site_data(job, data_);
+  train_ = std::move(split.train);
+  validation_ = std::move(split.validation);
   model_ = site_model(job, backbone_bytes);
   features_.reset();
-  return static_cast<uint64_t>(data_.size());
+  validation_features_.reset();
+  return static_cast<uint64_t>(train_.size());
+}
+
+worker::ValidationFigures SiteTrainer::evaluate_validation() {
+  worker::ValidationFigures v;
+  if (validation_.size() == 0) return v;
+  if (!validation_features_) validation_features_ = model_->features(validation_);
+  return validation_figures(model_->evaluate(*validation_features_));
 }
 
 worker::LocalUpdate SiteTrainer::train_round(uint32_t round, const std::vector<float>& global) {
   common::ComputeSlots::Guard slot(slots_);
-  if (!features_) features_ = model_->features(data_);
-  model_->set_params(global);
-  const auto st = model_->train(*features_, train_options(job_, round));
+  if (!features_) features_ = model_->features(train_);
+  load_round(*model_, job_, round, global);
   worker::LocalUpdate up;
-  up.delta = model_->params();
+  up.validation = evaluate_validation();
+  const auto st = model_->train(*features_, train_options(job_, round));
+  up.delta = model_->params(model_->trained_offset());
   for (size_t i = 0; i < up.delta.size(); ++i) up.delta[i] -= global[i];
-  up.num_samples = static_cast<uint64_t>(data_.size());
+  up.num_samples = static_cast<uint64_t>(train_.size());
   up.train_loss = st.loss;
   up.train_accuracy = st.accuracy;
   up.train_seconds = st.seconds;
   return up;
+}
+
+worker::ValidationFigures SiteTrainer::validate(uint32_t round, const std::vector<float>& params) {
+  common::ComputeSlots::Guard slot(slots_);
+  load_round(*model_, job_, round, params);
+  return evaluate_validation();
 }
 
 }  // namespace fedtl::app

@@ -29,7 +29,11 @@ class SiteTrainer : public worker::SiteRuntime {
   uint64_t prepare(const v1::JobSpec& job, const std::string& backbone_bytes) override;
   // The site policy's bound on a backbone's unpacked size (policy.max_backbone_bytes).
   void set_max_backbone_bytes(uint64_t n) { max_backbone_bytes_ = n; }
+  // Holds out data.validation_fraction of the site's images (stratified, seeded by job seed and
+  // site index) before anything trains; the rest is the training set whose size prepare()
+  // returns.
   worker::LocalUpdate train_round(uint32_t round, const std::vector<float>& global) override;
+  worker::ValidationFigures validate(uint32_t round, const std::vector<float>& params) override;
 
  private:
   DataLoader loader_;
@@ -38,8 +42,10 @@ class SiteTrainer : public worker::SiteRuntime {
   common::ComputeSlots* slots_ = nullptr;
   uint64_t max_backbone_bytes_ = uint64_t{2} << 30;
   v1::JobSpec job_;
+  common::ImageSet train_, validation_;  // data_ split by the job's validation fraction
   std::unique_ptr<common::model::TransferModel> model_;
-  std::unique_ptr<common::model::FeatureSet> features_;
+  std::unique_ptr<common::model::FeatureSet> features_, validation_features_;
+  worker::ValidationFigures evaluate_validation();
 };
 
 }  // namespace fedtl::app

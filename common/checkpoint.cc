@@ -13,7 +13,7 @@ namespace fedtl::common {
 namespace {
 
 constexpr char kMagic[8] = {'F', 'D', 'T', 'L', 'C', 'K', 'P', 'T'};
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;  // 2: the best model and early-stopping state
 constexpr size_t kHeader = 8 + 4 + 8, kDigest = 32;
 
 void put(std::string& out, const void* p, size_t n) { out.append(static_cast<const char*>(p), n); }
@@ -89,6 +89,10 @@ void write_checkpoint(const std::string& path, const Checkpoint& c) {
   put_pod<double>(payload, c.clip_norm);
   put_pod<uint64_t>(payload, c.metrics_lines.size());
   for (const auto& l : c.metrics_lines) put_str(payload, l);
+  put_floats(payload, c.best_params);
+  put_pod<double>(payload, c.best_validation_loss);
+  put_pod<uint32_t>(payload, c.best_round);
+  put_pod<uint32_t>(payload, c.rounds_since_best);
 
   std::string file(kMagic, 8);
   put_pod<uint32_t>(file, kVersion);
@@ -144,6 +148,10 @@ Checkpoint read_checkpoint(const std::string& path) {
   c.clip_norm = r.pod<double>();
   const uint64_t nl = r.count(10'000'000);
   for (uint64_t i = 0; i < nl; ++i) c.metrics_lines.push_back(r.str());
+  c.best_params = r.floats();
+  c.best_validation_loss = r.pod<double>();
+  c.best_round = r.pod<uint32_t>();
+  c.rounds_since_best = r.pod<uint32_t>();
   if (!r.done()) r.fail("trailing bytes");
   return c;
 }

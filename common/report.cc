@@ -37,12 +37,12 @@ std::string html_escape(const std::string& s) {
 }
 
 void write_accuracy_plot(const std::string& path, const std::string& title, const std::vector<PlotSeries>& series,
-                         const std::vector<PlotLine>& lines) {
-  write_file_atomic(path, accuracy_plot_svg(title, series, lines));
+                         const std::vector<PlotLine>& lines, const std::vector<PlotMark>& marks) {
+  write_file_atomic(path, accuracy_plot_svg(title, series, lines, marks));
 }
 
 std::string accuracy_plot_svg(const std::string& title, const std::vector<PlotSeries>& series,
-                              const std::vector<PlotLine>& lines) {
+                              const std::vector<PlotLine>& lines, const std::vector<PlotMark>& marks) {
   const double W = 760, H = 440, L = 60, R = 200, T = 40, B = 50;
   double xmax = 1, ymin = 1, ymax = 0;
   for (const auto& s : series)
@@ -102,6 +102,13 @@ std::string accuracy_plot_svg(const std::string& title, const std::vector<PlotSe
     std::ostringstream lab;
     lab << l.label << " " << std::round(l.value * 1000) / 10 << "%";
     legend_entry(lab.str(), c, true);
+  }
+  int mi = 0;
+  for (const auto& m : marks) {
+    const double x = px(m.round);
+    o << "<line x1=\"" << x << "\" x2=\"" << x << "\" y1=\"" << T << "\" y2=\"" << H - B
+      << "\" stroke=\"#555\" stroke-width=\"1\" stroke-dasharray=\"2,3\"/><text x=\"" << x + 3 << "\" y=\""
+      << T + 12 + 12 * (mi++ % 3) << "\" font-size=\"10\">" << html_escape(m.label) << "</text>\n";
   }
   o << "</svg>\n";
   return o.str();

@@ -33,13 +33,19 @@ struct PlotLine {  // a horizontal reference line (a baseline)
   double value = 0;
 };
 
+struct PlotMark {  // a vertical marker at a round (the best round, a phase change)
+  std::string label;
+  double round = 0;
+};
+
 // Writes an SVG line chart (atomically): x = round, y = accuracy %, one polyline per series,
-// dashed horizontal lines for the baselines, a legend.
+// dashed horizontal lines for the baselines, dotted vertical lines labelled at the top for the
+// marks, a legend.
 void write_accuracy_plot(const std::string& path, const std::string& title, const std::vector<PlotSeries>& series,
-                         const std::vector<PlotLine>& lines);
+                         const std::vector<PlotLine>& lines, const std::vector<PlotMark>& marks = {});
 // The same chart as SVG text (the status page embeds it).
 std::string accuracy_plot_svg(const std::string& title, const std::vector<PlotSeries>& series,
-                              const std::vector<PlotLine>& lines);
+                              const std::vector<PlotLine>& lines, const std::vector<PlotMark>& marks = {});
 
 // Text made safe inside HTML/SVG text and attribute values (< > & ").
 std::string html_escape(const std::string& s);

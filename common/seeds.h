@@ -20,6 +20,7 @@ inline constexpr uint64_t kBaselineLocal = 0x10ca1;   // baselines: local-only, 
 inline constexpr uint64_t kBaselineCentral = 0xce17;  // baselines: centralised
 inline constexpr uint64_t kScratchInit = 0x5c7a;      // baselines: the from-scratch CNN's weights
 inline constexpr uint64_t kScratchTrain = 0x5c7b;     // baselines: its training
+inline constexpr uint64_t kValidation = 0x7a11d;      // a site's validation hold-out, per site
 }  // namespace seed_stream
 
 // SplitMix64 finaliser applied to seed, then a, then b (each mixed in by xor before the next

@@ -15,6 +15,7 @@
 #include "protocols/messages.h"
 #include "protocols/job_check.h"
 #include "protocols/secure_round.h"
+#include "protocols/schedule.h"
 
 namespace fedtl::coordinator {
 
@@ -46,7 +47,7 @@ common::Frame recv_live(common::Connection& conn, Clock::time_point deadline, mi
 Coordinator::Coordinator(CoordinatorOptions options, std::unique_ptr<protocols::Strategy> strategy,
                          Evaluator& evaluator, std::vector<float> initial_params)
     : opt_(std::move(options)), strategy_(std::move(strategy)), evaluator_(evaluator),
-      params_(std::move(initial_params)),
+      params_(std::move(initial_params)), tracker_(opt_.early_stopping_patience),
       beats_(std::make_unique<HeartbeatSender>(opt_.heartbeat_interval)) {
   if (const auto& pv = opt_.job.privacy(); pv.mode() != v1::PRIVACY_OFF) {
     dp_ = std::make_unique<Dp>();
@@ -69,6 +70,7 @@ Coordinator::Coordinator(CoordinatorOptions options, std::unique_ptr<protocols::
       throw DataError("checkpoint has " + std::to_string(opt_.resume->params.size()) + " parameters; the model has " +
                       std::to_string(params_.size()));
     strategy_->set_state(opt_.resume->strategy_state);
+    tracker_.restore(*opt_.resume);
     if (dp_) {
       if (!opt_.resume->accountant_state.empty())
         dp_->accountant = protocols::dp::Accountant::from_string(opt_.resume->accountant_state);
@@ -98,7 +100,35 @@ Coordinator::~Coordinator() {
     }
 }
 
-RoundRecord Coordinator::run_round(uint32_t round) {
+bool ValidationTracker::observe(uint32_t round, double loss, const std::vector<float>& params) {
+  if (std::isnan(loss)) return false;
+  if (best_round_ == 0 || loss < best_loss_) {
+    best_loss_ = loss;
+    best_round_ = round;
+    best_params_ = params;
+    since_ = 0;
+    return false;
+  }
+  ++since_;
+  return patience_ > 0 && since_ >= patience_;
+}
+
+void ValidationTracker::restore(const common::Checkpoint& c) {
+  best_params_ = c.best_params;
+  best_loss_ = c.best_validation_loss;
+  best_round_ = c.best_params.empty() ? 0 : c.best_round;
+  since_ = c.rounds_since_best;
+}
+
+void ValidationTracker::save(common::Checkpoint& c) const {
+  c.best_params = best_params_;
+  c.best_validation_loss = best_loss_;
+  c.best_round = best_round_;
+  c.rounds_since_best = since_;
+}
+
+RoundRecord Coordinator::run_round(uint32_t round, bool validate_only, Validation& validation,
+                                   const std::function<bool(const Validation&)>& before_apply) {
   const auto t0 = Clock::now();
   RoundRecord rec;
   rec.round = round;
@@ -108,10 +138,16 @@ RoundRecord Coordinator::run_round(uint32_t round) {
     down0 += s->sent();
   }
   publish_sites();
+  // Only the values trained this round travel (protocols/schedule.h): the layout's suffix.
+  const auto sched = protocols::round_schedule(opt_.job, round);
+  rec.trainable_params = sched.trained;
+  rec.phase = sched.phase;
   v1::RoundStart start;
   start.set_round(round);
-  protocols::pack_tensor(params_, start.mutable_params());
+  protocols::pack_tensor(std::vector<float>(params_.begin() + static_cast<long>(sched.offset), params_.end()),
+                         start.mutable_params());
   start.set_deadline_seconds(std::chrono::duration<double>(opt_.round_timeout).count());
+  start.set_validate_only(validate_only);
   if (dp_) start.set_clip_norm(current_clip_norm());
   rec.clip_norm = current_clip_norm();
   const common::Frame start_frame = to_frame(start);
@@ -121,7 +157,7 @@ RoundRecord Coordinator::run_round(uint32_t round) {
   for (auto& s : sites_) {
     s->in_round = false;
     if (!s->info.active) continue;
-    if (dp_ && dp_->sampling_rate < 1.0 && coin(sampler) >= dp_->sampling_rate) continue;
+    if (!validate_only && dp_ && dp_->sampling_rate < 1.0 && coin(sampler) >= dp_->sampling_rate) continue;
     try {
       s->conn->send(start_frame);
       s->in_round = true;
@@ -132,23 +168,33 @@ RoundRecord Coordinator::run_round(uint32_t round) {
   }
 
   const auto deadline = t0 + opt_.round_timeout;
-  std::optional<Aggregate> agg =
-      opt_.job.secure_aggregation() ? secure_aggregate(round, deadline) : plain_aggregate(round, deadline);
+  const size_t length = static_cast<size_t>(sched.trained);
+  std::optional<Aggregate> agg = opt_.job.secure_aggregation() ? secure_aggregate(round, deadline, length, validate_only)
+                                                               : plain_aggregate(round, deadline, length, validate_only);
+  validation = agg ? agg->validation : Validation{};
   rec.sites_reported = agg ? agg->reported : 0;
-  if (agg && rec.sites_reported >= opt_.min_sites && rec.sites_reported > 0) {
+  const bool apply = !validate_only && (!before_apply || before_apply(validation));
+  if (apply && agg && rec.sites_reported >= opt_.min_sites && rec.sites_reported > 0) {
     if (dp_) privatize(round, *agg);
-    strategy_->apply(params_, agg->mean);
+    // The values not trained this round keep theirs: a zero delta there (no strategy moves a
+    // value whose deltas were always zero: FedAdam/FedYogi moments stay 0 too).
+    std::vector<double> full(params_.size(), 0.0);
+    std::copy(agg->mean.begin(), agg->mean.end(), full.begin() + static_cast<long>(sched.offset));
+    strategy_->apply(params_, full);
     rec.applied = true;
     rec.train_loss = agg->train_loss;
-  } else {
+    rec.train_accuracy = agg->train_accuracy;
+  } else if (apply) {
     spdlog::warn("round {}: {} of {} sites reported, quorum is {}; round abandoned", round, rec.sites_reported,
                  rec.sites_active, opt_.min_sites);
   }
-  const RoundEval ev = evaluator_.evaluate(params_);
-  rec.accuracy = ev.accuracy;
-  rec.loss = ev.loss;
-  rec.balanced_accuracy = ev.balanced_accuracy;
-  rec.macro_auc = ev.macro_auc;
+  if (!validate_only) {
+    const RoundEval ev = evaluator_.evaluate(params_);
+    rec.accuracy = ev.accuracy;
+    rec.loss = ev.loss;
+    rec.balanced_accuracy = ev.balanced_accuracy;
+    rec.macro_auc = ev.macro_auc;
+  }
   for (auto& s : sites_) {
     rec.bytes_up += s->received();
     rec.bytes_down += s->sent();
@@ -175,6 +221,28 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
                 std::to_string(opt_.min_sites));
   const uint32_t first = opt_.resume ? opt_.resume->round + 1 : 1;
   if (opt_.resume) spdlog::info("resuming after round {} from the checkpoint", opt_.resume->round);
+  const bool validating = opt_.job.training().validation_fraction() > 0;
+  // A round's record and checkpoint wait for its validation, which the next round's reports
+  // (or the validate-only exchange after the last round) bring.
+  struct Pending {
+    RoundRecord rec;
+    common::Checkpoint ckpt;
+  };
+  std::optional<Pending> pending;
+  bool stop = false;
+  auto finish = [&](Pending& p, const Validation& v) {
+    p.rec.validation_loss = v.loss;
+    p.rec.validation_accuracy = v.accuracy;
+    p.rec.validation_samples = v.samples;
+    if (validating && tracker_.observe(p.rec.round, v.loss, p.ckpt.params)) stop = true;
+    if (on_round) on_round(p.rec);
+    res.rounds.push_back(p.rec);
+    if (opt_.checkpoint) {
+      tracker_.save(p.ckpt);
+      opt_.checkpoint(p.ckpt);
+    }
+  };
+  uint32_t last = first - 1;
   for (uint32_t r = first; r <= opt_.job.rounds(); ++r) {
     if (opt_.stop_requested && opt_.stop_requested()) {
       res.interrupted = true;
@@ -194,21 +262,50 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
     }
     if (r > first) accept_rejoiners();
     if (!await_quorum(r, res)) break;
-    RoundRecord rec = run_round(r);
-    if (dp_) rec.epsilon = dp_->accountant.steps() ? dp_->accountant.epsilon(opt_.privacy.delta) : 0.0;
-    if (on_round) on_round(rec);
-    res.rounds.push_back(rec);
-    if (opt_.checkpoint) {
-      common::Checkpoint c;
-      c.round = r;
-      c.params = params_;
-      c.strategy_state = strategy_->state();
-      if (dp_) {
-        c.accountant_state = dp_->accountant.to_string();
-        c.clip_norm = current_clip_norm();
-      }
-      opt_.checkpoint(c);
+    Validation v;
+    // The reports of round r validate the model round r-1 left: that round is complete now,
+    // and early stopping decides before round r's aggregate is applied.
+    RoundRecord rec = run_round(r, false, v, [&](const Validation& started_from) {
+      if (!pending) return true;  // round 1, or the first round after a resume: already counted
+      finish(*pending, started_from);
+      pending.reset();
+      return !stop;
+    });
+    if (stop) {
+      res.stopped_early = true;
+      res.stop_reason = "stopped early: the validation loss has not improved for " +
+                        std::to_string(opt_.early_stopping_patience) + " rounds (best: round " +
+                        std::to_string(tracker_.best_round()) + ")";
+      spdlog::info("{}; round {} not applied", res.stop_reason, r);
+      break;
     }
+    last = r;
+    if (dp_) rec.epsilon = dp_->accountant.steps() ? dp_->accountant.epsilon(opt_.privacy.delta) : 0.0;
+    Pending p;
+    p.rec = rec;
+    p.ckpt.round = r;
+    p.ckpt.params = params_;
+    p.ckpt.strategy_state = strategy_->state();
+    if (dp_) {
+      p.ckpt.accountant_state = dp_->accountant.to_string();
+      p.ckpt.clip_norm = current_clip_norm();
+    }
+    if (validating)
+      pending = std::move(p);
+    else
+      finish(p, Validation{});
+  }
+  if (pending) {  // the last round's model: one validate-only exchange
+    Validation v;
+    if (!res.quorum_lost) {
+      try {
+        (void)run_round(last + 1, true, v, nullptr);
+      } catch (const fedtl::Error& e) {
+        spdlog::warn("validation of round {} failed: {}", pending->rec.round, e.what());
+      }
+    }
+    finish(*pending, v);
+    pending.reset();
   }
   beats_->stop();  // nothing follows the Shutdown
   v1::Shutdown sd;
@@ -230,6 +327,9 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
     res.epsilon = dp_->accountant.steps() ? dp_->accountant.epsilon(opt_.privacy.delta) : 0.0;
     res.accountant_state = dp_->accountant.to_string();
   }
+  res.best_params = tracker_.best_params();
+  res.best_round = tracker_.best_round();
+  res.best_validation_loss = tracker_.best_loss();
   return res;
 }
 

@@ -61,6 +61,29 @@ struct PrivacyOptions {
 };
 
 struct SiteInfo;
+// Best-model selection and early stopping on the federation's validation loss. observe() takes
+// each round's validation loss in round order (NaN: no site reported one; it neither improves
+// nor counts against patience). A loss below the best so far (strictly) becomes the best and
+// resets the count; otherwise the count grows, and with patience > 0 observe() returns true
+// once it reaches patience: stop. Not thread-safe; plain state, checkpointed by the caller.
+class ValidationTracker {
+ public:
+  explicit ValidationTracker(uint32_t patience = 0) : patience_(patience) {}
+  bool observe(uint32_t round, double loss, const std::vector<float>& params);
+  void restore(const common::Checkpoint& c);  // best_* and rounds_since_best
+  void save(common::Checkpoint& c) const;
+  bool has_best() const { return best_round_ > 0; }
+  uint32_t best_round() const { return best_round_; }
+  double best_loss() const { return best_loss_; }
+  uint32_t rounds_since_best() const { return since_; }
+  const std::vector<float>& best_params() const { return best_params_; }
+
+ private:
+  uint32_t patience_;
+  uint32_t best_round_ = 0, since_ = 0;
+  double best_loss_ = std::numeric_limits<double>::quiet_NaN();
+  std::vector<float> best_params_;
+};
 
 struct CoordinatorOptions {
   v1::JobSpec job;            // sent to every site (site_index filled per site)
@@ -115,6 +138,12 @@ struct CoordinatorOptions {
   // Called (on the run() thread) whenever a site's state changes and before every round, with
   // every slot in index order: what a status page shows. Must be quick and must not throw.
   std::function<void(const std::vector<SiteInfo>&)> on_sites;
+  // Federated validation (JobSpec.training.validation_fraction > 0): sites report, with each
+  // round's update, the figures of the model that round started from, so round r's record and
+  // checkpoint are completed by round r+1's reports (after the last round, by a validate-only
+  // RoundStart). Stop when the validation loss has not improved for this many rounds (0 =
+  // never); the round in flight when that is decided is not applied.
+  uint32_t early_stopping_patience = 0;
 };
 
 struct RoundRecord {
@@ -129,6 +158,14 @@ struct RoundRecord {
   double seconds = 0;
   double epsilon = 0;              // DP: privacy spent so far at PrivacyOptions::delta (0: no DP)
   double clip_norm = 0;            // DP: the clip norm used this round
+  double train_accuracy = std::numeric_limits<double>::quiet_NaN();
+  // The global model after this round on the sites' validation splits: sample-weighted mean
+  // loss and accuracy (NaN: no validation reported), and the images they cover.
+  double validation_loss = std::numeric_limits<double>::quiet_NaN();
+  double validation_accuracy = std::numeric_limits<double>::quiet_NaN();
+  double validation_samples = 0;
+  uint64_t trainable_params = 0;   // values trained (and sent each way) this round
+  std::string phase = "head";      // protocols::RoundSchedule::phase
 };
 
 struct SiteInfo {
@@ -167,6 +204,12 @@ class Coordinator {
     bool quorum_lost = false;       // stopped because fewer than min_sites stayed
     double epsilon = 0;             // DP: final privacy spent (0: no DP)
     std::string accountant_state;   // DP: the RDP accountant, serialised (for checkpoints)
+    // Federated validation: the model of the best round (empty: none validated), that round
+    // (0: none), and whether early stopping ended the job.
+    std::vector<float> best_params;
+    uint32_t best_round = 0;
+    double best_validation_loss = std::numeric_limits<double>::quiet_NaN();
+    bool stopped_early = false;
   };
   // Runs the whole job; `on_round` is called after every round. Throws fedtl::Error when
   // fewer than min_sites complete the handshake.
@@ -198,17 +241,30 @@ class Coordinator {
   // Refreshes every SiteInfo::state and reports them to opt_.on_sites.
   void publish_sites();
   RoundRecord run_round(uint32_t round);
+  // The federation's validation figures of one model.
+  struct Validation {
+    double loss = std::numeric_limits<double>::quiet_NaN(), accuracy = std::numeric_limits<double>::quiet_NaN();
+    double samples = 0;
+  };
+  // Sends the round's RoundStart (validate_only: the validation exchange), collects, and
+  // (training rounds) applies the aggregate and evaluates. `validation` receives the figures
+  // the sites reported (of the model the round started from).
+  RoundRecord run_round(uint32_t round, bool validate_only, Validation& validation,
+                        const std::function<bool(const Validation&)>& before_apply);
   struct Aggregate {
-    std::vector<double> mean;  // Σ w_i Δ_i / Σ w_i
+    std::vector<double> mean;  // Σ w_i Δ_i / Σ w_i (the round's trained values only)
     size_t reported = 0;
     double train_loss = 0;     // weighted mean of the sites' local losses (NaN: not shared)
     size_t below_clip = 0;     // DP adaptive clipping: reports at or below the clip norm
+    double train_accuracy = std::numeric_limits<double>::quiet_NaN();
+    Validation validation;     // of the model the round started from
   };
   using TimePoint = std::chrono::steady_clock::time_point;
   // Plain: each site's Update in the clear (plain_round.cc). Secure: the secagg steps (
   // secure_relay.cc); the coordinator learns only the sum. nullopt: nothing to apply.
-  std::optional<Aggregate> plain_aggregate(uint32_t round, TimePoint deadline);
-  std::optional<Aggregate> secure_aggregate(uint32_t round, TimePoint deadline);
+  // `length`: values per delta (the round's trained values; 0 for a validate-only exchange).
+  std::optional<Aggregate> plain_aggregate(uint32_t round, TimePoint deadline, size_t length, bool validate_only);
+  std::optional<Aggregate> secure_aggregate(uint32_t round, TimePoint deadline, size_t length, bool validate_only);
   void privatize(uint32_t round, Aggregate& agg);
   double current_clip_norm() const;
   // The largest sample count a site's weight may claim now (see max_samples_per_site).
@@ -218,6 +274,7 @@ class Coordinator {
   std::unique_ptr<protocols::Strategy> strategy_;
   Evaluator& evaluator_;
   std::vector<float> params_;
+  ValidationTracker tracker_;
   std::vector<std::unique_ptr<Site>> sites_;
   common::Listener* listener_ = nullptr;
   // Differential privacy state (unused when the job has no PrivacySpec).

@@ -23,9 +23,12 @@ using protocols::to_frame;
 // encrypted shares, sums masked inputs and unmasks only the sum. Sites that stall at any step
 // are left out of the rest of this round (they count as dropped); below the threshold the
 // round is abandoned and the sites are told to discard its secrets.
-std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t round, TimePoint deadline) {
+std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t round, TimePoint deadline, size_t length,
+                                                                    bool validate_only) {
   namespace sa = protocols::secagg;
-  const uint64_t m = params_.size() + 1;  // [w, w·Δ]
+  // [w, w·Δ, the sites' figures] (protocols/secure_round.h); no Δ in a validate-only round.
+  const size_t delta_len = validate_only ? 0 : length;
+  const uint64_t m = delta_len + 1 + protocols::kSecureMetrics;
   std::vector<Site*> part;
   for (auto& s : sites_)
     if (s->info.active && s->in_round) part.push_back(s.get());  // the sampled sites
@@ -133,8 +136,13 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
               own(s, u.site());
               server.add_unmask_shares(u);
             });
-    const std::vector<uint32_t> sum = server.finish();
-    const auto decoded = sa::decode_weighted_mean(sum, protocols::secagg_quant_spec(opt_.job));
+    std::vector<uint32_t> sum = server.finish();
+    const auto quant = protocols::secagg_quant_spec(opt_.job);
+    // The figures' sums only: no single site's figure is ever seen.
+    const std::vector<uint32_t> metric_sum(sum.end() - static_cast<long>(protocols::kSecureMetrics), sum.end());
+    sum.resize(sum.size() - protocols::kSecureMetrics);
+    const auto figures = protocols::decode_metrics(sa::dequantise_sum(metric_sum, quant), opt_.job.secagg().weight_bound());
+    const auto decoded = sa::decode_weighted_mean(sum, quant);
     // Each honest site's weight is its sample count over the public bound, at most 1: a sum
     // above the survivor count means someone forged its weight coordinate.
     const double survivors = static_cast<double>(server.survivors().size());
@@ -143,7 +151,11 @@ std::optional<Coordinator::Aggregate> Coordinator::secure_aggregate(uint32_t rou
                           std::to_string(server.survivors().size()) + " survivors' bound (a forged weight)");
     spdlog::debug("round {}: secure sum of {} sites unmasked", round, server.survivors().size());
     drop_cheaters();
-    return Aggregate{decoded.mean, server.survivors().size(), std::nan(""), 0};
+    Aggregate a{decoded.mean, server.survivors().size(), figures.train_loss, 0};
+    a.train_accuracy = figures.train_accuracy;
+    if (figures.validation_samples > 0)
+      a.validation = Validation{figures.validation_loss, figures.validation_accuracy, figures.validation_samples};
+    return a;
   } catch (const sa::RoundAborted& e) {
     drop_cheaters();
     return abandon(round, e.what());

@@ -34,6 +34,9 @@ std::string job_spec_problem(const v1::JobSpec& job) {
   if (!std::isfinite(t.momentum()) || t.momentum() < 0 || t.momentum() >= 1) return "training.momentum must be in [0, 1)";
   if (!std::isfinite(t.weight_decay()) || t.weight_decay() < 0) return "training.weight_decay must be finite and >= 0";
   if (!std::isfinite(t.prox_mu()) || t.prox_mu() < 0) return "training.prox_mu must be finite and >= 0";
+  if (!std::isfinite(t.backbone_lr()) || t.backbone_lr() < 0) return "training.backbone_lr must be finite and >= 0";
+  if (!std::isfinite(t.validation_fraction()) || t.validation_fraction() < 0 || t.validation_fraction() >= 1)
+    return "training.validation_fraction must be in [0, 1)";
   if (job.rounds() < 1) return "rounds must be >= 1";
   if (job.model().num_classes() < 2) return "model.num_classes must be >= 2";
   if (job.model().head() == v1::HEAD_MLP && job.model().hidden() < 1) return "model.hidden must be >= 1";

@@ -1,5 +1,8 @@
 #include "protocols/secure_round.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "common/errors.h"
 #include "protocols/messages.h"
 #include "protocols/secagg/wire.h"
@@ -19,6 +22,31 @@ secagg::RoundConfig secagg_round_config(const v1::JobSpec& job, uint32_t round, 
   rc.signed_keys = s.signed_keys();
   rc.site_names.assign(job.site_names().begin(), job.site_names().end());
   return rc;
+}
+
+std::vector<float> encode_metrics(const SiteFigures& f, double weight_bound) {
+  auto unit = [](double v) { return std::isfinite(v) ? std::min(1.0, std::max(0.0, v)) : 0.0; };
+  const double tw = unit(f.weight);
+  const double vw = unit(f.validation_samples / weight_bound);
+  const double vloss = f.validation_samples > 0 ? f.validation_loss_sum / f.validation_samples : 0.0;
+  const double vacc = f.validation_samples > 0 ? f.validation_correct / f.validation_samples : 0.0;
+  return {static_cast<float>(tw), static_cast<float>(tw * unit(f.train_loss / kSecureLossBound)),
+          static_cast<float>(tw * unit(f.train_accuracy)), static_cast<float>(vw),
+          static_cast<float>(vw * unit(vloss / kSecureLossBound)), static_cast<float>(vw * unit(vacc))};
+}
+
+FederationFigures decode_metrics(const std::vector<double>& sums, double weight_bound) {
+  if (sums.size() != kSecureMetrics) throw ProtocolError("secure aggregation: wrong number of metric sums");
+  const double nan = std::nan("");
+  FederationFigures out;
+  const double tw = sums[0], vw = sums[3];
+  // Below half a quantum of weight nothing was shared (the sums are exact multiples of 1/S).
+  out.train_loss = tw > 1e-9 ? sums[1] * kSecureLossBound / tw : nan;
+  out.train_accuracy = tw > 1e-9 ? sums[2] / tw : nan;
+  out.validation_loss = vw > 1e-9 ? sums[4] * kSecureLossBound / vw : nan;
+  out.validation_accuracy = vw > 1e-9 ? sums[5] / vw : nan;
+  out.validation_samples = vw * weight_bound;
+  return out;
 }
 
 secagg::QuantSpec secagg_quant_spec(const v1::JobSpec& job) {

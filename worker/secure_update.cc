@@ -60,8 +60,12 @@ bool Worker::secure_round(const v1::JobSpec& job, const v1::RoundStart& start, c
 bool Worker::secure_steps(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& global) {
   const uint32_t round = start.round();
   const uint32_t site = job.site_index();
-  sa::ClientSession client(protocols::secagg_round_config(job, round, global.size() + 1), site, opt_.signer.get(),
-                           opt_.verifier.get());
+  // [w, w·Δ] then the site's figures (protocols/secure_round.h): the coordinator learns only
+  // their sums. A validate-only round has no Δ.
+  const bool validate_only = start.validate_only();
+  sa::ClientSession client(
+      protocols::secagg_round_config(job, round, (validate_only ? 0 : global.size()) + 1 + protocols::kSecureMetrics),
+      site, opt_.signer.get(), opt_.verifier.get());
   send(to_frame(client.advertise_keys()));
   auto keys = await_round<v1::SecAggKeyList>(round);
   if (!keys) return false;
@@ -69,7 +73,13 @@ bool Worker::secure_steps(const v1::JobSpec& job, const v1::RoundStart& start, c
   auto shares = await_round<v1::SecAggShareList>(round);
   if (!shares) return false;
 
-  LocalUpdate up = train_with_heartbeats(start, global, nullptr);
+  LocalUpdate up;
+  if (validate_only) {
+    up.validation = runtime_.validate(round, global);
+    up.num_samples = num_samples_;
+  } else {
+    up = train_with_heartbeats(start, global, nullptr);
+  }
   // Under differential privacy every site counts the same (weight 1): the sensitivity bound
   // is per site, not per sample.
   const double weight =
@@ -77,8 +87,21 @@ bool Worker::secure_steps(const v1::JobSpec& job, const v1::RoundStart& start, c
   if (weight > 1.0)
     throw PolicyError("this site has " + std::to_string(up.num_samples) + " samples, above the job's weight bound " +
                       std::to_string(job.secagg().weight_bound()));
-  const auto x = sa::encode_weighted(up.delta, weight, job.secagg().clip(), protocols::secagg_quant_spec(job),
-                                     sa::derive_rounding_seed(job.seed(), round, site));
+  const auto quant = protocols::secagg_quant_spec(job);
+  auto x = sa::encode_weighted(up.delta, weight, job.secagg().clip(), quant,
+                               sa::derive_rounding_seed(job.seed(), round, site));
+  protocols::SiteFigures figures;
+  if (opt_.share_training_metrics) {
+    figures.weight = validate_only ? 0.0 : weight;
+    figures.train_loss = up.train_loss;
+    figures.train_accuracy = up.train_accuracy;
+    figures.validation_samples = static_cast<double>(up.validation.samples);
+    figures.validation_loss_sum = up.validation.loss_sum;
+    figures.validation_correct = static_cast<double>(up.validation.correct);
+  }
+  const auto m = sa::quantise(protocols::encode_metrics(figures, job.secagg().weight_bound()), quant,
+                              sa::derive_rounding_seed(job.seed(), round, site | 0x80000000u));
+  x.insert(x.end(), m.begin(), m.end());
   send(to_frame(client.mask_input(*shares, x)));
   auto request = await_round<v1::SecAggUnmaskRequest>(round);
   if (!request) return false;

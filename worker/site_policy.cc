@@ -29,6 +29,25 @@ std::string policy_violation(const worker::SitePolicy& p, const v1::JobSpec& job
   if (!(t.lr() <= p.max_learning_rate))
     return "the job's learning rate " + std::to_string(t.lr()) + " is above this site's policy.max_learning_rate " +
            std::to_string(p.max_learning_rate);
+  const double backbone_lr = t.backbone_lr() > 0 ? t.backbone_lr() : t.lr() / 10;
+  if (!(backbone_lr <= p.max_backbone_lr) || !(backbone_lr <= p.max_learning_rate))
+    return "the job's backbone learning rate " + std::to_string(backbone_lr) +
+           " is above this site's policy.max_backbone_lr " + std::to_string(p.max_backbone_lr) +
+           " (or policy.max_learning_rate)";
+  {
+    uint64_t children = 0;
+    std::string last;
+    for (const auto& e : job.layout().entries()) {
+      if (e.name().rfind("backbone.", 0) != 0) continue;
+      const auto dot = e.name().find('.', 9);
+      const std::string child = e.name().substr(9, dot == std::string::npos ? std::string::npos : dot - 9);
+      if (child != last) ++children;
+      last = child;
+    }
+    if (static_cast<int64_t>(children) > p.max_unfrozen_children)
+      return "the job trains " + std::to_string(children) + " backbone children; this site allows at most " +
+             std::to_string(p.max_unfrozen_children) + " (policy.max_unfrozen_children)";
+  }
   if (static_cast<int64_t>(job.model().hidden()) > p.max_hidden)
     return "the job's head is " + std::to_string(job.model().hidden()) + " wide; this site allows at most " +
            std::to_string(p.max_hidden) + " (policy.max_hidden)";

@@ -19,6 +19,8 @@ struct SitePolicy {
   // Bounds on the work a job may ask for (refused before any work, the reason sent back).
   int64_t max_batch_size = 65536;
   double max_learning_rate = 10;             // training.lr, and the backbone's learning rate
+  double max_backbone_lr = 10;               // training.backbone_lr (the unfrozen children's)
+  int64_t max_unfrozen_children = 65535;     // backbone children a job may train (0: head only)
   int64_t max_hidden = 65536;                // an MLP head's hidden width
   double max_round_seconds = 86400;          // a RoundStart's deadline
   bool share_training_metrics = true;        // false: only updates leave the site

@@ -11,10 +11,19 @@
 
 namespace fedtl::worker {
 
+// A site's figures about one model on its validation split (none: samples = 0).
+struct ValidationFigures {
+  double loss_sum = 0;   // summed cross-entropy
+  uint64_t samples = 0;
+  uint64_t correct = 0;
+};
+
 struct LocalUpdate {
-  std::vector<float> delta;  // local params - global params
+  std::vector<float> delta;  // local params - global params (the round's trained values only)
   uint64_t num_samples = 0;
   double train_loss = 0, train_accuracy = 0, train_seconds = 0;
+  // The global model this round started from, on the site's validation split.
+  ValidationFigures validation;
 };
 
 class SiteRuntime {
@@ -25,9 +34,14 @@ class SiteRuntime {
   // fedtl::Error (ModelError, ConfigError) when the job cannot run here; the message is
   // sent back to the coordinator.
   virtual uint64_t prepare(const v1::JobSpec& job, const std::string& backbone_bytes) = 0;
-  // Trains from `global` for the job's local epochs and returns the delta. `round` is
-  // 1-based and seeds the local shuffling together with the job seed and site index.
+  // Evaluates `global` on the site's validation split, then trains from it for the job's local
+  // epochs and returns the delta. `round` is 1-based and seeds the local shuffling together
+  // with the job seed and site index; it also selects the round's trained set
+  // (protocols/schedule.h): `global` and the delta hold that round's trained values only.
   virtual LocalUpdate train_round(uint32_t round, const std::vector<float>& global) = 0;
+  // The model `params` (round `round`'s trained values) on the validation split, no training
+  // (RoundStart.validate_only, after the last round).
+  virtual ValidationFigures validate(uint32_t round, const std::vector<float>& params) = 0;
 };
 
 }  // namespace fedtl::worker

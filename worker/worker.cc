@@ -12,6 +12,7 @@
 #include "common/seeds.h"
 #include "common/sha256.h"
 #include "protocols/messages.h"
+#include "protocols/schedule.h"
 #include "protocols/dp/mechanism.h"
 #include "protocols/job_check.h"
 #include "protocols/secure_round.h"
@@ -136,7 +137,8 @@ WorkerResult Worker::run() {
 
   v1::Ready ready;
   try {
-    ready.set_num_samples(runtime_.prepare(job, backbone));
+    num_samples_ = runtime_.prepare(job, backbone);
+    ready.set_num_samples(num_samples_);
   } catch (const fedtl::Error& e) {
     // This site cannot do this job (its data lacks a class, the backbone does not fit its
     // images, ...): say why, and fail permanently rather than reconnect to the same refusal.
@@ -164,7 +166,8 @@ WorkerResult Worker::run() {
     auto start = from_frame<v1::RoundStart>(f);
     std::vector<float> global;
     try {  // the global model must match the job's layout and be finite before it is trained on
-      global = protocols::unpack_tensor(start.params(), protocols::layout_numel(job.layout()));
+      // The round's trained values only (protocols/schedule.h).
+      global = protocols::unpack_tensor(start.params(), protocols::round_schedule(job, start.round()).trained);
       for (float v : global)
         if (!std::isfinite(v)) throw ProtocolError("the global parameters hold a non-finite value");
       if (!std::isfinite(start.deadline_seconds()) || start.deadline_seconds() < 0 ||
@@ -177,6 +180,13 @@ WorkerResult Worker::run() {
       spdlog::error("[{}] {}", opt_.site_name, why);
       send(protocols::error_frame(protocols::ErrorCode::kBadMessage, why));
       throw ProtocolError(why);
+    }
+    if (start.validate_only()) {
+      if (job.secure_aggregation())
+        secure_round(job, start, global);
+      else
+        validation_round(start, global);
+      continue;
     }
     const bool done = job.secure_aggregation() ? secure_round(job, start, global) : plain_round(start, global);
     if (done) ++result.rounds_trained;
@@ -261,9 +271,26 @@ bool Worker::plain_round(const v1::RoundStart& start, const std::vector<float>& 
     msg.set_train_loss(up.train_loss);
     msg.set_train_accuracy(up.train_accuracy);
     msg.set_train_seconds(up.train_seconds);
+    msg.set_validation_loss_sum(up.validation.loss_sum);
+    msg.set_validation_samples(up.validation.samples);
+    msg.set_validation_correct(up.validation.correct);
   }
   send(to_frame(msg));
   return true;
+}
+
+void Worker::validation_round(const v1::RoundStart& start, const std::vector<float>& params) {
+  const ValidationFigures v = runtime_.validate(start.round(), params);
+  v1::Update msg;
+  msg.set_round(start.round());
+  msg.set_num_samples(0);
+  protocols::pack_tensor({}, msg.mutable_delta());
+  if (opt_.share_training_metrics) {
+    msg.set_validation_loss_sum(v.loss_sum);
+    msg.set_validation_samples(v.samples);
+    msg.set_validation_correct(v.correct);
+  }
+  send(to_frame(msg));
 }
 
 }  // namespace fedtl::worker

@@ -108,6 +108,9 @@ class Worker {
   // around local training (worker/secure_update.cc). Returns false if the round was
   // abandoned (SecAggAbort, or the coordinator moved on).
   bool plain_round(const v1::RoundStart& start, const std::vector<float>& global);
+  // RoundStart.validate_only without secure aggregation: the validation figures in an Update
+  // with an empty delta.
+  void validation_round(const v1::RoundStart& start, const std::vector<float>& params);
   // Local training, then the job's DP treatment of the delta (clip, this site's noise).
   LocalUpdate train_private(const v1::RoundStart& start, const std::vector<float>& global, bool* below_clip);
   bool secure_round(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& global);
@@ -120,6 +123,7 @@ class Worker {
   std::optional<common::Frame> pending_;
   std::mutex send_mu_;
   v1::JobSpec job_;
+  uint64_t num_samples_ = 0;  // what prepare() returned (a validate-only secure round's weight)
   common::Connection& conn_;
   SiteRuntime& runtime_;
   WorkerOptions opt_;

@@ -231,6 +231,15 @@ struct TransferModel::Impl {
   std::vector<ParamInfo> layout;
   int64_t feature_dim = 0;
   int64_t num_params = 0;
+  // The trainable children that hold parameters, and where their tensors start in `params`.
+  std::vector<ChildInfo> children;
+  std::vector<size_t> child_first;  // index into params of each child's first tensor
+  int64_t trained_children = 0;     // the last this-many children train (set_trained_children)
+
+  size_t first_trained_tensor() const {
+    const size_t k = static_cast<size_t>(trained_children);
+    return k == 0 ? params.size() - head.size() : child_first[children.size() - k];
+  }
 
   Tensor frozen_forward(const Tensor& x) const {
     if (whole_frozen) return const_cast<torch::jit::Module&>(backbone).forward({x}).toTensor();
@@ -288,10 +297,28 @@ std::unique_ptr<TransferModel> TransferModel::create(const std::string& backbone
     if (spec.freeze == Freeze::kAll) {
       impl->whole_frozen = true;
     } else {
-      n_trainable = spec.freeze == Freeze::kNone ? children.size() : static_cast<size_t>(spec.unfrozen);
-      if (children.empty() || n_trainable > children.size())
-        throw ModelError("backbone has " + std::to_string(children.size()) + " top-level children; cannot train the last " +
-                         std::to_string(n_trainable));
+      // Only children with parameters count towards `unfrozen`; the parameterless ones
+      // between them (pooling, an Identity classifier) run with the trained part.
+      auto has_params = [](const torch::jit::Module& c) { return c.parameters(/*recurse=*/true).size() > 0; };
+      size_t with_params = 0;
+      for (const auto& c : children) with_params += has_params(c) ? 1 : 0;
+      if (spec.freeze == Freeze::kNone) {
+        n_trainable = children.size();
+      } else {
+        const size_t want = static_cast<size_t>(spec.unfrozen);
+        if (want > with_params)
+          throw ModelError("backbone has " + std::to_string(with_params) +
+                           " top-level children with parameters; cannot train the last " + std::to_string(want) +
+                           " (backbone.unfrozen)");
+        size_t seen = 0;
+        n_trainable = 0;
+        while (seen < want) {
+          if (has_params(children[children.size() - 1 - n_trainable])) ++seen;
+          ++n_trainable;
+        }
+      }
+      if (children.empty())
+        throw ModelError("backbone has no top-level children; cannot train any of them (set backbone.freeze = \"all\")");
       impl->frozen.assign(children.begin(), children.end() - static_cast<long>(n_trainable));
       impl->trainable.assign(children.end() - static_cast<long>(n_trainable), children.end());
       Tensor seq = pool_flatten(run_children(children, probe));
@@ -302,11 +329,19 @@ std::unique_ptr<TransferModel> TransferModel::create(const std::string& backbone
 
     for (size_t i = 0; i < impl->trainable.size(); ++i) {
       const std::string child = child_names[children.size() - impl->trainable.size() + i];
+      int64_t count = 0;
+      const size_t first = impl->params.size();
       for (const auto& p : impl->trainable[i].named_parameters(/*recurse=*/true)) {
         impl->params.push_back(p.value);
         impl->layout.push_back({"backbone." + child + "." + p.name, p.value.sizes().vec()});
+        count += p.value.numel();
+      }
+      if (impl->params.size() > first) {
+        impl->children.push_back({child, count});
+        impl->child_first.push_back(first);
       }
     }
+    impl->trained_children = static_cast<int64_t>(impl->children.size());
     std::mt19937_64 rng(derive_seed(init_seed, seed_stream::kHeadInit));
     auto add_linear = [&](const std::string& name, int64_t in, int64_t out) {
       const double bound = 1.0 / std::sqrt(static_cast<double>(in));
@@ -336,27 +371,56 @@ const std::vector<ParamInfo>& TransferModel::layout() const { return impl_->layo
 int64_t TransferModel::num_params() const { return impl_->num_params; }
 int64_t TransferModel::feature_dim() const { return impl_->feature_dim; }
 
-std::vector<float> TransferModel::params() const {
-  std::vector<float> out(static_cast<size_t>(impl_->num_params));
-  size_t off = 0;
+const std::vector<ChildInfo>& TransferModel::trainable_children() const { return impl_->children; }
+
+void TransferModel::set_trained_children(int64_t k) {
+  if (k < 0 || k > static_cast<int64_t>(impl_->children.size()))
+    throw ModelError("cannot train " + std::to_string(k) + " backbone children: the model has " +
+                     std::to_string(impl_->children.size()) + " trainable ones");
+  impl_->trained_children = k;
+}
+
+int64_t TransferModel::trained_children() const { return impl_->trained_children; }
+
+int64_t TransferModel::trained_offset() const {
+  int64_t off = 0;
+  for (size_t i = 0; i < impl_->first_trained_tensor(); ++i) off += impl_->params[i].numel();
+  return off;
+}
+
+std::vector<float> TransferModel::params(int64_t offset) const {
+  if (offset < 0 || offset > impl_->num_params)
+    throw ModelError("parameter offset " + std::to_string(offset) + " is outside the model's " +
+                     std::to_string(impl_->num_params) + " values");
+  std::vector<float> out(static_cast<size_t>(impl_->num_params - offset));
+  int64_t pos = 0;
   for (const auto& p : impl_->params) {
     Tensor c = p.detach().contiguous();
-    std::memcpy(out.data() + off, c.data_ptr<float>(), static_cast<size_t>(c.numel()) * sizeof(float));
-    off += static_cast<size_t>(c.numel());
+    const int64_t n = c.numel();
+    const int64_t from = std::max<int64_t>(offset - pos, 0);
+    if (from < n)
+      std::memcpy(out.data() + (pos + from - offset), c.data_ptr<float>() + from,
+                  static_cast<size_t>(n - from) * sizeof(float));
+    pos += n;
   }
   return out;
 }
 
-void TransferModel::set_params(const std::vector<float>& flat) {
-  if (static_cast<int64_t>(flat.size()) != impl_->num_params)
-    throw ModelError("parameter vector has " + std::to_string(flat.size()) + " values; the model has " +
-                     std::to_string(impl_->num_params));
+void TransferModel::set_params(const std::vector<float>& values, int64_t offset) {
+  if (offset < 0 || offset > impl_->num_params || static_cast<int64_t>(values.size()) != impl_->num_params - offset)
+    throw ModelError("parameter vector has " + std::to_string(values.size()) + " values from offset " +
+                     std::to_string(offset) + "; the model has " + std::to_string(impl_->num_params));
   torch::NoGradGuard no_grad;
-  size_t off = 0;
+  int64_t pos = 0;
   for (auto& p : impl_->params) {
-    Tensor src = torch::from_blob(const_cast<float*>(flat.data() + off), p.sizes(), torch::kFloat32);
-    p.copy_(src);
-    off += static_cast<size_t>(p.numel());
+    const int64_t n = p.numel();
+    const int64_t from = std::max<int64_t>(offset - pos, 0);
+    if (from < n) {
+      Tensor src = torch::from_blob(const_cast<float*>(values.data() + (pos + from - offset)), {n - from},
+                                    torch::kFloat32);
+      p.view({-1}).slice(0, from, n).copy_(src);
+    }
+    pos += n;
   }
 }
 
@@ -388,21 +452,35 @@ TrainStats TransferModel::train(const FeatureSet& data, const TrainOptions& opt)
     if (opt.recompute_features && !d.inputs.defined())
       throw ModelError("recompute_features needs a FeatureSet made with keep_inputs");
     const auto t0 = Clock::now();
-    for (auto& p : impl_->params) p.set_requires_grad(true);
+    // This round's trainable tensors: the last trained_children children's, then the head's.
+    const size_t first = impl_->first_trained_tensor(), head_first = impl_->params.size() - impl_->head.size();
+    std::vector<Tensor> params(impl_->params.begin() + static_cast<long>(first), impl_->params.end());
+    std::vector<Tensor> backbone_part(impl_->params.begin() + static_cast<long>(first),
+                                      impl_->params.begin() + static_cast<long>(head_first));
+    std::vector<Tensor> head_part(impl_->params.begin() + static_cast<long>(head_first), impl_->params.end());
+    for (auto& p : params) p.set_requires_grad(true);
+    const double backbone_lr = opt.backbone_lr > 0 ? opt.backbone_lr : opt.lr;
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    auto options = [&](double lr) -> std::unique_ptr<torch::optim::OptimizerOptions> {
+      if (opt.optimizer == Optimizer::kAdam)
+        return std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(lr).weight_decay(opt.weight_decay));
+      return std::make_unique<torch::optim::SGDOptions>(
+          torch::optim::SGDOptions(lr).momentum(opt.momentum).weight_decay(opt.weight_decay));
+    };
+    if (!backbone_part.empty()) groups.emplace_back(backbone_part, options(backbone_lr));
+    groups.emplace_back(head_part, options(opt.lr));
     std::unique_ptr<torch::optim::Optimizer> optim;
     switch (opt.optimizer) {
       case Optimizer::kAdam:
-        optim = std::make_unique<torch::optim::Adam>(
-            impl_->params, torch::optim::AdamOptions(opt.lr).weight_decay(opt.weight_decay));
+        optim = std::make_unique<torch::optim::Adam>(std::move(groups), torch::optim::AdamOptions(opt.lr));
         break;
       case Optimizer::kSgd:
-        optim = std::make_unique<torch::optim::SGD>(
-            impl_->params, torch::optim::SGDOptions(opt.lr).momentum(opt.momentum).weight_decay(opt.weight_decay));
+        optim = std::make_unique<torch::optim::SGD>(std::move(groups), torch::optim::SGDOptions(opt.lr));
         break;
     }
     std::vector<Tensor> anchor;
     if (opt.prox_mu > 0)
-      for (const auto& p : impl_->params) anchor.push_back(p.detach().clone());
+      for (const auto& p : params) anchor.push_back(p.detach().clone());
 
     const int64_t n = data.size();
     std::vector<int64_t> order(static_cast<size_t>(n));
@@ -434,11 +512,10 @@ TrainStats TransferModel::train(const FeatureSet& data, const TrainOptions& opt)
         Tensor loss = torch::nn::functional::cross_entropy(logits, y);
         optim->zero_grad();
         loss.backward();
-        if (opt.average_gradients) average_site_gradients(impl_->params, opt);
+        if (opt.average_gradients) average_site_gradients(params, opt);
         if (opt.prox_mu > 0) {
           torch::NoGradGuard ng;
-          for (size_t i = 0; i < impl_->params.size(); ++i)
-            impl_->params[i].mutable_grad().add_(impl_->params[i] - anchor[i], opt.prox_mu);
+          for (size_t i = 0; i < params.size(); ++i) params[i].mutable_grad().add_(params[i] - anchor[i], opt.prox_mu);
         }
         optim->step();
         ++st.steps;
@@ -448,7 +525,7 @@ TrainStats TransferModel::train(const FeatureSet& data, const TrainOptions& opt)
       st.loss = loss_sum / static_cast<double>(n);
       st.accuracy = static_cast<double>(correct) / static_cast<double>(n);
     }
-    for (auto& p : impl_->params) p.set_requires_grad(false);
+    for (auto& p : params) p.set_requires_grad(false);
     st.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     return st;
   });

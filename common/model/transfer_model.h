@@ -30,7 +30,8 @@ struct InputSpec {
 };
 
 // Which top-level backbone children train: none of them (kAll: the head alone), the last
-// ModelSpec::unfrozen of them, or all of them.
+// ModelSpec::unfrozen of them, or all of them. Only children that hold parameters count: a
+// torchvision trunk's avgpool and Identity fc are run, but `unfrozen = 1` means its layer4.
 enum class Freeze { kAll, kAllButLast, kNone };
 enum class HeadType { kLinear, kMlp };  // a linear layer, or linear-ReLU-linear
 enum class Optimizer { kSgd, kAdam };
@@ -47,7 +48,7 @@ std::optional<Optimizer> parse_optimizer(const std::string& name);
 struct ModelSpec {
   InputSpec input;
   Freeze freeze = Freeze::kAllButLast;
-  int64_t unfrozen = 1;                 // trained backbone children for kAllButLast
+  int64_t unfrozen = 1;                 // trained backbone children (with parameters) for kAllButLast
   HeadType head = HeadType::kLinear;
   int64_t hidden = 128;
   int64_t num_classes = 5;
@@ -65,6 +66,8 @@ struct ParamInfo {
 struct TrainOptions {
   Optimizer optimizer = Optimizer::kSgd;
   double lr = 0.05, momentum = 0.0, weight_decay = 0.0;
+  // Learning rate of the backbone children that train (the head takes lr); 0 = lr.
+  double backbone_lr = 0.0;
   int64_t epochs = 1, batch_size = 32;
   double prox_mu = 0.0;           // FedProx: adds mu*(w - w_start) to every gradient
   uint64_t seed = 0;              // shuffling
@@ -78,6 +81,12 @@ struct TrainOptions {
   // is the whole batch's gradient.
   int rank_in_site = 0, ranks_in_site = 1;
   std::function<void(float* data, size_t count, bool on_cuda)> average_gradients;
+};
+
+// A backbone child the model can train (it holds parameters), with its parameter count.
+struct ChildInfo {
+  std::string name;
+  int64_t params = 0;
 };
 
 struct TrainStats {
@@ -122,10 +131,23 @@ class TransferModel {
   ~TransferModel();
 
   const std::vector<ParamInfo>& layout() const;
-  int64_t num_params() const;       // trainable floats
+  int64_t num_params() const;       // trainable floats (every child the spec unfreezes, and the head)
   int64_t feature_dim() const;      // width of the backbone's (pooled, flattened) output
-  std::vector<float> params() const;
-  void set_params(const std::vector<float>& flat);  // throws ModelError on size mismatch
+  // The backbone children in the layout (those with parameters), in order.
+  const std::vector<ChildInfo>& trainable_children() const;
+  // Gradual unfreezing: train() trains the head and the last `k` of trainable_children()
+  // (0 <= k <= their count; the default is all of them). The others keep their values and run
+  // forward over the cached features without gradients, so the cache (computed once, at the
+  // deepest cut) stays valid whatever k is. Throws ModelError for k out of range.
+  void set_trained_children(int64_t k);
+  int64_t trained_children() const;
+  // Index of the first value train() changes in the flat layout order (the trained values are
+  // the suffix [trained_offset(), num_params())).
+  int64_t trained_offset() const;
+  // The flat parameters from `offset` to the end, and setting them (values.size() must be
+  // num_params() - offset; throws ModelError otherwise).
+  std::vector<float> params(int64_t offset = 0) const;
+  void set_params(const std::vector<float>& values, int64_t offset = 0);
 
   // Runs the frozen prefix over `images` in batches of `batch` (no autograd) and returns the
   // cache. keep_inputs also keeps the preprocessed images (needed for recompute_features).

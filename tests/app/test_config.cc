@@ -33,6 +33,46 @@ TEST(Config, DefaultsAndValues) {
   EXPECT_EQ(c.data.target_classes.size(), 5u);
 }
 
+// Issue 12: the fine-tuning keys, their defaults, and impossible values refused naming the key.
+TEST(Config, FineTuningKeysDefaultAndRefuseImpossibleValues) {
+  auto d = parse_job_config("[train]\nlr = 0.2\n");
+  EXPECT_FALSE(d.train.backbone_lr.has_value());
+  EXPECT_DOUBLE_EQ(app::wire_training_spec(d).backbone_lr(), 0.02);  // train.lr / 10
+  EXPECT_DOUBLE_EQ(d.data.validation_fraction, 0.2);
+  EXPECT_EQ(d.early_stopping_patience, 0);
+  EXPECT_TRUE(d.keep_best);
+  auto c = parse_job_config(
+      "[train]\nbackbone_lr = 0.001\n[backbone]\nunfrozen = 2\nwarmup_rounds = 3\nunfreeze_every = 2\n"
+      "[data]\nvalidation_fraction = 0.25\n[job]\nearly_stopping_patience = 4\nkeep_best = false\n");
+  EXPECT_DOUBLE_EQ(app::wire_training_spec(c).backbone_lr(), 0.001);
+  EXPECT_EQ(app::wire_model_spec(c).warmup_rounds(), 3u);
+  EXPECT_EQ(app::wire_model_spec(c).unfreeze_every(), 2u);
+  EXPECT_DOUBLE_EQ(app::wire_training_spec(c).validation_fraction(), 0.25);
+  EXPECT_EQ(c.early_stopping_patience, 4);
+  EXPECT_FALSE(c.keep_best);
+  const struct {
+    const char* toml;
+    const char* key;
+  } bad[] = {
+      {"[train]\nbackbone_lr = 0\n", "train.backbone_lr"},
+      {"[train]\nbackbone_lr = -1\n", "train.backbone_lr"},
+      {"[train]\nbackbone_lr = 2000\n", "train.backbone_lr"},
+      {"[backbone]\nwarmup_rounds = -1\n", "backbone.warmup_rounds"},
+      {"[backbone]\nunfreeze_every = 2000000\n", "backbone.unfreeze_every"},
+      {"[backbone]\nfreeze = \"all\"\nwarmup_rounds = 2\n", "backbone.warmup_rounds"},
+      {"[data]\nvalidation_fraction = 1\n", "data.validation_fraction"},
+      {"[data]\nvalidation_fraction = -0.1\n", "data.validation_fraction"},
+      {"[job]\nearly_stopping_patience = -2\n", "job.early_stopping_patience"},
+      {"[job]\nearly_stopping_patience = 3\n[data]\nvalidation_fraction = 0\n", "job.early_stopping_patience"},
+      {"[job]\nkeep_best = 1\n", "job.keep_best"},
+  };
+  for (const auto& b : bad) {
+    const std::string e = error_of(b.toml);
+    EXPECT_NE(e.find(b.key), std::string::npos) << b.toml << " -> " << e;
+    EXPECT_EQ(e.find('\n'), std::string::npos) << e;
+  }
+}
+
 TEST(Config, UnknownKeysAreNamed) {
   EXPECT_NE(error_of("[train]\nlearning_rate = 0.1\n").find("unknown key 'train.learning_rate'"), std::string::npos);
   EXPECT_NE(error_of("[trian]\nlr = 0.1\n").find("'trian'"), std::string::npos);

@@ -136,6 +136,96 @@ TEST_F(Reliability, SigkillMidJobThenResumeReachesTheUninterruptedDigest) {
   EXPECT_EQ(lines("killed"), 8u);  // one metrics line per round, none twice
 }
 
+// Issue 12: resuming in the middle of a fine-tuning schedule, after a phase change and after
+// early stopping has started counting, reaches the uninterrupted run's model (and best model).
+// The run stopped at round k (the job file's rounds = k) and is resumed for the full job: its
+// checkpoint carries the best model, its loss and the patience count.
+TEST_F(Reliability, ResumeAcrossAPhaseChangeWithEarlyStoppingCountingReachesTheSameDigest) {
+  auto schedule = [&](const std::string& out, int64_t rounds) {
+    auto cfg = config(out);
+    cfg.rounds = rounds;
+    cfg.backbone.unfrozen = 2;  // block2 and fc
+    cfg.backbone.warmup_rounds = 2;
+    cfg.backbone.unfreeze_every = 2;
+    cfg.train.lr = 0.3;  // a noisy validation curve: some rounds do not improve it
+    cfg.early_stopping_patience = 50;
+    return cfg;
+  };
+  const auto full = app::run_simulate(schedule("full", 10));
+  std::vector<nlohmann::json> lines_full;
+  {
+    std::ifstream in(dir_ / "full" / "metrics.jsonl");
+    for (std::string l; std::getline(in, l);) lines_full.push_back(nlohmann::json::parse(l));
+  }
+  ASSERT_EQ(lines_full.size(), 10u);
+  EXPECT_EQ(lines_full[0]["phase"], "head");
+  EXPECT_EQ(lines_full[2]["phase"], "unfreezing");
+  EXPECT_EQ(lines_full[4]["phase"], "full");
+  EXPECT_LT(lines_full[0]["trainable_params"].get<int64_t>(), lines_full[2]["trainable_params"].get<int64_t>());
+  // A round sends and receives only what it trains: the head-only rounds move a few KB.
+  EXPECT_LT(lines_full[0]["bytes_down"].get<double>() * 20, lines_full[4]["bytes_down"].get<double>());
+  EXPECT_LT(lines_full[0]["bytes_up"].get<double>() * 20, lines_full[4]["bytes_up"].get<double>());
+  // The first round after the phase change whose validation did not improve on the best so far.
+  uint32_t k = 0;
+  double best = 1e300;
+  for (size_t i = 0; i < lines_full.size(); ++i) {
+    const double v = lines_full[i]["validation_loss"].get<double>();
+    if (i + 1 >= 4 && i + 1 < 9 && v >= best) {
+      k = static_cast<uint32_t>(i + 1);
+      break;
+    }
+    best = std::min(best, v);
+  }
+  ASSERT_GT(k, 0u) << "the validation curve improved every round; the test needs one that does not";
+  app::run_simulate(schedule("split", k));
+  const auto ckpt = common::read_latest_checkpoint((dir_ / "split" / "checkpoint.bin").string());
+  EXPECT_EQ(ckpt.round, k);
+  EXPECT_GT(ckpt.rounds_since_best, 0u);  // early stopping was counting
+  EXPECT_FALSE(ckpt.best_params.empty());
+  auto cfg = schedule("split", 10);
+  cfg.resume = true;
+  const auto resumed = app::run_simulate(cfg);
+  EXPECT_EQ(resumed.model_sha256, full.model_sha256);
+  EXPECT_EQ(lines("split"), 10u);
+  const auto a = nlohmann::json::parse(common::read_file((dir_ / "full" / "summary.json").string()));
+  const auto b = nlohmann::json::parse(common::read_file((dir_ / "split" / "summary.json").string()));
+  EXPECT_EQ(a["best_round"], b["best_round"]);
+  EXPECT_EQ(a["model_last_sha256"], b["model_last_sha256"]);
+  // model.pt is the best round's model: the round with the lowest validation loss.
+  uint32_t argmin = 0;
+  double lowest = 1e300;
+  for (size_t i = 0; i < lines_full.size(); ++i)
+    if (lines_full[i]["validation_loss"].get<double>() < lowest) {
+      lowest = lines_full[i]["validation_loss"].get<double>();
+      argmin = static_cast<uint32_t>(i + 1);
+    }
+  EXPECT_EQ(a["best_round"].get<uint32_t>(), argmin);
+  EXPECT_EQ(a["model_sha256"] == a["model_last_sha256"], argmin == 10u);
+}
+
+// Early stopping ends the job `patience` validations after the best one; model.pt is the best
+// round's model, model_last.pt the last; keep_best = false keeps the last.
+TEST_F(Reliability, EarlyStoppingEndsTheJobAndKeepsTheBestModel) {
+  auto cfg = config("early");
+  cfg.rounds = 12;
+  cfg.train.lr = 0.3;
+  cfg.early_stopping_patience = 1;
+  const auto r = app::run_simulate(cfg);
+  const auto s = nlohmann::json::parse(common::read_file((dir_ / "early" / "summary.json").string()));
+  ASSERT_TRUE(s["stopped_early"].get<bool>()) << "the validation curve improved every round";
+  const auto run = s["rounds_run"].get<uint32_t>();
+  EXPECT_LT(run, 12u);
+  EXPECT_EQ(lines("early"), run);
+  EXPECT_EQ(run - s["best_round"].get<uint32_t>(), 1u);
+  EXPECT_EQ(s["model_sha256"], r.model_sha256);
+  EXPECT_NE(s["model_sha256"], s["model_last_sha256"]);
+  EXPECT_TRUE(fs::exists(dir_ / "early" / "model_last.pt"));
+  cfg.keep_best = false;
+  cfg.out = (dir_ / "early_last").string();
+  const auto last = app::run_simulate(cfg);
+  EXPECT_EQ(last.model_sha256, s["model_last_sha256"].get<std::string>());
+}
+
 TEST_F(Reliability, SigtermStopsCleanlyWithACheckpointAndExitZero) {
   const pid_t pid = spawn("term");
   wait_for_rounds("term", 2);
@@ -175,6 +265,9 @@ class SlowTrainer : public worker::SiteRuntime {
   worker::LocalUpdate train_round(uint32_t round, const std::vector<float>& global) override {
     if (round == slow_round_) std::this_thread::sleep_for(delay_);
     return inner_.train_round(round, global);
+  }
+  worker::ValidationFigures validate(uint32_t round, const std::vector<float>& params) override {
+    return inner_.validate(round, params);
   }
 
  private:

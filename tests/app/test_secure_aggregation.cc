@@ -53,6 +53,7 @@ min_sites = 2
 samples_per_site = 60
 [train]
 epochs = 1
+backbone_lr = 0.05  # a random backbone: its FC block learns at the head's rate
 [server]
 strategy = "fedavg"
 [secure_aggregation]
@@ -155,6 +156,18 @@ TEST_F(SecureRounds, SimulateIsDeterministicLearnsAndSaysItWasSecure) {
   ASSERT_TRUE(std::getline(metrics, line));
   const auto first = nlohmann::json::parse(line);
   EXPECT_TRUE(first.contains("macro_auc") && first.contains("balanced_accuracy")) << line;
+  // Issue 12: the sites' training and validation figures travelled inside the masked vectors:
+  // the coordinator has the federation's totals (no longer NaN), equal to what the plain run
+  // computes from each site's figures in the clear, up to the fixed-point quantum.
+  std::ifstream plain_metrics((dir_ / "plain" / "metrics.jsonl").string());
+  std::string plain_line;
+  ASSERT_TRUE(std::getline(plain_metrics, plain_line));
+  const auto p1 = nlohmann::json::parse(plain_line);
+  for (const char* k : {"train_loss", "train_accuracy", "validation_loss", "validation_accuracy"}) {
+    ASSERT_TRUE(first[k].is_number()) << k << ": " << line;
+    EXPECT_NEAR(first[k].get<double>(), p1[k].get<double>(), 2e-3) << k;
+  }
+  EXPECT_NEAR(first["validation_samples"].get<double>(), p1["validation_samples"].get<double>(), 0.01);
 }
 
 TEST_F(SecureRounds, SiteVanishingMidRoundLeavesExactlyTheSurvivorsSum) {

@@ -52,6 +52,9 @@ path = ")" + (dir_ / "backbone.pt").string() + R"("
 pretrain_if_missing = false
 [train]
 epochs = 2
+# A random backbone's FC block must learn at the head's rate (the default lr / 10 is for
+# pre-trained blocks).
+backbone_lr = 0.05
 [server]
 strategy = "fedavg"
 [baselines]

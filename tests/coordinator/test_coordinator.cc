@@ -706,6 +706,7 @@ class InstantRuntime : public worker::SiteRuntime {
     up.num_samples = 10;
     return up;
   }
+  worker::ValidationFigures validate(uint32_t, const std::vector<float>&) override { return {}; }
 };
 
 // Issue 11, item 6: the coordinator is never silent for long. A real Worker whose silence
@@ -862,3 +863,33 @@ TEST_F(CoordinatorTest, AStalledSiteDoesNotDelayTheOthersAdmission) {
 
 }  // namespace
 }  // namespace fedtl::coordinator
+
+// Issue 12: early stopping on a scripted validation curve, and the best model kept. Losses
+// per round: 1.0, 0.8 (best), 0.9, NaN (nobody reported: neither better nor counted), 0.85,
+// 0.95 -> with patience 3 the third validation without improvement (round 6) stops.
+TEST(ValidationTracker, StopsAtTheRightRoundAndKeepsTheBest) {
+  const double nan = std::nan("");
+  const std::vector<double> curve = {1.0, 0.8, 0.9, nan, 0.85, 0.95, 0.5};
+  fedtl::coordinator::ValidationTracker patient(3), never(0);
+  uint32_t stopped = 0;
+  for (uint32_t r = 1; r <= curve.size(); ++r) {
+    const std::vector<float> model(3, static_cast<float>(r));
+    if (!stopped && patient.observe(r, curve[r - 1], model)) stopped = r;
+    EXPECT_FALSE(never.observe(r, curve[r - 1], model));
+  }
+  EXPECT_EQ(stopped, 6u);
+  EXPECT_EQ(never.best_round(), 7u);  // without patience the later improvement counts
+  EXPECT_EQ(never.best_params(), std::vector<float>(3, 7.f));
+  // What the patient tracker held when it stopped, through a checkpoint.
+  fedtl::coordinator::ValidationTracker at_stop(3);
+  for (uint32_t r = 1; r <= 5; ++r) at_stop.observe(r, curve[r - 1], std::vector<float>(3, static_cast<float>(r)));
+  EXPECT_EQ(at_stop.best_round(), 2u);
+  EXPECT_DOUBLE_EQ(at_stop.best_loss(), 0.8);
+  EXPECT_EQ(at_stop.rounds_since_best(), 2u);
+  fedtl::common::Checkpoint c;
+  at_stop.save(c);
+  fedtl::coordinator::ValidationTracker resumed(3);
+  resumed.restore(c);
+  EXPECT_EQ(resumed.best_params(), std::vector<float>(3, 2.f));
+  EXPECT_TRUE(resumed.observe(6, 0.95, {}));  // the count survived the checkpoint
+}

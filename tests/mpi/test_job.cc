@@ -81,8 +81,15 @@ TEST_F(MpiJob, SecureAggregationSameDigestAsSimulate) {
 // simulate's (one rank per site, whole batches) up to floating-point rounding.
 TEST_F(MpiJob, TwoRankSitesMatchSimulateWithinRounding) {
   if (ctx_->size() != 5) GTEST_SKIP() << "run with mpirun -np 5";
-  auto cfg = mpitest::small_mpi_job("mpi_k2", 2);
-  cfg.train.batch_size = 20;  // 100 samples per site: every batch (and slice) is whole
+  // 100 samples per site, none held out: every batch (and slice) of 20 is whole. A random
+  // backbone's FC block learns at the head's rate.
+  auto k2 = [](app::JobConfig c) {
+    c.train.batch_size = 20;
+    c.data.validation_fraction = 0;
+    c.train.backbone_lr = c.train.lr;
+    return c;
+  };
+  auto cfg = k2(mpitest::small_mpi_job("mpi_k2", 2));
   app::MpiRunOptions opt;
   opt.ranks_per_site = 2;
   opt.timeout_s = 60;
@@ -91,8 +98,7 @@ TEST_F(MpiJob, TwoRankSitesMatchSimulateWithinRounding) {
   const auto s = read_json(cfg.out + "/summary.json");
   EXPECT_EQ(s["ranks_per_site"], 2);
   EXPECT_EQ(s["world_size"], 5);
-  auto sim_cfg = mpitest::small_mpi_job("simulate_k2", 2);
-  sim_cfg.train.batch_size = 20;
+  auto sim_cfg = k2(mpitest::small_mpi_job("simulate_k2", 2));
   const auto sim = app::run_simulate(sim_cfg);
   EXPECT_NEAR(s["federated_accuracy"].get<double>(), sim.federated_accuracy, 0.01);
   EXPECT_GT(sim.federated_accuracy, 0.3);

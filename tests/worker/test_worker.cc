@@ -50,6 +50,7 @@ class FakeRuntime : public SiteRuntime {
     up.train_loss = 0.25;
     return up;
   }
+  ValidationFigures validate(uint32_t, const std::vector<float>&) override { return {}; }
   int prepared = 0;
   std::string backbone;
   std::vector<uint32_t> rounds;
@@ -449,6 +450,23 @@ TEST(SitePolicyBounds, AbsurdWorkIsRefusedNamingThePolicyKey) {
   EXPECT_NE(with([](v1::JobSpec& j) { j.mutable_model()->set_hidden(1u << 30); }).find("policy.max_hidden"),
             std::string::npos);
   EXPECT_NE(with([](v1::JobSpec& j) { j.set_rounds(1u << 30); }).find("rounds"), std::string::npos);
+  // Issue 12: the backbone's learning rate and how many backbone children a job trains.
+  EXPECT_NE(with([](v1::JobSpec& j) { j.mutable_training()->set_backbone_lr(20); }).find("policy.max_backbone_lr"),
+            std::string::npos);
+  SitePolicy strict;
+  strict.max_unfrozen_children = 1;
+  strict.max_backbone_lr = 0.001;
+  v1::JobSpec deep = job;
+  for (const char* name : {"backbone.layer3.weight", "backbone.layer4.0.weight", "backbone.layer4.1.bias"}) {
+    auto* e = deep.mutable_layout()->add_entries();
+    e->set_name(name);
+    e->add_shape(2);
+  }
+  deep.mutable_training()->set_backbone_lr(0.0005);
+  EXPECT_NE(policy_violation(strict, deep).find("trains 2 backbone children"), std::string::npos)
+      << policy_violation(strict, deep);
+  deep.mutable_training()->set_backbone_lr(0);  // = lr / 10, above 0.001
+  EXPECT_NE(policy_violation(strict, deep).find("policy.max_backbone_lr"), std::string::npos);
 }
 
 TEST_F(WorkerTest, RoundStartWithAnAbsurdDeadlineIsRefused) {

@@ -119,6 +119,88 @@ TEST(TransferModel, CachedTrainingEqualsRecomputing) {
   EXPECT_THROW(a->train(*fa, opt), fedtl::ModelError);  // no inputs kept
 }
 
+// Issue 12: gradual unfreezing. The trained set follows set_trained_children: the others keep
+// their values, the trained values are the suffix from trained_offset(); and training on the
+// cache (computed once at the deepest cut) equals recomputing the backbone, across a phase
+// change from head-only to head + fc + block2.
+TEST(TransferModel, ScheduleChangesTheTrainedSetAndCacheMatchesRecomputingAcrossPhases) {
+  const std::string bb = builtin_cnn(InputSpec{}, 2);
+  ImageSet data = synthetic_images(64, 1, 28, 28, 4, 3);
+  ModelSpec spec = cnn_spec();
+  spec.unfrozen = 2;  // block2 and fc
+  auto a = TransferModel::create(bb, spec, 5);
+  auto b = TransferModel::create(bb, spec, 5);
+  ASSERT_EQ(a->trainable_children().size(), 2u);
+  EXPECT_EQ(a->trainable_children()[0].name, "block2");
+  EXPECT_EQ(a->trainable_children()[1].name, "fc");
+  const int64_t block2 = a->trainable_children()[0].params, fc = a->trainable_children()[1].params;
+  EXPECT_EQ(a->trained_offset(), 0);  // all of them by default
+  EXPECT_THROW(a->set_trained_children(3), fedtl::ModelError);
+  auto fa = a->features(data);
+  auto fb = b->features(data, /*keep_inputs=*/true);
+  TrainOptions opt;
+  opt.epochs = 2;
+  opt.batch_size = 16;
+  opt.seed = 4;
+  opt.backbone_lr = 0.005;
+  const auto start = a->params();
+  auto step = [&](int64_t k, uint64_t seed) {
+    a->set_trained_children(k);
+    b->set_trained_children(k);
+    opt.seed = seed;
+    opt.recompute_features = false;
+    a->train(*fa, opt);
+    opt.recompute_features = true;
+    b->train(*fb, opt);
+  };
+  step(0, 1);  // the head alone
+  EXPECT_EQ(a->trained_offset(), block2 + fc);
+  auto p = a->params();
+  for (int64_t i = 0; i < block2 + fc; ++i) ASSERT_EQ(p[static_cast<size_t>(i)], start[static_cast<size_t>(i)]) << i;
+  EXPECT_NE(std::vector<float>(p.begin() + block2 + fc, p.end()), std::vector<float>(start.begin() + block2 + fc, start.end()));
+  step(1, 2);  // fc joins
+  EXPECT_EQ(a->trained_offset(), block2);
+  p = a->params();
+  for (int64_t i = 0; i < block2; ++i) ASSERT_EQ(p[static_cast<size_t>(i)], start[static_cast<size_t>(i)]) << i;
+  EXPECT_NE(std::vector<float>(p.begin() + block2, p.begin() + block2 + fc),
+            std::vector<float>(start.begin() + block2, start.begin() + block2 + fc));
+  step(2, 3);  // block2 too
+  p = a->params();
+  EXPECT_NE(std::vector<float>(p.begin(), p.begin() + block2), std::vector<float>(start.begin(), start.begin() + block2));
+  EXPECT_LT(max_abs_diff(a->params(), b->params()), 1e-5);
+  // params(offset) / set_params(values, offset) address the suffix.
+  const auto tail = a->params(block2);
+  EXPECT_EQ(static_cast<int64_t>(tail.size()), a->num_params() - block2);
+  EXPECT_EQ(tail, std::vector<float>(p.begin() + block2, p.end()));
+  auto c = TransferModel::create(bb, spec, 5);
+  c->set_params(tail, block2);
+  EXPECT_EQ(c->params(block2), tail);
+  EXPECT_THROW(c->set_params(tail, 0), fedtl::ModelError);
+}
+
+// The backbone children train at backbone_lr, the head at lr.
+TEST(TransferModel, BackboneChildrenTrainAtTheirOwnLearningRate) {
+  const std::string bb = builtin_cnn(InputSpec{}, 2);
+  ImageSet data = synthetic_images(64, 1, 28, 28, 4, 3);
+  auto moved = [&](double backbone_lr) {
+    auto m = TransferModel::create(bb, cnn_spec(), 5);
+    const int64_t fc = m->trainable_children()[0].params;
+    const auto before = m->params();
+    TrainOptions opt;
+    opt.batch_size = 16;
+    opt.backbone_lr = backbone_lr;
+    m->train(*m->features(data), opt);
+    const auto after = m->params();
+    double bb_move = 0, head_move = 0;
+    for (size_t i = 0; i < after.size(); ++i)
+      (static_cast<int64_t>(i) < fc ? bb_move : head_move) += std::abs(double(after[i]) - before[i]);
+    return std::make_pair(bb_move, head_move);
+  };
+  const auto full = moved(0.05), tenth = moved(0.005);
+  EXPECT_GT(full.first, 3 * tenth.first);  // the fc block moves about a tenth as far
+  EXPECT_GT(tenth.second, 0.0);
+}
+
 TEST(TransferModel, TrainingLearnsALearnableTask) {
   const std::string bb = builtin_cnn(InputSpec{}, 3);
   auto m = TransferModel::create(bb, cnn_spec("all_but_last", "mlp"), 1);
@@ -228,11 +310,19 @@ TEST(TransferModel, TorchvisionResNetTracedInPythonWorks) {
   auto frozen = TransferModel::create(bytes, spec, 1);
   EXPECT_EQ(frozen->feature_dim(), 512);
   EXPECT_EQ(frozen->num_params(), 512 * 4 + 4);
-  // Fine-tune layer4 too: its children run in order (avgpool's 4-D output is pooled).
+  // Fine-tune layer4 too: its children run in order (avgpool's 4-D output is pooled). Only
+  // children with parameters count (issue 12): unfrozen = 1 is layer4, not the Identity fc.
   spec.freeze = Freeze::kAllButLast;
-  spec.unfrozen = 3;  // layer4, avgpool, fc (Identity)
+  spec.unfrozen = 1;
   auto tuned = TransferModel::create(bytes, spec, 1);
-  EXPECT_GT(tuned->num_params(), 8'000'000);
+  ASSERT_EQ(tuned->trainable_children().size(), 1u);
+  EXPECT_EQ(tuned->trainable_children()[0].name, "layer4");
+  EXPECT_GT(tuned->trainable_children()[0].params, 8'000'000);
+  EXPECT_EQ(tuned->num_params(), tuned->trainable_children()[0].params + 512 * 4 + 4);
+  spec.unfrozen = 2;  // layer3 and layer4
+  auto two = TransferModel::create(bytes, spec, 1);
+  ASSERT_EQ(two->trainable_children().size(), 2u);
+  EXPECT_EQ(two->trainable_children()[0].name, "layer3");
   auto data = synthetic_images(8, 1, 28, 28, 4, 1);  // grey 28x28 -> RGB 32x32
   TrainOptions opt;
   opt.batch_size = 4;
