@@ -14,6 +14,9 @@ find_package(CLI11 REQUIRED)
 find_path(STB_INCLUDE_DIR stb/stb_image.h REQUIRED)
 find_library(STB_LIBRARY stb REQUIRED)
 
+# DICOM (libdcmtk-dev): common/data/orthanc.cc reads the tags of the instances it fetches.
+find_package(DCMTK REQUIRED CONFIG)
+
 # LibTorch: Debian's libtorch-dev (1.13, CPU) or a PyTorch installation's LibTorch 2.x
 # (pass -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')).
 find_package(Torch REQUIRED)
