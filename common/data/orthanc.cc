@@ -359,16 +359,18 @@ struct OrthancClient::Impl {
         f.sop_instance_uid = inst.sop_instance_uid;
         f.orthanc_id = inst.orthanc_id;
         f.path = cached(inst, dir, f.sha256);
+        int64_t bytes = 0;
         if (f.path.empty()) {
-          int64_t bytes = 0;
           f.path = download(inst, dir, f.sha256, bytes);
           f.downloaded = true;
+        }
+        read_tags(inst, f);
+        if (f.downloaded) {
           ++out.downloaded;
           out.downloaded_bytes += bytes;
         } else {
           ++out.from_cache;
         }
-        read_tags(inst, f);
         out.instances.push_back(std::move(f));
       } catch (const BadInstance& e) {
         bad_or_skip(out.skipped, inst, e.what());

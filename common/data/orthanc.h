@@ -97,8 +97,9 @@ struct SkippedInstance {
 struct OrthancFetch {
   std::vector<FetchedInstance> instances;  // sorted by SOPInstanceUID
   std::vector<SkippedInstance> skipped;    // only with skip_bad; sorted like the query
-  int64_t downloaded = 0;                  // instances fetched over HTTP in this run
-  int64_t from_cache = 0;                  // instances served from the cache
+  int64_t downloaded = 0;                  // listed instances fetched over HTTP in this run
+                                           // (skipped ones are counted by HttpCounters only)
+  int64_t from_cache = 0;                  // listed instances served from the cache
   int64_t downloaded_bytes = 0;
 };
 

@@ -16,6 +16,7 @@
 #include <boost/beast/ssl.hpp>
 #include <cctype>
 #include <filesystem>
+#include <limits>
 #include <optional>
 
 #include "common/errors.h"
@@ -269,7 +270,9 @@ struct HttpClient::Impl {
       }
       http::response_parser<http::empty_body> head;
       head.header_limit(kHeaderLimit);
-      head.body_limit(boost::none);  // checked below against the limit for this answer
+      // Checked below against the limit for this answer (not boost::none: Beast 1.74 compares
+      // a length with an empty optional as "larger").
+      head.body_limit(std::numeric_limits<uint64_t>::max());
       ec = tls ? read_header(*tls, head) : read_header(*plain, head);
       if (ec) {
         if (reused && attempt == 0 && stale_connection(ec) && buffer.size() == 0) { close(); continue; }
