@@ -128,13 +128,43 @@ namespace model = common::model;
 std::optional<DataSource> parse_data_source(const std::string& n) {
   if (n == "fashion-mnist") return DataSource::kFashionMnist;
   if (n == "folder") return DataSource::kFolder;
+  if (n == "dicom") return DataSource::kDicom;
   return std::nullopt;
 }
 
 std::optional<SiteDataSource> parse_site_data_source(const std::string& n) {
   if (n == "folder") return SiteDataSource::kFolder;
   if (n == "job-partition") return SiteDataSource::kJobPartition;
+  if (n == "dicom") return SiteDataSource::kDicom;
   return std::nullopt;
+}
+
+std::optional<common::BadFile> parse_bad_file(const std::string& n) {
+  if (n == "error") return common::BadFile::kError;
+  if (n == "skip") return common::BadFile::kSkip;
+  return std::nullopt;
+}
+
+// The [data] keys a job file and a site file share (ImageDataConfig).
+void get_image_keys(Section& data, ImageDataConfig& c) {
+  data.get("labels", c.labels);
+  data.get("label_tag", c.label_tag);
+  data.get_choice("missing_classes", c.missing_classes, common::parse_missing_classes, "\"error\" or \"warn\"");
+  data.get_choice("on_bad_file", c.on_bad_file, parse_bad_file, "\"error\" or \"skip\"");
+  data.get("max_image_pixels", c.max_image_pixels);
+  data.get("window", c.window);
+  data.get_choice("frame", c.frame, common::parse_dicom_frame, "\"first\" or \"middle\"");
+}
+
+void require_image_keys(const ImageDataConfig& c, bool dicom) {
+  if (c.max_image_pixels < 1 || c.max_image_pixels > (int64_t{1} << 40))
+    throw ConfigError("data.max_image_pixels must be between 1 and 2^40 (got " + std::to_string(c.max_image_pixels) + ")");
+  if (!c.window.empty() && (c.window.size() != 2 || !(c.window[1] >= 1)))
+    throw ConfigError("data.window must be [center, width] with width >= 1");
+  if (!c.label_tag.empty()) {
+    if (!dicom) throw ConfigError("data.label_tag needs data.source = \"dicom\"");
+    common::check_dicom_tag("data.label_tag", c.label_tag);
+  }
 }
 
 // "none" is a valid choice (privacy off), hence the nested optional; the DP library owns the
@@ -179,11 +209,20 @@ JobConfig from_table(const toml::table& root) {
   job.reject_unknown();
 
   Section data(subtable(root, "data"), "data");
-  data.get_choice("source", c.data.source, parse_data_source, "\"fashion-mnist\" or \"folder\"");
+  data.get_choice("source", c.data.source, parse_data_source, "\"fashion-mnist\", \"folder\" or \"dicom\"");
   data.get("dir", c.data.dir);
   data.get("test_dir", c.data.test_dir);
+  data.get("classes", c.data.classes);
+  if (c.data.source != DataSource::kFashionMnist) {
+    // Fashion-MNIST's class ids mean nothing to other data: by default every class found in
+    // the data is a target class and none is for pre-training.
+    c.data.source_classes.clear();
+    c.data.target_classes.clear();
+  }
   data.get("source_classes", c.data.source_classes);
   data.get("target_classes", c.data.target_classes);
+  data.get("test_fraction", c.data.test_fraction);
+  get_image_keys(data, c.data.images);
   data.reject_unknown();
 
   Section part(subtable(root, "partition"), "partition");
@@ -379,9 +418,34 @@ void validate(const JobConfig& c) {
   require(!c.out.empty(), "job.out must not be empty");
   int_range("job.max_samples_per_site", c.max_samples_per_site, 0, kMaxSamples,
             " (0 = the largest count declared at join)");
-  // [data]
-  if (c.data.source == DataSource::kFolder) require(!c.data.dir.empty(), "data.dir is required when data.source = \"folder\"");
-  require(c.data.target_classes.size() >= 2, "data.target_classes needs at least 2 classes");
+  // [data] (data.dir is needed only where training data is read: load_task_data says so)
+  const bool fmnist = c.data.source == DataSource::kFashionMnist;
+  if (fmnist) {
+    require(c.data.classes.empty(), "data.classes is for other sources: Fashion-MNIST's classes are chosen by "
+                                    "data.target_classes (0..9)");
+    require(c.data.images.labels.empty(), "data.labels needs data.source = \"folder\" or \"dicom\"");
+  }
+  if (!fmnist && c.data.classes.empty() && !c.data.target_classes.empty())
+    require(false, "data.target_classes picks from data.classes: list the classes by name in data.classes");
+  {
+    std::set<std::string> names;
+    for (const auto& n : c.data.classes) {
+      require(!n.empty(), "data.classes has an empty name");
+      require(names.insert(n).second, "data.classes lists '" + n + "' twice");
+    }
+    require(c.data.classes.empty() || c.data.classes.size() >= 2, "data.classes needs at least 2 classes");
+  }
+  real_range("data.test_fraction", c.data.test_fraction, 0, 1);
+  require(c.data.test_fraction < 1, "data.test_fraction must be in [0, 1) (got 1)");
+  require_image_keys(c.data.images, c.data.source == DataSource::kDicom);
+  if (fmnist || !c.data.target_classes.empty())
+    require(c.data.target_classes.size() >= 2, "data.target_classes needs at least 2 classes");
+  for (int64_t k : c.data.target_classes)
+    if (!c.data.classes.empty())
+      int_range("data.target_classes", k, 0, static_cast<int64_t>(c.data.classes.size()) - 1, " (an index into data.classes)");
+  for (int64_t k : c.data.source_classes)
+    if (!c.data.classes.empty())
+      int_range("data.source_classes", k, 0, static_cast<int64_t>(c.data.classes.size()) - 1, " (an index into data.classes)");
   require(c.data.target_classes.size() <= static_cast<size_t>(kMaxClassId) + 1, "data.target_classes has too many classes");
   for (int64_t k : c.data.target_classes) int_range("data.target_classes", k, 0, kMaxClassId);
   for (int64_t k : c.data.source_classes) int_range("data.source_classes", k, 0, kMaxClassId);
@@ -502,11 +566,13 @@ SiteConfig load_site_config(const std::string& path) {
   site.get("give_up_after_s", c.give_up_after_s);
   site.reject_unknown();
   Section data(subtable(root, "data"), "data");
-  data.get_choice("source", c.data_source, parse_site_data_source, "\"folder\" or \"job-partition\"");
+  data.get_choice("source", c.data_source, parse_site_data_source, "\"folder\", \"dicom\" or \"job-partition\"");
   data.get("dir", c.data_dir);
   data.get("job", c.data_job);
   data.get("partition_index", c.partition_index);
+  get_image_keys(data, c.data_images);
   data.reject_unknown();
+  require_image_keys(c.data_images, c.data_source == SiteDataSource::kDicom);
   Section pol(subtable(root, "policy"), "policy");
   pol.get("backbone_sha256", c.policy.backbone_sha256);
   for (const auto& d : c.policy.backbone_sha256)
@@ -527,7 +593,8 @@ SiteConfig load_site_config(const std::string& path) {
   pol.reject_unknown();
 
   const std::string base = std::filesystem::path(path).parent_path().string();
-  for (std::string* p : {&c.ca_cert, &c.cert, &c.key, &c.cache_dir, &c.data_dir, &c.data_job}) *p = resolve(base, *p);
+  for (std::string* p : {&c.ca_cert, &c.cert, &c.key, &c.cache_dir, &c.data_dir, &c.data_job, &c.data_images.labels})
+    *p = resolve(base, *p);
   require(c.policy.max_backbone_bytes >= 1, "policy.max_backbone_bytes must be >= 1");
   require(c.policy.max_batch_size >= 1, "policy.max_batch_size must be >= 1");
   require(std::isfinite(c.policy.max_learning_rate) && c.policy.max_learning_rate > 0,
@@ -541,7 +608,8 @@ SiteConfig load_site_config(const std::string& path) {
   require(!c.name.empty(), "site.name is required (the name on the site's certificate)");
   require(c.coordinator.find(':') != std::string::npos, "site.coordinator must be host:port");
   require(!c.ca_cert.empty() && !c.cert.empty() && !c.key.empty(), "site.ca_cert, site.cert and site.key are required");
-  if (c.data_source == SiteDataSource::kFolder) require(!c.data_dir.empty(), "data.dir is required for data.source = \"folder\"");
+  if (c.data_source != SiteDataSource::kJobPartition)
+    require(!c.data_dir.empty(), "data.dir is required for data.source = \"folder\" or \"dicom\"");
   if (c.data_source == SiteDataSource::kJobPartition)
     require(!c.data_job.empty() && c.partition_index >= 0, "data.job and data.partition_index are required for \"job-partition\"");
   seconds_range("site.connect_timeout_s", c.connect_timeout_s);

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "common/data/classes.h"
+#include "common/data/dicom.h"
 #include "common/data/partition.h"
 #include "common/model/transfer_model.h"
 #include "protocols/dp/mechanism.h"
@@ -42,17 +44,40 @@ inline constexpr double kMaxMillisSeconds = 3650.0 * 86400;
 std::chrono::milliseconds seconds_to_ms(double seconds);
 
 // Where a job's images come from (data.source).
-enum class DataSource { kFashionMnist, kFolder };  // "fashion-mnist" | "folder"
+enum class DataSource { kFashionMnist, kFolder, kDicom };  // "fashion-mnist" | "folder" | "dicom"
 // Where a TLS site's images come from (site.toml data.source).
-enum class SiteDataSource { kFolder, kJobPartition };  // "folder" | "job-partition"
+enum class SiteDataSource { kFolder, kJobPartition, kDicom };  // "folder" | "job-partition" | "dicom"
+
+// How image files are read and labelled: the keys a job's [data] and a site's [data] share.
+struct ImageDataConfig {
+  std::string labels;         // data.labels: label manifest (CSV; common/data/manifest.h); "" = none
+  std::string label_tag;      // data.label_tag: DICOM keyword or "gggg,eeee" giving the class
+  common::MissingClasses missing_classes = common::MissingClasses::kError;  // "error" | "warn"
+  common::BadFile on_bad_file = common::BadFile::kError;                    // "error" | "skip"
+  int64_t max_image_pixels = common::kDefaultMaxImagePixels;
+  std::vector<double> window;  // data.window: [] or [center, width]
+  common::DicomFrame frame = common::DicomFrame::kFirst;                   // "first" | "middle"
+};
 
 struct DataConfig {
   DataSource source = DataSource::kFashionMnist;
   std::string dir;                       // fashion-mnist: IDX dir (default: Debian package dir);
-                                         // folder: training image folder (class sub-folders)
-  std::string test_dir;                  // folder: test image folder
+                                         // folder / dicom: training data (class sub-folders or
+                                         // data.labels)
+  std::string test_dir;                  // folder / dicom: test data
+  // The job's classes by name, in the model's output order. Fashion-MNIST: empty (its ten
+  // names are fixed). Other sources: empty = the classes found in the data, sorted by name
+  // (CoordinatorJob fills it in once the data is read).
+  std::vector<std::string> classes;
+  // Indices into the class list (Fashion-MNIST's 0..9, or `classes`). Fashion-MNIST defaults
+  // to {0,2,5,7,8} / {1,3,4,6,9}; other sources default to none / every class not in
+  // source_classes (resolved with the data).
   std::vector<int64_t> source_classes{0, 2, 5, 7, 8};  // pre-training classes
   std::vector<int64_t> target_classes{1, 3, 4, 6, 9};  // the federated task
+  // data.test_fraction: with no test_dir and no split column in data.labels, this share of
+  // data.dir becomes the test set, split by patient when patient ids are known.
+  double test_fraction = 0;
+  ImageDataConfig images;
 };
 
 struct BackboneConfig {
@@ -172,9 +197,11 @@ struct SiteConfig {
   // [data] source = "folder": dir is a folder of class sub-folders; "job-partition": the
   // site's slice (partition_index) of the partition `job` (a job.toml) defines — what
   // `fedtl simulate` gives that site, for demos and equivalence checks.
+  // "dicom": dir is a folder of DICOM files (class sub-folders, data.labels or data.label_tag).
   SiteDataSource data_source = SiteDataSource::kFolder;
   std::string data_dir, data_job;
   int64_t partition_index = -1;
+  ImageDataConfig data_images;  // labels, label_tag, missing_classes, on_bad_file, ...
   double connect_timeout_s = 30, max_backoff_s = 30, give_up_after_s = 3600;
   worker::SitePolicy policy;
 };

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "common/data/classes.h"
 #include "common/errors.h"
 #include "common/files.h"
 #include "common/metrics.h"
@@ -39,6 +40,10 @@ CoordinatorJob::CoordinatorJob(const app::JobConfig& cfg, bool with_training) : 
   (void)protocols::make_strategy(cfg_.server);  // validates [server] before any work
   const bool pretrains_here = cfg_.backbone.pretrain_if_missing && !std::filesystem::exists(cfg_.backbone.path);
   data_ = load_task_data(cfg_, with_training || pretrains_here);
+  // Other sources than Fashion-MNIST: the classes come from the data (data.classes or the
+  // names found), and the model, the JobSpec and the outputs follow them.
+  cfg_ = with_resolved_classes(cfg_, data_);
+  spdlog::info("classes: {}", common::join_names(data_.target_names));
   if (data_.target_train.size() > 0)
     spdlog::info("target task: {} classes, {} training and {} test images", cfg_.data.target_classes.size(),
                  data_.target_train.size(), data_.target_test.size());
@@ -155,7 +160,7 @@ JobOutcome CoordinatorJob::run(coordinator::Coordinator& coord, const std::strin
   model_->set_params(o.result.params);
   o.final_eval = model_->evaluate(*test_features_);
   o.model_sha256 = model_->digest();
-  model_->export_torchscript(cfg_.out + "/model.pt");
+  model_->export_torchscript(cfg_.out + "/model.pt", data_.target_names);
   spdlog::info("federated model: accuracy {:.2f}% on {} test images; sha256 {}", 100 * o.final_eval.accuracy,
                o.final_eval.samples, o.model_sha256);
   spdlog::info("confusion matrix:\n{}", common::format_confusion(o.final_eval.confusion, data_.target_names));

@@ -5,8 +5,11 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <set>
 
+#include "common/data/classes.h"
 #include "common/data/datasets.h"
+#include "common/data/partition.h"
 #include "common/errors.h"
 #include "common/seeds.h"
 #include "common/files.h"
@@ -18,6 +21,41 @@
 namespace fedtl::app {
 namespace fs = std::filesystem;
 
+namespace {
+
+const std::vector<std::string>& fashion_mnist_names() {
+  static const std::vector<std::string> names = {"T-shirt", "Trouser", "Pullover", "Dress", "Coat",
+                                                 "Sandal",  "Shirt",   "Sneaker",  "Bag",   "Boot"};
+  return names;
+}
+
+// The union of the classes present in the sets, sorted by name.
+std::vector<std::string> found_classes(const std::vector<const common::ImageSet*>& sets) {
+  std::set<std::string> names;
+  for (const auto* s : sets)
+    for (const auto& n : common::classes_present(*s)) names.insert(n);
+  return {names.begin(), names.end()};
+}
+
+}  // namespace
+
+common::SourceSpec source_spec(const JobConfig& cfg, const std::string& dir, bool with_manifest) {
+  common::SourceSpec s;
+  s.kind = cfg.data.source == DataSource::kDicom ? common::SourceKind::kDicom : common::SourceKind::kFolder;
+  s.dir = dir;
+  const auto& im = cfg.data.images;
+  if (with_manifest) s.labels = im.labels;
+  s.label_tag = im.label_tag;
+  s.read.channels = cfg.backbone.channels;
+  s.read.height = cfg.backbone.height;
+  s.read.width = cfg.backbone.width;
+  s.read.max_image_pixels = im.max_image_pixels;
+  s.read.on_bad_file = im.on_bad_file;
+  if (im.window.size() == 2) s.window = std::array<double, 2>{im.window[0], im.window[1]};
+  s.frame = im.frame;
+  return s;
+}
+
 TaskData load_task_data(const app::JobConfig& cfg, bool with_training) {
   TaskData d;
   common::ImageSet train, test;
@@ -25,42 +63,86 @@ TaskData load_task_data(const app::JobConfig& cfg, bool with_training) {
     const std::string dir = cfg.data.dir.empty() ? common::kFashionMnistDir : cfg.data.dir;
     if (with_training) train = common::read_fashion_mnist("train", dir);
     test = common::read_fashion_mnist("t10k", dir);
-    static const char* names[] = {"T-shirt", "Trouser", "Pullover", "Dress", "Coat",
-                                  "Sandal",  "Shirt",   "Sneaker",  "Bag",   "Boot"};
-    train.class_names.assign(std::begin(names), std::end(names));
+    d.class_list = fashion_mnist_names();
+    d.source_classes = cfg.data.source_classes;
+    d.target_classes = cfg.data.target_classes;
   } else {
-    if (cfg.data.test_dir.empty()) throw ConfigError("data.test_dir is required when data.source = \"folder\"");
-    test = common::read_image_folder(cfg.data.test_dir, cfg.backbone.channels, cfg.backbone.height,
-                                     cfg.backbone.width);
-    if (with_training)
-      train = common::read_image_folder(cfg.data.dir, cfg.backbone.channels, cfg.backbone.height, cfg.backbone.width);
-    else
-      train.class_names = test.class_names;
+    const char* src = cfg.data.source == DataSource::kDicom ? "dicom" : "folder";
+    const bool split_in_manifest = !cfg.data.dir.empty() && source_has_split(source_spec(cfg, cfg.data.dir, true));
+    if (!cfg.data.test_dir.empty()) {
+      test = common::read_source(source_spec(cfg, cfg.data.test_dir, false));
+      if (with_training) {
+        if (cfg.data.dir.empty()) throw ConfigError(std::string("data.dir is required when data.source = \"") + src + "\"");
+        train = common::read_source(source_spec(cfg, cfg.data.dir, true), common::Split::kTrain);
+      }
+    } else if (split_in_manifest) {
+      test = common::read_source(source_spec(cfg, cfg.data.dir, true), common::Split::kTest);
+      if (with_training) train = common::read_source(source_spec(cfg, cfg.data.dir, true), common::Split::kTrain);
+    } else if (cfg.data.test_fraction > 0) {
+      if (cfg.data.dir.empty()) throw ConfigError(std::string("data.dir is required when data.source = \"") + src + "\"");
+      const common::ImageSet all = common::read_source(source_spec(cfg, cfg.data.dir, true));
+      // Patient-level when patient ids are known: no patient on both sides.
+      const auto split = common::split_by_group(all.labels, all.groups, cfg.data.test_fraction,
+                                                common::derive_seed(cfg.seed, common::seed_stream::kPartition, 1));
+      if (split.held_out.empty()) throw DataError(cfg.data.dir + ": data.test_fraction leaves no test image");
+      test = all.subset(split.held_out);
+      if (with_training) train = all.subset(split.kept);
+    } else {
+      throw ConfigError(std::string("data.test_dir is required when data.source = \"") + src +
+                        "\" (or a split column in data.labels, or data.test_fraction > 0)");
+    }
+    d.class_list = cfg.data.classes.empty() ? found_classes({&train, &test}) : cfg.data.classes;
+    const std::string train_where = cfg.data.dir.empty() ? "data.dir" : cfg.data.dir;
+    const std::string test_where = cfg.data.test_dir.empty() ? train_where + " (test split)" : cfg.data.test_dir;
+    if (with_training) common::bind_classes(train, d.class_list, cfg.data.images.missing_classes, train_where);
+    common::bind_classes(test, d.class_list, cfg.data.images.missing_classes, test_where);
+    d.source_classes = cfg.data.source_classes;
+    d.target_classes = cfg.data.target_classes;
+    if (d.target_classes.empty()) {
+      const std::set<int64_t> src_set(d.source_classes.begin(), d.source_classes.end());
+      for (int64_t k = 0; k < static_cast<int64_t>(d.class_list.size()); ++k)
+        if (!src_set.count(k)) d.target_classes.push_back(k);
+    }
   }
-  const common::ImageSet& labelled = with_training ? train : test;  // where the class count comes from
-  const int64_t num_classes = static_cast<int64_t>(std::max(
-      train.class_names.size(),
-      labelled.labels.empty()
-          ? size_t{0}
-          : static_cast<size_t>(*std::max_element(labelled.labels.begin(), labelled.labels.end()) + 1)));
-  for (int64_t k : cfg.data.target_classes)
-    if (k < 0 || k >= num_classes) throw ConfigError("data.target_classes: class " + std::to_string(k) +
-                                                     " does not exist (the data has " + std::to_string(num_classes) + ")");
-  for (int64_t k : cfg.data.source_classes)
-    if (k < 0 || k >= num_classes) throw ConfigError("data.source_classes: class " + std::to_string(k) +
-                                                     " does not exist (the data has " + std::to_string(num_classes) + ")");
-  if (with_training) d.target_train = train.select_classes(cfg.data.target_classes);
-  d.target_test = test.select_classes(cfg.data.target_classes);
-  if (with_training && !cfg.data.source_classes.empty()) {
-    d.source_train = train.select_classes(cfg.data.source_classes);
-    d.source_test = test.select_classes(cfg.data.source_classes);
+  const auto num_classes = static_cast<int64_t>(d.class_list.size());
+  for (int64_t k : d.target_classes)
+    if (k < 0 || k >= num_classes)
+      throw ConfigError("data.target_classes: class " + std::to_string(k) + " does not exist (the data has " +
+                        std::to_string(num_classes) + ": " + common::join_names(d.class_list) + ")");
+  for (int64_t k : d.source_classes)
+    if (k < 0 || k >= num_classes)
+      throw ConfigError("data.source_classes: class " + std::to_string(k) + " does not exist (the data has " +
+                        std::to_string(num_classes) + ": " + common::join_names(d.class_list) + ")");
+  if (d.target_classes.size() < 2)
+    throw ConfigError("the job needs at least 2 target classes; the data has " + common::join_names(d.class_list));
+  train.class_names = d.class_list;
+  test.class_names = d.class_list;
+  if (with_training) d.target_train = train.select_classes(d.target_classes);
+  d.target_test = test.select_classes(d.target_classes);
+  if (with_training && !d.source_classes.empty()) {
+    d.source_train = train.select_classes(d.source_classes);
+    d.source_test = test.select_classes(d.source_classes);
   }
-  for (int64_t k : cfg.data.target_classes)
-    d.target_names.push_back(static_cast<size_t>(k) < train.class_names.size() ? train.class_names[static_cast<size_t>(k)]
-                                                                             : std::to_string(k));
+  for (int64_t k : d.target_classes) d.target_names.push_back(d.class_list[static_cast<size_t>(k)]);
   if ((with_training && d.target_train.size() == 0) || d.target_test.size() == 0)
     throw DataError("no training or test images of the target classes");
   return d;
+}
+
+JobConfig with_resolved_classes(JobConfig cfg, const TaskData& data) {
+  if (cfg.data.source == DataSource::kFashionMnist) return cfg;
+  cfg.data.classes = data.class_list;
+  cfg.data.source_classes = data.source_classes;
+  cfg.data.target_classes = data.target_classes;
+  return cfg;
+}
+
+std::vector<std::string> target_class_names(const JobConfig& cfg) {
+  const auto& list = cfg.data.source == DataSource::kFashionMnist ? fashion_mnist_names() : cfg.data.classes;
+  std::vector<std::string> out;
+  for (int64_t k : cfg.data.target_classes)
+    out.push_back(k >= 0 && static_cast<size_t>(k) < list.size() ? list[static_cast<size_t>(k)] : std::to_string(k));
+  return out;
 }
 
 common::model::InputSpec input_spec(const app::JobConfig& cfg) {
@@ -229,6 +311,8 @@ v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& sha, uin
     for (int64_t s : p.shape) e->add_shape(s);
   }
   for (int64_t k : cfg.data.target_classes) j.add_target_classes(k);
+  // The classes by name, in model output order: a site binds its labels to these.
+  for (const auto& n : target_class_names(cfg)) j.add_class_names(n);
   j.set_min_sites(u32("job.min_sites", cfg.min_sites));
   if (cfg.privacy.mode) {
     auto* pv = j.mutable_privacy();

@@ -8,6 +8,7 @@
 
 #include "app/config.h"
 #include "common/data/image_set.h"
+#include "common/data/sources.h"
 #include "common/model/transfer_model.h"
 #include "protocols/fedtl.pb.h"
 
@@ -16,14 +17,31 @@ namespace fedtl::app {
 struct TaskData {
   common::ImageSet source_train, source_test;  // source classes relabelled 0..S-1
   common::ImageSet target_train, target_test;  // target classes relabelled 0..T-1
-  std::vector<std::string> target_names;
+  std::vector<std::string> target_names;       // the job's classes, in model output order
+  // The class list data.source_classes / target_classes index (Fashion-MNIST's ten names, or
+  // data.classes, or the sorted names found in the data) and those indices, resolved.
+  std::vector<std::string> class_list;
+  std::vector<int64_t> source_classes, target_classes;
 };
 
-// Reads the configured dataset and splits it into source and target tasks. With
-// with_training = false only the test images are read (a TLS coordinator trains nothing: its
-// memory should not hold a training set it never uses); target_train and the source sets stay
-// empty then.
+// Reads the configured dataset and splits it into source and target tasks, labels bound to
+// class names (common/data/classes.h): an image folder or DICOM class not in data.classes, or
+// a class of data.classes without images, is refused naming it (data.missing_classes = "warn"
+// allows the latter). With with_training = false only the test images are read (a TLS
+// coordinator trains nothing: its memory should not hold a training set it never uses, and it
+// needs no data.dir); target_train and the source sets stay empty then.
 TaskData load_task_data(const app::JobConfig& cfg, bool with_training = true);
+
+// cfg with its class lists resolved from `data` (data.classes, source_classes and
+// target_classes as TaskData has them), so that the model spec and the JobSpec see the
+// classes the data has. Fashion-MNIST jobs come back unchanged.
+JobConfig with_resolved_classes(JobConfig cfg, const TaskData& data);
+
+// The job's class names, by model output: data.classes[target] or Fashion-MNIST's names.
+std::vector<std::string> target_class_names(const JobConfig& cfg);
+
+// A source spec for `dir` from the job's [data] keys (shape from [backbone]).
+common::SourceSpec source_spec(const JobConfig& cfg, const std::string& dir, bool with_manifest);
 
 common::model::InputSpec input_spec(const app::JobConfig& cfg);
 // Each setting is translated once from the job file to the wire (wire_*) and once from the

@@ -125,7 +125,7 @@ SimulateResult run_simulate(const app::JobConfig& cfg, const common::StopSignal*
   const int n = static_cast<int>(cfg.partition.sites);
   const auto parts = site_partition(cfg, data);
   const auto counts =
-      common::class_counts(data.target_train.labels, static_cast<int64_t>(cfg.data.target_classes.size()), parts);
+      common::class_counts(data.target_train.labels, static_cast<int64_t>(data.target_names.size()), parts);
   static const char* scheme_names[] = {"iid", "dirichlet", "quantity"};
   spdlog::info("partition: {} sites, scheme {}, alpha {}, {} labels per site (0 = split all)\n{}", n,
                scheme_names[static_cast<int>(cfg.partition.scheme)], cfg.partition.alpha,

@@ -10,12 +10,14 @@ find_package(nlohmann_json 3 REQUIRED)
 find_package(tomlplusplus REQUIRED)
 find_package(CLI11 REQUIRED)
 
-# stb_image (libstb-dev ships the header and a compiled libstb).
-find_path(STB_INCLUDE_DIR stb/stb_image.h REQUIRED)
-find_library(STB_LIBRARY stb REQUIRED)
-
-# DICOM (libdcmtk-dev): common/data/orthanc.cc reads the tags of the instances it fetches.
+# Image files: libpng (libpng-dev) and libjpeg-turbo (libjpeg62-turbo-dev); their headers are
+# read before any pixel buffer is allocated (common/data/image_file.cc).
+find_package(PNG REQUIRED)
+find_package(JPEG REQUIRED)
+# DICOM: DCMTK (libdcmtk-dev): dcmdata, dcmimgle, dcmimage and the JPEG / JPEG-LS / RLE codecs.
 find_package(DCMTK REQUIRED CONFIG)
+set(FEDTL_DCMTK_LIBS DCMTK::dcmdata DCMTK::dcmimgle DCMTK::dcmimage DCMTK::dcmjpeg DCMTK::dcmjpls DCMTK::oflog
+  DCMTK::ofstd)
 
 # LibTorch: Debian's libtorch-dev (1.13, CPU) or a PyTorch installation's LibTorch 2.x
 # (pass -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')).

@@ -31,7 +31,9 @@ function(fedtl_fuzz_libraries)
   find_package(spdlog REQUIRED)
   find_package(nlohmann_json 3 REQUIRED)
   find_package(tomlplusplus REQUIRED)  # only to fail early when it is missing; see below
-  find_path(STB_INCLUDE_DIR stb/stb_image.h REQUIRED)
+  find_package(PNG REQUIRED)
+  find_package(JPEG REQUIRED)
+  find_package(DCMTK REQUIRED CONFIG)
 
   # Wire schemas, as in the top-level CMakeLists.txt.
   file(GLOB protos CONFIGURE_DEPENDS ${FEDTL_FUZZ_ROOT}/protocols/*.proto)
@@ -59,17 +61,15 @@ function(fedtl_fuzz_libraries)
   # The job file parser and the model layer's torch-free vocabulary (names of its enums).
   list(APPEND common_srcs ${FEDTL_FUZZ_ROOT}/app/config.cc ${FEDTL_FUZZ_ROOT}/common/model/model_spec.cc)
   file(GLOB_RECURSE protocols_srcs CONFIGURE_DEPENDS ${FEDTL_FUZZ_ROOT}/protocols/*.cc)
-  add_library(fedtl_fuzz_core STATIC ${common_srcs} ${protocols_srcs}
-    ${FEDTL_FUZZ_ROOT}/tests/fuzz/stb_image_impl.c)
-  target_include_directories(fedtl_fuzz_core PUBLIC ${FEDTL_FUZZ_ROOT} ${STB_INCLUDE_DIR})
-  # stb_image 2.27 (Debian's header) has many known UBSan findings of its own (shifts by 32,
-  # null + 0, an off-by-one write inside a struct; see docs/fuzzing.md): it keeps ASan and
-  # coverage but not UBSan, so the image_folder target keeps looking for fedtl's bugs.
-  set_source_files_properties(${FEDTL_FUZZ_ROOT}/tests/fuzz/stb_image_impl.c PROPERTIES
-    COMPILE_OPTIONS -fno-sanitize=undefined)
+  add_library(fedtl_fuzz_core STATIC ${common_srcs} ${protocols_srcs})
+  target_include_directories(fedtl_fuzz_core PUBLIC ${FEDTL_FUZZ_ROOT})
   target_compile_options(fedtl_fuzz_core PRIVATE ${FEDTL_FUZZ_FLAGS} -Wall -Wno-unused-parameter)
+  # libpng, libjpeg-turbo and DCMTK are Debian's prebuilt libraries (not instrumented): the
+  # image_folder target covers fedtl's own code around them (header checks, conversions).
   target_link_libraries(fedtl_fuzz_core PUBLIC fedtl_fuzz_proto spdlog::spdlog fmt::fmt
-    nlohmann_json::nlohmann_json OpenSSL::SSL OpenSSL::Crypto ZLIB::ZLIB Threads::Threads)
+    nlohmann_json::nlohmann_json OpenSSL::SSL OpenSSL::Crypto ZLIB::ZLIB PNG::PNG JPEG::JPEG
+    DCMTK::dcmdata DCMTK::dcmimgle DCMTK::dcmimage DCMTK::dcmjpeg DCMTK::dcmjpls DCMTK::oflog DCMTK::ofstd
+    Threads::Threads)
   # toml++ header-only instead of Debian's shared library, so the TOML parser that
   # app/config.cc calls is instrumented too (coverage guidance and ASan inside it).
   target_compile_definitions(fedtl_fuzz_core PUBLIC TOML_HEADER_ONLY=1)

@@ -1,6 +1,6 @@
 #include "common/data/datasets.h"
 
-#include <stb/stb_image.h>  // implementation comes from Debian's libstb
+#include <spdlog/spdlog.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -12,6 +12,7 @@
 #include <fstream>
 #include <memory>
 
+#include "common/data/image_file.h"
 #include "common/errors.h"
 
 namespace fedtl::common {
@@ -151,78 +152,6 @@ bool has_image_extension(const fs::path& p) {
   return ext == ".png" || ext == ".jpg" || ext == ".jpeg";
 }
 
-// Converts interleaved HWC pixels with `in_c` components (1 grey, 2 grey+alpha, 3 RGB,
-// 4 RGBA) to planar CHW with `out_c` (1 or 3) channels. Alpha is dropped.
-std::vector<uint8_t> to_planar(const uint8_t* src, int64_t h, int64_t w, int in_c, int64_t out_c) {
-  const int64_t hw = h * w;
-  std::vector<uint8_t> out(static_cast<size_t>(out_c * hw));
-  const bool colour = in_c >= 3;
-  for (int64_t i = 0; i < hw; ++i) {
-    const uint8_t* px = src + i * in_c;
-    if (out_c == 1) {
-      out[static_cast<size_t>(i)] =
-          colour ? static_cast<uint8_t>(std::lround(0.299 * px[0] + 0.587 * px[1] + 0.114 * px[2])) : px[0];
-    } else {
-      for (int64_t c = 0; c < 3; ++c) out[static_cast<size_t>(c * hw + i)] = colour ? px[c] : px[0];
-    }
-  }
-  return out;
-}
-
-// Bilinear resize of one planar channel, half-pixel centres (as OpenCV/PIL), edges clamped.
-void resize_channel(const uint8_t* src, int64_t sh, int64_t sw, uint8_t* dst, int64_t dh, int64_t dw) {
-  auto axis = [](int64_t d, int64_t s_size, int64_t d_size, int64_t& lo, int64_t& hi, double& frac) {
-    double s = (static_cast<double>(d) + 0.5) * static_cast<double>(s_size) / static_cast<double>(d_size) - 0.5;
-    s = std::clamp(s, 0.0, static_cast<double>(s_size - 1));
-    lo = static_cast<int64_t>(std::floor(s));
-    hi = std::min(lo + 1, s_size - 1);
-    frac = s - static_cast<double>(lo);
-  };
-  for (int64_t y = 0; y < dh; ++y) {
-    int64_t y0, y1;
-    double fy;
-    axis(y, sh, dh, y0, y1, fy);
-    for (int64_t x = 0; x < dw; ++x) {
-      int64_t x0, x1;
-      double fx;
-      axis(x, sw, dw, x0, x1, fx);
-      const double top = src[y0 * sw + x0] * (1 - fx) + src[y0 * sw + x1] * fx;
-      const double bot = src[y1 * sw + x0] * (1 - fx) + src[y1 * sw + x1] * fx;
-      dst[y * dw + x] = static_cast<uint8_t>(std::clamp(std::lround(top * (1 - fy) + bot * fy), 0L, 255L));
-    }
-  }
-}
-
-struct StbFree {
-  void operator()(unsigned char* p) const { stbi_image_free(p); }
-};
-
-// Loads one PNG/JPEG and returns it as planar `channels` x height x width.
-std::vector<uint8_t> load_image(const fs::path& file, int64_t channels, int64_t height, int64_t width) {
-  const std::string path = file.string();
-  int w = 0, h = 0, n = 0;
-  // Check the header first so a hostile file cannot make us allocate a huge buffer.
-  if (!stbi_info(path.c_str(), &w, &h, &n)) {
-    throw DataError(path + ": not a readable PNG/JPEG (" + std::string(stbi_failure_reason()) + ")");
-  }
-  if (w <= 0 || h <= 0 || w > kMaxImageSide || h > kMaxImageSide) {
-    throw DataError(path + ": image size " + std::to_string(w) + "x" + std::to_string(h) +
-                    " out of range (1.." + std::to_string(kMaxImageSide) + " per side)");
-  }
-  std::unique_ptr<unsigned char, StbFree> data(stbi_load(path.c_str(), &w, &h, &n, 0));
-  if (!data) {
-    throw DataError(path + ": cannot decode image (" + std::string(stbi_failure_reason()) + ")");
-  }
-  if (n < 1 || n > 4) throw DataError(path + ": unsupported channel count " + std::to_string(n));
-  std::vector<uint8_t> planar = to_planar(data.get(), h, w, n, channels);
-  if (h == height && w == width) return planar;
-  std::vector<uint8_t> out(static_cast<size_t>(channels * height * width));
-  for (int64_t c = 0; c < channels; ++c) {
-    resize_channel(planar.data() + c * int64_t{h} * w, h, w, out.data() + c * height * width, height, width);
-  }
-  return out;
-}
-
 }  // namespace
 
 ImageSet read_idx(const std::string& images_path, const std::string& labels_path) {
@@ -281,53 +210,148 @@ ImageSet read_fashion_mnist(const std::string& split, const std::string& dir) {
   return set;
 }
 
-ImageSet read_image_folder(const std::string& dir, int64_t channels, int64_t height, int64_t width) {
-  if (channels != 1 && channels != 3) {
-    throw ConfigError("read_image_folder: channels must be 1 or 3, got " + std::to_string(channels));
-  }
-  if (height <= 0 || width <= 0 || height > kMaxImageSide || width > kMaxImageSide) {
-    throw ConfigError("read_image_folder: image size " + std::to_string(height) + "x" + std::to_string(width) +
+void UnusedFiles::add(const std::string& path, const std::string& why) {
+  ++count;
+  // An error's message names the file already: list it once.
+  const std::string prefix = path + ": ";
+  const std::string reason = why.rfind(prefix, 0) == 0 ? why.substr(prefix.size()) : why;
+  if (first.size() < kListed) first.push_back(path + " (" + reason + ")");
+}
+
+std::string UnusedFiles::describe() const {
+  std::string out = std::to_string(count) + (count == 1 ? " file" : " files") + " not used";
+  for (size_t i = 0; i < first.size(); ++i) out += (i == 0 ? ": " : ", ") + first[i];
+  if (count > static_cast<int64_t>(first.size())) out += ", ...";
+  return out;
+}
+
+void UnusedFiles::log(const std::string& where) const {
+  if (count > 0) spdlog::warn("{}: {}", where, describe());
+}
+
+namespace {
+
+void check_read_options(const ReadOptions& o) {
+  if (o.channels != 1 && o.channels != 3)
+    throw ConfigError("read_image_folder: channels must be 1 or 3, got " + std::to_string(o.channels));
+  if (o.height <= 0 || o.width <= 0 || o.height > kMaxImageSide || o.width > kMaxImageSide)
+    throw ConfigError("read_image_folder: image size " + std::to_string(o.height) + "x" + std::to_string(o.width) +
                       " out of range (1.." + std::to_string(kMaxImageSide) + " per side)");
-  }
+  if (o.max_image_pixels < 1) throw ConfigError("data.max_image_pixels must be >= 1");
+}
+
+// Sorted listings make labels and sample order independent of the file system. Hidden
+// entries (".name") are left out; they are the file system's, not the data's.
+std::vector<fs::path> sorted_entries(const fs::path& p) {
+  std::vector<fs::path> out;
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) throw DataError(dir + ": image folder not found or not a directory");
+  for (fs::directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.empty() || name[0] == '.') continue;
+    out.push_back(it->path());
+  }
+  if (ec) throw DataError(p.string() + ": cannot list directory (" + ec.message() + ")");
+  std::sort(out.begin(), out.end());
+  return out;
+}
 
-  // Sorted listings make labels and sample order independent of the file system.
-  auto sorted_entries = [](const fs::path& p, bool want_dirs) {
-    std::vector<fs::path> out;
-    std::error_code ec;
-    for (fs::directory_iterator it(p, ec), end; !ec && it != end; it.increment(ec)) {
-      const std::string name = it->path().filename().string();
-      if (name.empty() || name[0] == '.') continue;
-      std::error_code ec2;
-      const bool match = want_dirs ? it->is_directory(ec2) : (it->is_regular_file(ec2) && has_image_extension(it->path()));
-      if (match) out.push_back(it->path());
-    }
-    if (ec) throw DataError(p.string() + ": cannot list directory (" + ec.message() + ")");
-    std::sort(out.begin(), out.end());
-    return out;
-  };
+bool is_dir(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_directory(p, ec);
+}
 
-  const auto class_dirs = sorted_entries(dir, true);
+// Decodes `file` into `set` (label `label`, group `group`), or, for a corrupt file with
+// on_bad_file = skip, lists it in `unused`. Returns whether it was added.
+bool add_image(ImageSet& set, const std::string& file, int64_t label, const std::string& group, const ReadOptions& o,
+               UnusedFiles& unused) {
+  std::vector<uint8_t> img;
+  try {
+    img = load_image_file(file, o.channels, o.height, o.width, o.max_image_pixels);
+  } catch (const DataError& e) {
+    if (o.on_bad_file == BadFile::kError) throw;
+    unused.add(file, e.what());
+    return false;
+  }
+  const auto bytes = static_cast<size_t>(set.image_bytes());
+  if (set.pixels.size() + bytes > kMaxPayloadBytes)
+    throw DataError(file + ": the data set grows past " + std::to_string(kMaxPayloadBytes) + " bytes decoded");
+  set.pixels.insert(set.pixels.end(), img.begin(), img.begin() + static_cast<std::ptrdiff_t>(bytes));
+  set.labels.push_back(label);
+  set.groups.push_back(group);
+  return true;
+}
+
+}  // namespace
+
+ImageSet read_image_folder(const std::string& dir, int64_t channels, int64_t height, int64_t width) {
+  ReadOptions o;
+  o.channels = channels;
+  o.height = height;
+  o.width = width;
+  return read_image_folder(dir, o);
+}
+
+ImageSet read_image_folder(const std::string& dir, const ReadOptions& o) {
+  check_read_options(o);
+  if (!is_dir(dir)) throw DataError(dir + ": image folder not found or not a directory");
+  UnusedFiles unused;
+  std::vector<fs::path> class_dirs;
+  for (const auto& e : sorted_entries(dir)) {
+    if (is_dir(e))
+      class_dirs.push_back(e);
+    else
+      unused.add(e.string(), "not in a class sub-folder");
+  }
   if (class_dirs.empty()) throw DataError(dir + ": no class sub-folders found (expected one per class)");
 
   ImageSet set;
-  set.channels = channels;
-  set.height = height;
-  set.width = width;
-  const auto bytes = static_cast<size_t>(set.image_bytes());
+  set.channels = o.channels;
+  set.height = o.height;
+  set.width = o.width;
   for (size_t label = 0; label < class_dirs.size(); ++label) {
-    set.class_names.push_back(class_dirs[label].filename().string());
-    for (const auto& file : sorted_entries(class_dirs[label], false)) {
-      const auto img = load_image(file, channels, height, width);
-      if (set.pixels.size() + bytes > kMaxPayloadBytes) {
-        throw DataError(dir + ": image folder larger than " + std::to_string(kMaxPayloadBytes) + " bytes decoded");
+    const std::string name = class_dirs[label].filename().string();
+    set.class_names.push_back(name);
+    int64_t added = 0;
+    for (const auto& file : sorted_entries(class_dirs[label])) {
+      const std::string path = file.string();
+      if (is_dir(file)) {
+        unused.add(path, "a folder inside a class folder");
+        continue;
       }
-      set.pixels.insert(set.pixels.end(), img.begin(), img.begin() + static_cast<std::ptrdiff_t>(bytes));
-      set.labels.push_back(static_cast<int64_t>(label));
+      if (sniff_image(path) == ImageKind::kOther && !has_image_extension(file)) {
+        unused.add(path, "not a PNG or JPEG file");
+        continue;
+      }
+      added += add_image(set, path, static_cast<int64_t>(label), "", o, unused) ? 1 : 0;
     }
+    if (added == 0)
+      throw DataError(class_dirs[label].string() + ": class folder '" + name +
+                      "' holds no usable PNG/JPEG image (remove it, or add its images)");
   }
-  if (set.labels.empty()) throw DataError(dir + ": no PNG/JPEG images found in its class sub-folders");
+  set.groups.clear();  // no patient ids in a folder layout
+  unused.log(dir);
+  return set;
+}
+
+ImageSet read_image_files(const std::vector<std::string>& paths, const std::vector<int64_t>& labels,
+                          const std::vector<std::string>& groups, const std::vector<std::string>& class_names,
+                          const ReadOptions& o, UnusedFiles* unused_out) {
+  check_read_options(o);
+  if (labels.size() != paths.size() || (!groups.empty() && groups.size() != paths.size()))
+    throw ConfigError("read_image_files: paths, labels and groups differ in length");
+  ImageSet set;
+  set.channels = o.channels;
+  set.height = o.height;
+  set.width = o.width;
+  set.class_names = class_names;
+  UnusedFiles unused;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    if (labels[i] < 0 || labels[i] >= static_cast<int64_t>(class_names.size()))
+      throw ConfigError("read_image_files: label " + std::to_string(labels[i]) + " has no class name");
+    add_image(set, paths[i], labels[i], groups.empty() ? "" : groups[i], o, unused);
+  }
+  if (groups.empty()) set.groups.clear();
+  if (unused_out) *unused_out = unused;
   return set;
 }
 

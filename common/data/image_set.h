@@ -13,6 +13,9 @@ struct ImageSet {
   std::vector<uint8_t> pixels;  // size() == size() * channels * height * width
   std::vector<int64_t> labels;  // one per image
   std::vector<std::string> class_names;  // optional; index = label
+  // Optional: one group id per image (the patient id, from a manifest or DICOM PatientID),
+  // or empty when unknown. Patient-level splits keep a group on one side (partition.h).
+  std::vector<std::string> groups;
 
   int64_t size() const { return static_cast<int64_t>(labels.size()); }
   int64_t image_bytes() const { return channels * height * width; }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iomanip>
+#include <map>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -375,6 +376,63 @@ std::string format_class_table(const std::vector<std::vector<int64_t>>& counts,
     out << '\n';
   }
   return out.str();
+}
+
+GroupSplit split_by_group(const std::vector<int64_t>& labels, const std::vector<std::string>& groups,
+                          double fraction, uint64_t seed) {
+  if (!(fraction >= 0 && fraction < 1))
+    throw ConfigError("split_by_group: fraction must be in [0, 1) (got " + std::to_string(fraction) + ")");
+  if (!groups.empty() && groups.size() != labels.size())
+    throw ConfigError("split_by_group: " + std::to_string(groups.size()) + " group ids for " +
+                      std::to_string(labels.size()) + " labels");
+  // Groups in order of first appearance; an empty id is a group of one image.
+  std::vector<std::vector<int64_t>> members;
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const std::string* id = groups.empty() ? nullptr : &groups[i];
+    if (id == nullptr || id->empty()) {
+      members.push_back({static_cast<int64_t>(i)});
+      continue;
+    }
+    auto [it, fresh] = index.emplace(*id, members.size());
+    if (fresh) members.emplace_back();
+    members[it->second].push_back(static_cast<int64_t>(i));
+  }
+  // Stratum of a group: its majority label (ties: the smaller label).
+  std::map<int64_t, std::vector<size_t>> strata;
+  for (size_t g = 0; g < members.size(); ++g) {
+    std::map<int64_t, int64_t> votes;
+    for (int64_t i : members[g]) ++votes[labels[static_cast<size_t>(i)]];
+    int64_t best = votes.begin()->first, best_n = 0;
+    for (const auto& [label, n] : votes)
+      if (n > best_n) best = label, best_n = n;
+    strata[best].push_back(g);
+  }
+  Rng rng(seed);
+  std::vector<bool> held(members.size(), false);
+  for (auto& [label, gs] : strata) {
+    (void)label;
+    int64_t images = 0;
+    for (size_t g : gs) images += static_cast<int64_t>(members[g].size());
+    const auto target = static_cast<int64_t>(std::llround(fraction * static_cast<double>(images)));
+    rng.shuffle(gs);
+    int64_t taken = 0;
+    bool any = false;
+    for (size_t g : gs) {
+      const auto n = static_cast<int64_t>(members[g].size());
+      if (taken + n <= target || (!any && fraction > 0 && gs.size() >= 2 && g != gs.back())) {
+        held[g] = true;
+        taken += n;
+        any = true;
+      }
+    }
+  }
+  GroupSplit out;
+  for (size_t g = 0; g < members.size(); ++g)
+    for (int64_t i : members[g]) (held[g] ? out.held_out : out.kept).push_back(i);
+  std::sort(out.kept.begin(), out.kept.end());
+  std::sort(out.held_out.begin(), out.held_out.end());
+  return out;
 }
 
 }  // namespace fedtl::common

@@ -29,6 +29,25 @@ PartitionScheme parse_partition_scheme(const std::string& name);  // "iid"|"diri
 std::vector<std::vector<int64_t>> partition(const std::vector<int64_t>& labels, int64_t num_classes,
                                             const PartitionSpec& spec);
 
+// A held-out split that never separates a group (a patient): kept and held_out are disjoint,
+// cover 0..labels.size()-1, each sorted ascending, and every group id lies wholly in one of
+// them.
+struct GroupSplit {
+  std::vector<int64_t> kept, held_out;
+};
+
+// Splits the indices of `labels` into kept and held_out (about `fraction` of the images) by
+// group. `groups` has one id per label (e.g. PatientID); an empty id, or an empty `groups`
+// vector, makes that image a group of its own (an image-level split). Stratified by each
+// group's majority label (ties: the smaller label): within each such stratum, groups are
+// shuffled (seeded) and moved to held_out while the stratum's held-out image count stays at
+// most round(fraction * stratum images), always at least one group when fraction > 0 and
+// the stratum has two or more groups. fraction must be in [0, 1): 0 holds out nothing.
+// Deterministic in its inputs and seed (the same on every platform build of fedtl).
+// Throws ConfigError for a fraction outside [0, 1) or groups.size() not 0 or labels.size().
+GroupSplit split_by_group(const std::vector<int64_t>& labels, const std::vector<std::string>& groups,
+                          double fraction, uint64_t seed);
+
 // counts[site][class]
 std::vector<std::vector<int64_t>> class_counts(const std::vector<int64_t>& labels, int64_t num_classes,
                                                const std::vector<std::vector<int64_t>>& parts);

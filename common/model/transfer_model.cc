@@ -513,7 +513,7 @@ std::string TransferModel::digest() const {
   });
 }
 
-void TransferModel::export_torchscript(const std::string& path) const {
+void TransferModel::export_torchscript(const std::string& path, const std::vector<std::string>& classes) const {
   guarded("exporting TorchScript to " + path, [&] {
     const auto& in = impl_->spec.input;
     torch::jit::Module head("FedtlHead");
@@ -556,6 +556,9 @@ def forward(self, x):
         << "        f = torch.flatten(f, 1)\n"
         << "    return self.head.forward(f)\n";
     m.define(src.str());
+    c10::List<std::string> names;
+    for (const auto& c : classes) names.push_back(c);
+    m.register_attribute("classes", c10::ListType::ofStrings(), names);
     m.eval();
     write_file_atomic(path, save_module(m));
   });

@@ -143,8 +143,9 @@ class TransferModel {
   std::string digest() const;
   // Writes backbone + head (+ the input conversion and normalisation) as one TorchScript
   // module whose forward takes float images in [0, 1], N x C x H x W, and returns logits.
-  // Loadable with torch.jit.load in Python. Written atomically.
-  void export_torchscript(const std::string& path) const;
+  // Loadable with torch.jit.load in Python. Written atomically. `classes` (the class name of
+  // each logit, when known) is stored as the module's `classes` attribute (a list of str).
+  void export_torchscript(const std::string& path, const std::vector<std::string>& classes = {}) const;
 
  private:
   struct Impl;

@@ -1,5 +1,5 @@
 // Image-folder reader (common::read_image_folder): the input becomes one file in a class
-// sub-folder, decoded by stb_image (compiled into the fuzzer with the same instrumentation),
+// sub-folder, decoded by libpng / libjpeg-turbo after fedtl's header checks,
 // converted to 1 or 3 channels and resized.
 //
 // Input: [1 byte: channels (bit 0: 1 or 3) and extension (bits 1-2: .png .jpg .jpeg .PNG)]
