@@ -23,6 +23,8 @@
 #include <thread>
 
 #include "common/data/orthanc.h"
+#include "common/data/orthanc_source.h"
+#include "common/data/sources.h"
 #include "common/errors.h"
 #include "common/files.h"
 #include "common/sha256.h"
@@ -401,6 +403,74 @@ TEST_F(OrthancTest, AQueryOrthancRefusesIsAClearError) {
   } catch (const DataError& e) {
     EXPECT_NE(std::string(e.what()).find("POST /tools/find with HTTP 500"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("Unknown DICOM tag"), std::string::npos) << e.what();
+  }
+}
+
+// The image set an Orthanc source gives is the one the same files give as a DICOM folder:
+// same pixels, labels, class names and patient groups, in the same order (so the same job
+// trains the same model from either).
+void expect_same_images(const ImageSet& a, const ImageSet& b) {
+  EXPECT_EQ(a.size(), b.size());
+  EXPECT_EQ(a.channels, b.channels);
+  EXPECT_EQ(a.height, b.height);
+  EXPECT_EQ(a.width, b.width);
+  EXPECT_EQ(a.labels, b.labels);
+  EXPECT_EQ(a.class_names, b.class_names);
+  EXPECT_EQ(a.groups, b.groups);
+  EXPECT_EQ(sha256_hex(a.pixels.data(), a.pixels.size()), sha256_hex(b.pixels.data(), b.pixels.size()));
+}
+
+TEST_F(OrthancTest, GivesTheSameImageSetAsTheSameDicomFiles) {
+  ORTHANC_OR_SKIP(*server_);
+  // The selected instances as files named <SOPInstanceUID>.dcm (path order = UID order).
+  const std::string dir = tmp_ / "files";
+  fs::create_directories(dir);
+  for (const auto& uid : kChestCr) fs::copy_file(originals_[uid], dir + "/" + uid + ".dcm");
+
+  SourceSpec files;
+  files.kind = SourceKind::kDicom;
+  files.dir = dir;
+  files.label_tag = "BodyPartExamined";
+  src_.label_tag = "BodyPartExamined";
+  SourceSpec from_orthanc = files;
+  from_orthanc.dir.clear();
+  OrthancFetch fetched;
+  const ImageSet a = read_source(files);
+  const ImageSet b = read_orthanc_source(src_, from_orthanc, Split::kNone, &fetched);
+  EXPECT_EQ(fetched.downloaded, 4);
+  ASSERT_EQ(a.size(), 4);
+  EXPECT_EQ(a.class_names, (std::vector<std::string>{"CHEST", "LUNG"}));
+  expect_same_images(a, b);
+  EXPECT_EQ(b.groups, (std::vector<std::string>{"P1", "P1", "P2", "P2"}));
+
+  // Labels from a manifest keyed by SOPInstanceUID (its row order is the set's order).
+  const std::string csv = tmp_ / "labels.csv";
+  std::ofstream(csv) << "sop_instance_uid,label,patient_id\n"
+                     << kChestCr[3] << ",effusion,\n"
+                     << kChestCr[0] << ",normal,\n"
+                     << kChestCr[2] << ",effusion,X9\n"
+                     << kChestCr[1] << ",normal,\n";
+  files.label_tag.clear();
+  files.labels = csv;
+  src_.label_tag.clear();
+  from_orthanc = files;
+  from_orthanc.dir.clear();
+  const ImageSet c = read_source(files);
+  const ImageSet d = read_orthanc_source(src_, from_orthanc, Split::kNone, &fetched);
+  EXPECT_EQ(fetched.downloaded, 0);  // all cached by the first read
+  expect_same_images(c, d);
+  EXPECT_EQ(d.class_names, (std::vector<std::string>{"effusion", "normal"}));
+  EXPECT_EQ(d.groups, (std::vector<std::string>{"P2", "P1", "X9", "P1"}));
+
+  // A manifest row the query did not select.
+  std::ofstream(csv, std::ios::app) << kRoot << "3,knee,\n";
+  try {
+    read_orthanc_source(src_, from_orthanc);
+    FAIL() << "a manifest row outside the selection was accepted";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find(kRoot + "3 is not among the instances the Orthanc query selected"),
+              std::string::npos)
+        << e.what();
   }
 }
 
