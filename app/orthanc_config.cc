@@ -82,9 +82,9 @@ common::OrthancSource parse_orthanc_source(const toml::table& data, const std::s
   if (!s.label_tag.empty() && !common::parse_dicom_tag(s.label_tag, g, e))
     throw ConfigError("data.label_tag '" + s.label_tag +
                       "' is neither a DICOM keyword (e.g. BodyPartExamined) nor a tag written gggg,eeee");
-  if (s.cache_dir.empty()) s.cache_dir = default_cache_dir;
-  if (s.cache_dir.empty()) throw ConfigError("data.cache_dir is required for data.source = \"orthanc\"");
   for (std::string* p : {&s.password_file, &s.cache_dir, &s.ca_file}) *p = resolve(base_dir, *p);
+  if (s.cache_dir.empty()) s.cache_dir = default_cache_dir;  // as given (not resolved)
+  if (s.cache_dir.empty()) throw ConfigError("data.cache_dir is required for data.source = \"orthanc\"");
   return s;
 }
 

@@ -29,7 +29,7 @@ namespace fedtl::app {
 // Reads the keys above from a site file's [data] table; other keys are left to the caller
 // (who must not report the keys above as unknown: see is_orthanc_data_key). Relative paths
 // (password_file, cache_dir, ca_file) are resolved against `base_dir` (the site file's
-// directory). Throws ConfigError naming the key ("data.url is required ...", "data.query.Modality
+// directory); `default_cache_dir` (used when cache_dir is absent) is taken as given. Throws ConfigError naming the key ("data.url is required ...", "data.query.Modality
 // must be a string"). The password itself is not read here (OrthancClient reads it).
 common::OrthancSource parse_orthanc_source(const toml::table& data, const std::string& base_dir,
                                            const std::string& default_cache_dir);
