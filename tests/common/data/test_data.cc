@@ -278,7 +278,7 @@ class ImageFolder : public ::testing::Test {
     // a_bag: one grey 4x4 (value 80) and one RGB 4x4 solid (200, 100, 50).
     write_png(dir_ / "a_bag/1.png", 4, 4, 1, solid(4, 4, {80}));
     write_png(dir_ / "a_bag/2.PNG", 4, 4, 3, solid(4, 4, {200, 100, 50}));
-    write_raw(dir_ / "a_bag/README.txt", Bytes{'x'});  // ignored: not an image
+    write_raw(dir_ / "a_bag/README.txt", Bytes{'x'});  // not an image: listed in a warning, not read
     // b_shoe: RGBA 2x1 horizontal gradient 0 -> 100 (alpha dropped), and a JPEG.
     write_png(dir_ / "b_shoe/grad.png", 2, 1, 4, Bytes{0, 0, 0, 255, 100, 100, 100, 128});
     ASSERT_TRUE(stbi_write_jpg((dir_ / "b_shoe/photo.jpg").c_str(), 8, 8, 3, solid(8, 8, {30, 160, 220}).data(), 95));
@@ -341,7 +341,7 @@ TEST_F(ImageFolder, BadRequestsAndMissingFolders) {
   TempDir empty;
   expect_error<DataError>([&] { read_image_folder(empty.path().string(), 1, 4, 4); }, {"no class sub-folders"});
   fs::create_directories(empty.path() / "cls");
-  expect_error<DataError>([&] { read_image_folder(empty.path().string(), 1, 4, 4); }, {"no PNG/JPEG"});
+  expect_error<DataError>([&] { read_image_folder(empty.path().string(), 1, 4, 4); }, {"cls", "no usable PNG/JPEG"});
 }
 
 // ---- ImageSet ------------------------------------------------------------------------------

@@ -164,15 +164,26 @@ TEST_F(DicomTest, MultiFrameFirstOrMiddle) {
 }
 
 TEST_F(DicomTest, CompressedTransferSyntaxesDecodeToTheSameValues) {
-  for (auto xfer : {EXS_JPEGProcess14SV1, EXS_RLELossless, EXS_JPEGLSLossless}) {
-    DicomSpec s = ct16();
+  // 16x16 (DCMTK 3.6.7's JPEG-LS encoder writes past its buffer for a 2x2 frame: valgrind).
+  DicomSpec s = ct16();
+  s.rows = s.cols = 16;
+  s.values.clear();
+  std::vector<int> want;
+  for (int i = 0; i < 256; ++i) {
+    const int v = (i * 37) % 4096;
+    s.values.push_back(v);
+    want.push_back(voi(2.0 * v - 1000, 2000, 4000));
+  }
+  DicomOptions o;
+  o.height = o.width = 16;
+  for (auto xfer : {EXS_LittleEndianExplicit, EXS_JPEGProcess14SV1, EXS_RLELossless, EXS_JPEGLSLossless}) {
     s.xfer = xfer;
     const auto p = path("c" + std::to_string(static_cast<int>(xfer)) + ".dcm");
     write_dicom(p, s);
     DcmFileFormat check;
     ASSERT_TRUE(check.loadFile(p.c_str()).good());
     ASSERT_EQ(check.getDataset()->getOriginalXfer(), xfer) << "fixture not compressed";
-    expect_pixels(read_one(p).images, ct16_expected());
+    expect_pixels(read_dicom_files({p}, o).images, want);
   }
 }
 
