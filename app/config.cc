@@ -8,6 +8,7 @@
 #include <sstream>
 #include <toml++/toml.h>
 
+#include "app/orthanc_config.h"
 #include "common/errors.h"
 
 namespace fedtl::app {
@@ -111,6 +112,9 @@ class Section {
     out = *v;
   }
 
+  // Marks `key` as read by another parser (so reject_unknown leaves it alone).
+  void allow(const std::string& key) { seen_.insert(key); }
+
   void reject_unknown() const {
     if (!t_) return;
     for (const auto& [k, v] : *t_) {
@@ -144,6 +148,7 @@ std::optional<SiteDataSource> parse_site_data_source(const std::string& n) {
   if (n == "folder") return SiteDataSource::kFolder;
   if (n == "job-partition") return SiteDataSource::kJobPartition;
   if (n == "dicom") return SiteDataSource::kDicom;
+  if (n == "orthanc") return SiteDataSource::kOrthanc;
   return std::nullopt;
 }
 
@@ -597,13 +602,19 @@ SiteConfig load_site_config(const std::string& path) {
   site.get("give_up_after_s", c.give_up_after_s);
   site.reject_unknown();
   Section data(subtable(root, "data"), "data");
-  data.get_choice("source", c.data_source, parse_site_data_source, "\"folder\", \"dicom\" or \"job-partition\"");
+  data.get_choice("source", c.data_source, parse_site_data_source,
+                  "\"folder\", \"dicom\", \"orthanc\" or \"job-partition\"");
+  const toml::table* data_table = subtable(root, "data");
+  if (c.data_source == SiteDataSource::kOrthanc)  // its keys are read below (app/orthanc_config.h)
+    for (const auto& [k, v] : *data_table)
+      if (is_orthanc_data_key(std::string(k.str()))) data.allow(std::string(k.str()));
   data.get("dir", c.data_dir);
   data.get("job", c.data_job);
   data.get("partition_index", c.partition_index);
   get_image_keys(data, c.data_images);
   data.reject_unknown();
-  require_image_keys(c.data_images, c.data_source == SiteDataSource::kDicom);
+  require_image_keys(c.data_images,
+                     c.data_source == SiteDataSource::kDicom || c.data_source == SiteDataSource::kOrthanc);
   Section pol(subtable(root, "policy"), "policy");
   pol.get("backbone_sha256", c.policy.backbone_sha256);
   for (const auto& d : c.policy.backbone_sha256)
@@ -644,7 +655,7 @@ SiteConfig load_site_config(const std::string& path) {
   require(!c.name.empty(), "site.name is required (the name on the site's certificate)");
   require(c.coordinator.find(':') != std::string::npos, "site.coordinator must be host:port");
   require(!c.ca_cert.empty() && !c.cert.empty() && !c.key.empty(), "site.ca_cert, site.cert and site.key are required");
-  if (c.data_source != SiteDataSource::kJobPartition)
+  if (c.data_source == SiteDataSource::kFolder || c.data_source == SiteDataSource::kDicom)
     require(!c.data_dir.empty(), "data.dir is required for data.source = \"folder\" or \"dicom\"");
   if (c.data_source == SiteDataSource::kJobPartition)
     require(!c.data_job.empty() && c.partition_index >= 0, "data.job and data.partition_index are required for \"job-partition\"");
@@ -653,6 +664,10 @@ SiteConfig load_site_config(const std::string& path) {
   seconds_range("site.give_up_after_s", c.give_up_after_s);
   int_range("data.partition_index", c.partition_index, -1, kMaxSites - 1);
   if (c.cache_dir.empty()) c.cache_dir = "runs/site-" + c.name;
+  if (c.data_source == SiteDataSource::kOrthanc) {
+    c.orthanc = parse_orthanc_source(*data_table, base, (std::filesystem::path(c.cache_dir) / "orthanc").string());
+    c.orthanc.skip_bad = c.data_images.on_bad_file == common::BadFile::kSkip;
+  }
   return c;
 }
 

@@ -10,6 +10,7 @@
 
 #include "common/data/classes.h"
 #include "common/data/dicom.h"
+#include "common/data/orthanc.h"
 #include "common/data/partition.h"
 #include "common/model/transfer_model.h"
 #include "protocols/dp/mechanism.h"
@@ -47,7 +48,7 @@ std::chrono::milliseconds seconds_to_ms(double seconds);
 // Where a job's images come from (data.source).
 enum class DataSource { kFashionMnist, kFolder, kDicom };  // "fashion-mnist" | "folder" | "dicom"
 // Where a TLS site's images come from (site.toml data.source).
-enum class SiteDataSource { kFolder, kJobPartition, kDicom };  // "folder" | "job-partition" | "dicom"
+enum class SiteDataSource { kFolder, kJobPartition, kDicom, kOrthanc };  // "folder" | "job-partition" | "dicom" | "orthanc"
 
 // How image files are read and labelled: the keys a job's [data] and a site's [data] share.
 struct ImageDataConfig {
@@ -222,6 +223,10 @@ struct SiteConfig {
   std::string data_dir, data_job;
   int64_t partition_index = -1;
   ImageDataConfig data_images;  // labels, label_tag, missing_classes, on_bad_file, ...
+  // "orthanc": the instances an Orthanc query selects (app/orthanc_config.h: url, credentials,
+  // query, cache_dir — default <cache_dir>/orthanc —, ca_file); labels from data.label_tag or
+  // data.labels keyed by sop_instance_uid. Site files only: a job cannot name an Orthanc.
+  common::OrthancSource orthanc;
   double connect_timeout_s = 30, max_backoff_s = 30, give_up_after_s = 3600;
   worker::SitePolicy policy;
 };

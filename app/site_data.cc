@@ -4,6 +4,7 @@
 
 #include "common/data/classes.h"
 #include "common/data/datasets.h"
+#include "common/data/orthanc_source.h"
 #include "common/data/sources.h"
 #include "common/data/partition.h"
 #include "common/errors.h"
@@ -31,8 +32,9 @@ common::ImageSet load_site_data(const SiteConfig& site, const v1::JobSpec& job) 
   if (site.data_source != SiteDataSource::kJobPartition) {
     const auto& m = job.model();
     const auto& im = site.data_images;
+    const std::string where = site.data_source == SiteDataSource::kOrthanc ? "Orthanc " + site.orthanc.url : site.data_dir;
     common::SourceSpec spec;
-    spec.kind = site.data_source == SiteDataSource::kDicom ? common::SourceKind::kDicom : common::SourceKind::kFolder;
+    spec.kind = site.data_source == SiteDataSource::kFolder ? common::SourceKind::kFolder : common::SourceKind::kDicom;
     spec.dir = site.data_dir;
     spec.labels = im.labels;
     spec.label_tag = im.label_tag;
@@ -44,15 +46,17 @@ common::ImageSet load_site_data(const SiteConfig& site, const v1::JobSpec& job) 
     if (im.window.size() == 2) spec.window = std::array<double, 2>{im.window[0], im.window[1]};
     spec.frame = im.frame;
     // A site's manifest may carry a split column: the site trains on its train rows.
-    auto images = common::read_source(spec, common::Split::kTrain);
+    auto images = site.data_source == SiteDataSource::kOrthanc
+                      ? common::read_orthanc_source(site.orthanc, spec, common::Split::kTrain)
+                      : common::read_source(spec, common::Split::kTrain);
     if (job.class_names_size() > 0) {
       const std::vector<std::string> classes(job.class_names().begin(), job.class_names().end());
       if (static_cast<int64_t>(classes.size()) != static_cast<int64_t>(m.num_classes()))
         throw ProtocolError("the job names " + std::to_string(classes.size()) + " classes for a model of " +
                             std::to_string(m.num_classes()) + " outputs");
-      common::bind_classes(images, classes, im.missing_classes, "site data '" + site.data_dir + "'");
+      common::bind_classes(images, classes, im.missing_classes, "site data '" + where + "'");
     } else if (static_cast<int64_t>(images.class_names.size()) != static_cast<int64_t>(m.num_classes())) {
-      throw DataError("site data folder '" + site.data_dir + "' has " + std::to_string(images.class_names.size()) +
+      throw DataError("site data '" + where + "' has " + std::to_string(images.class_names.size()) +
                       " classes; the job trains " + std::to_string(m.num_classes()));
     }
     return images;
