@@ -234,10 +234,10 @@ std::string StatusBoard::html() const {
 }
 
 common::HttpResponse StatusBoard::handle(const std::string& path) const {
-  if (path == "/metrics") return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_text()};
-  if (path == "/status") return {200, "application/json", status_json().dump(2) + "\n"};
-  if (path == "/" || path == "/index.html") return {200, "text/html; charset=utf-8", html()};
-  return {404, "text/plain; charset=utf-8", "not found: try /, /status or /metrics\n"};
+  if (path == "/metrics") return common::http_reply(200, "text/plain; version=0.0.4; charset=utf-8", metrics_text());
+  if (path == "/status") return common::http_reply(200, "application/json", status_json().dump(2) + "\n");
+  if (path == "/" || path == "/index.html") return common::http_reply(200, "text/html; charset=utf-8", html());
+  return common::http_reply(404, "text/plain; charset=utf-8", "not found: try /, /status or /metrics\n");
 }
 
 std::string format_status(const json& j) {

@@ -387,6 +387,23 @@ HttpResponse HttpClient::download(const std::string& target, const std::string& 
 }
 
 const HttpUrl& HttpClient::url() const { return impl_->url; }
+
+std::string http_get(const std::string& url, HttpMillis timeout) {
+  // The client's URL is scheme://host[:port][/base] without a query: split the target off.
+  const auto scheme_end = url.find("://");
+  const auto slash = scheme_end == std::string::npos ? std::string::npos : url.find('/', scheme_end + 3);
+  const std::string base = slash == std::string::npos ? url : url.substr(0, slash);
+  const std::string target = slash == std::string::npos ? "/" : url.substr(slash);
+  HttpOptions o;
+  o.connect_timeout = timeout;
+  o.io_timeout = timeout;
+  HttpClient client(base, o);
+  const HttpResponse r = client.request("GET", target);
+  if (r.status != 200)
+    throw TransportError(client.url().str() + target.substr(0, 200) + ": HTTP " + std::to_string(r.status) + " " +
+                         r.reason);
+  return r.body;
+}
 const HttpCounters& HttpClient::counters() const { return impl_->counters; }
 
 }  // namespace fedtl::common

@@ -107,4 +107,9 @@ class HttpClient {
   std::unique_ptr<Impl> impl_;
 };
 
+// GET `url` (http(s)://host[:port]/path[?query]) with every timeout set to `timeout`; returns
+// the body of a 200 answer. Another status is a TransportError naming the URL and the status;
+// otherwise throws as HttpClient does. For one-off reads (`fedtl status`, tests).
+std::string http_get(const std::string& url, HttpMillis timeout = std::chrono::seconds(10));
+
 }  // namespace fedtl::common

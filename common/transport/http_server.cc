@@ -76,7 +76,7 @@ struct HttpSession : std::enable_shared_from_this<HttpSession> {
       r = state->handler(target);
     } catch (const std::exception& e) {
       spdlog::warn("status server: {} failed: {}", target, e.what());
-      r = {500, "text/plain; charset=utf-8", "internal error\n"};
+      r = http_reply(500, "text/plain; charset=utf-8", "internal error\n");
     }
     reply(r.status, r.content_type, std::move(r.body), req.method() == http::verb::head);
   }
@@ -177,53 +177,12 @@ uint16_t HttpServer::port() const { return state_->acceptor.local_endpoint().por
 uint64_t HttpServer::requests_served() const { return state_->served.load(); }
 uint64_t HttpServer::connections_rejected() const { return state_->rejected.load(); }
 
-std::string http_get(const std::string& url, std::chrono::milliseconds timeout) {
-  const std::string scheme = "http://";
-  if (url.rfind(scheme, 0) != 0) throw ConfigError("'" + url + "': only http:// URLs are supported here");
-  std::string rest = url.substr(scheme.size());
-  const auto slash = rest.find('/');
-  const std::string hostport = rest.substr(0, slash);
-  const std::string target = slash == std::string::npos ? "/" : rest.substr(slash);
-  std::string host = hostport, port = "80";
-  if (auto c = hostport.rfind(':'); c != std::string::npos) {
-    host = hostport.substr(0, c);
-    port = hostport.substr(c + 1);
-  }
-  asio::io_context io;
-  beast::tcp_stream stream(io);
-  beast::error_code ec;
-  tcp::resolver resolver(io);
-  const auto results = resolver.resolve(host, port, ec);
-  if (ec) throw TransportError("cannot resolve " + url + ": " + ec.message());
-  bool timed_out = false;
-  http::response_parser<http::string_body> parser;
-  parser.body_limit(16u << 20);
-  beast::flat_buffer buf;
-  http::request<http::empty_body> req{http::verb::get, target, 11};
-  req.set(http::field::host, hostport);
-  req.set(http::field::user_agent, "fedtl");
-  stream.expires_after(timeout);
-  stream.async_connect(results, [&](beast::error_code e, const tcp::endpoint&) {
-    if (e) {
-      ec = e;
-      return;
-    }
-    http::async_write(stream, req, [&](beast::error_code e2, size_t) {
-      if (e2) {
-        ec = e2;
-        return;
-      }
-      http::async_read(stream, buf, parser, [&](beast::error_code e3, size_t) { ec = e3; });
-    });
-  });
-  io.run();
-  timed_out = ec == beast::error::timeout;
-  if (timed_out) throw TimeoutError(url + ": no answer within " + std::to_string(timeout.count()) + " ms");
-  if (ec) throw TransportError(url + ": " + ec.message());
-  const auto& res = parser.get();
-  if (res.result_int() != 200)
-    throw TransportError(url + ": HTTP " + std::to_string(res.result_int()) + " " + std::string(res.reason()));
-  return res.body();
+HttpResponse http_reply(int status, std::string content_type, std::string body) {
+  HttpResponse r;
+  r.status = status;
+  r.content_type = std::move(content_type);
+  r.body = std::move(body);
+  return r;
 }
 
 }  // namespace fedtl::common

@@ -17,13 +17,12 @@
 #include <memory>
 #include <string>
 
+#include "common/transport/http_client.h"
+
 namespace fedtl::common {
 
-struct HttpResponse {
-  int status = 200;
-  std::string content_type = "text/plain; charset=utf-8";
-  std::string body;
-};
+// A handler's answer (HttpResponse of http_client.h: status, content_type and body are used).
+HttpResponse http_reply(int status, std::string content_type, std::string body);
 
 struct HttpServerLimits {
   size_t max_header_bytes = 8 * 1024;
@@ -54,11 +53,5 @@ class HttpServer {
  private:
   std::shared_ptr<State> state_;
 };
-
-// GET http://host:port/path with a deadline; returns the body of a 200 answer. Throws
-// TransportError when the server cannot be reached or answers another status (naming the URL
-// and the status), TimeoutError on the deadline. `url` must start with http:// (no TLS: the
-// status server listens on loopback or a trusted network). The body is at most 16 MiB.
-std::string http_get(const std::string& url, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 }  // namespace fedtl::common
