@@ -22,6 +22,7 @@
 #include "common/errors.h"
 #include "common/seeds.h"
 #include "common/files.h"
+#include "common/progress.h"
 #include "common/sha256.h"
 
 namespace fedtl::common::model {
@@ -432,12 +433,15 @@ std::unique_ptr<FeatureSet> TransferModel::features(const ImageSet& images, bool
     const int64_t n = images.size();
     std::vector<Tensor> parts;
     std::vector<Tensor> inputs;
+    // A large backbone at 224x224 takes minutes here: say how far it is (quiet when quick).
+    common::Progress progress("computing backbone features", static_cast<uint64_t>(n), "images");
     for (int64_t s = 0; s < n; s += batch) {
       std::vector<int64_t> idx(static_cast<size_t>(std::min(batch, n - s)));
       std::iota(idx.begin(), idx.end(), s);
       Tensor x = preprocess(images.subset(idx), impl_->spec.input);
       parts.push_back(impl_->frozen_forward(x));
       if (keep_inputs) inputs.push_back(x);
+      progress.advance(idx.size());
     }
     if (parts.empty()) throw ModelError("no images to compute features for");
     fs->features = torch::cat(parts).contiguous();
@@ -742,8 +746,11 @@ std::string pretrain_builtin_cnn(const ImageSet& train, const ImageSet& test, co
       std::shuffle(order.begin(), order.end(), rng);
       Tensor perm = torch::from_blob(order.data(), {n}, torch::kInt64);
       double loss_sum = 0;
+      common::Progress progress("pre-training epoch " + std::to_string(e) + "/" + std::to_string(opt.epochs),
+                                static_cast<uint64_t>(n), "images");
       for (int64_t s = 0; s < n; s += opt.batch_size) {
         Tensor idx = perm.slice(0, s, std::min(n, s + opt.batch_size));
+        progress.advance(static_cast<uint64_t>(idx.size(0)));
         Tensor f = m.forward({x_all.index_select(0, idx)}).toTensor();
         Tensor loss = torch::nn::functional::cross_entropy(torch::addmm(cb, f, cw.t()), y_all.index_select(0, idx));
         optim.zero_grad();
