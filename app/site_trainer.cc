@@ -29,8 +29,12 @@ uint64_t SiteTrainer::prepare(const v1::JobSpec& job, const std::string& backbon
   train_ = std::move(split.train);
   validation_ = std::move(split.validation);
   model_ = site_model(job, backbone_bytes);
-  features_.reset();
+  // Cache the frozen backbone's features now, before Ready: the coordinator starts a round's
+  // deadline only once every site is ready, so round 1 is not eaten by the forward passes.
+  common::ComputeSlots::Guard slot(slots_);
+  features_ = model_->features(train_);
   validation_features_.reset();
+  if (validation_.size() > 0) validation_features_ = model_->features(validation_);
   return static_cast<uint64_t>(train_.size());
 }
 

@@ -21,9 +21,9 @@ class SiteTrainer : public worker::SiteRuntime {
       : loader_(std::move(loader)), slots_(slots) {}
   explicit SiteTrainer(common::ImageSet data, common::ComputeSlots* slots = nullptr)
       : data_(std::move(data)), loaded_(true), slots_(slots) {}
-  // prepare() loads the data and builds the model; the frozen-prefix features are cached
-  // at the first train_round(), so a federation comes up without waiting for every site's
-  // forward passes.
+  // prepare() loads the data, builds the model and caches the frozen-prefix features (of the
+  // training and validation splits) before the site reports Ready, so the first round's
+  // deadline is not spent on forward passes; progress is logged while it runs.
   // Checks the backbone archive first (unpacked size at most max_backbone_bytes, no
   // __setstate__: common/torchscript_archive.h), before any data is loaded or LibTorch opens it.
   uint64_t prepare(const v1::JobSpec& job, const std::string& backbone_bytes) override;

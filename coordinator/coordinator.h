@@ -233,6 +233,9 @@ class Coordinator {
   void join_phase();
   void accept_rejoiners();   // admissions for every site that connected since; collect_rejoiners
   void collect_rejoiners();  // finished admissions (a short grace each) and their Ready
+  // An admitted site's Ready, waiting until `until_tp` at most (at least 1 ms); a site admitted
+  // longer than the join timeout ago without Ready is dropped.
+  void poll_ready(Site& s, std::chrono::steady_clock::time_point until_tp);
   // Before round `round`: true when at least min_sites are active (after waiting for
   // rejoiners up to quorum_wait); false (res.stop_reason set) when the job must stop.
   bool await_quorum(uint32_t round, Result& res);

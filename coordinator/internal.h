@@ -34,6 +34,7 @@ struct Coordinator::Site {
   std::unique_ptr<common::Connection> conn;  // null until the site connects
   SiteInfo info;
   bool admitted = false;  // job (and backbone) sent; Ready pending
+  std::chrono::steady_clock::time_point admitted_at;  // when (a rejoiner's Ready is waited for until then + join timeout)
   bool refused = false;   // the site refused the job (policy): it will not come back for it
   // Sent this round's RoundStart (DP site sampling leaves some sites out: they are not
   // expected, and not taken for dead).

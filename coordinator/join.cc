@@ -163,6 +163,7 @@ std::optional<bool> Coordinator::finish_admission(Site& s, std::optional<millise
   if (wait && s.admitting.wait_for(*wait) != std::future_status::ready) return std::nullopt;
   const AdmitOutcome o = s.admitting.get();
   s.admitted = true;
+  s.admitted_at = Clock::now();
   if (!o.ok) {
     drop(s, o.why, o.refused);
     return false;
@@ -253,7 +254,9 @@ void Coordinator::join_phase() {
   for (auto& s : sites_)  // every admission at once; then each outcome
     if (s->conn) start_admission(*s);
   for (auto& s : sites_) finish_admission(*s, std::nullopt);
-  const auto deadline = Clock::now() + opt_.handshake_timeout;
+  // Sites cache their features before Ready (a large backbone: minutes), so Ready gets the
+  // join timeout, not the handshake's.
+  const auto deadline = Clock::now() + std::max(opt_.handshake_timeout, opt_.join_timeout);
   for (auto& s : sites_)
     if (s->conn && s->admitted) await_ready(*s, until(deadline), /*drop_on_timeout=*/true);
 }
@@ -275,14 +278,26 @@ void Coordinator::accept_rejoiners() {
   collect_rejoiners();
 }
 
+void Coordinator::poll_ready(Site& s, Clock::time_point until_tp) {
+  if (!s.conn || !s.admitted || s.info.active) return;
+  if (Clock::now() - s.admitted_at > std::max(opt_.handshake_timeout, opt_.join_timeout)) {
+    drop(s, "not ready within the join timeout after its job was sent");
+    return;
+  }
+  await_ready(s, until(until_tp), /*drop_on_timeout=*/false);
+}
+
 void Coordinator::collect_rejoiners() {
   // Admissions run concurrently; each gets a short grace to finish before this round, and one
   // that is still going (a site that connected and stalled) is collected before a later round
   // instead of holding this one up.
+  // A rejoiner that is still caching its features sends Ready later: it stays "joining", is
+  // polled before every round and takes part from the round after its Ready; one that never
+  // sends it is dropped after the join timeout.
   const auto grace = Clock::now() + std::min<milliseconds>(opt_.handshake_timeout, milliseconds(2000));
   for (auto& s : sites_) {
-    if (!s->admitting.valid()) continue;
-    if (finish_admission(*s, until(grace)).value_or(false)) await_ready(*s, opt_.handshake_timeout, /*drop_on_timeout=*/true);
+    if (s->admitting.valid()) finish_admission(*s, until(grace));
+    poll_ready(*s, grace);
   }
 }
 
@@ -318,9 +333,10 @@ bool Coordinator::await_quorum(uint32_t round, Result& res) {
   const auto deadline = t0 + opt_.quorum_wait;
   auto next_log = t0;
   while (active() < opt_.min_sites) {
-    for (auto& s : sites_)  // admissions that finished meanwhile, then their Ready
-      if (finish_admission(*s, milliseconds(0)).value_or(false))
-        await_ready(*s, opt_.handshake_timeout, /*drop_on_timeout=*/true);
+    for (auto& s : sites_) {  // admissions that finished meanwhile, then their Ready
+      finish_admission(*s, milliseconds(0));
+      poll_ready(*s, Clock::now());
+    }
     if (active() >= opt_.min_sites) break;
     const auto now = Clock::now();
     if (opt_.stop_requested && opt_.stop_requested())

@@ -287,6 +287,12 @@ TEST_F(LiveJob, ARealPrometheusScrapesTheRoundCounter) {
 TEST_F(LiveJob, HeadlessChromiumShowsTheAccuracyCurve) {
   const fs::path chromium = "/usr/bin/chromium";
   if (!fs::exists(chromium)) GTEST_SKIP() << "chromium is not installed (scripts/setup installs it)";
+  // A curve needs a few rounds: wait for them (a round's record arrives with the next round's
+  // reports when sites validate).
+  for (auto end = std::chrono::steady_clock::now() + 120s; std::chrono::steady_clock::now() < end;) {
+    if (json::parse(common::http_get(base() + "/status"))["rounds_finished"].get<int>() >= 6) break;
+    std::this_thread::sleep_for(200ms);
+  }
   const fs::path shot = dir_ / "status.png";
   Child c({chromium.string(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
            "--hide-scrollbars", "--user-data-dir=" + (dir_ / "chromium").string(), "--window-size=1000,1200",
