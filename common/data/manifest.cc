@@ -79,6 +79,16 @@ const char* to_string(Split s) {
   return "";
 }
 
+bool row_wanted(const ManifestRow& r, Split which) {
+  switch (which) {
+    case Split::kNone: return true;
+    case Split::kTest: return r.split == Split::kTest;
+    case Split::kTrain:
+    case Split::kValidation: return r.split != Split::kTest;
+  }
+  return true;
+}
+
 std::vector<std::string> Manifest::labels() const {
   std::set<std::string> s;
   for (const auto& r : rows) s.insert(r.label);

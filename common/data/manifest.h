@@ -22,6 +22,10 @@ struct ManifestRow {
   Split split = Split::kNone;
 };
 
+// Whether a row belongs to the images read for `which`: every row for kNone; the test rows for
+// kTest; every other row for kTrain and kValidation (the validation hold-out is drawn later).
+bool row_wanted(const ManifestRow& r, Split which);
+
 struct Manifest {
   std::string file;
   bool keyed_by_uid = false;    // rows are keyed by sop_instance_uid, not path

@@ -9,20 +9,6 @@
 #include "common/errors.h"
 
 namespace fedtl::common {
-namespace {
-
-bool wanted(const ManifestRow& r, Split which) {
-  switch (which) {
-    case Split::kNone: return true;
-    case Split::kTest: return r.split == Split::kTest;
-    case Split::kTrain:
-    case Split::kValidation: return r.split != Split::kTest;
-  }
-  return true;
-}
-
-}  // namespace
-
 ImageSet read_orthanc_source(const OrthancSource& source, const SourceSpec& spec, Split which, OrthancFetch* fetched) {
   if (!spec.label_tag.empty() && spec.label_tag != source.label_tag)
     throw ConfigError("data.label_tag must be given once (it is the Orthanc source's label tag)");
@@ -73,7 +59,7 @@ ImageSet read_orthanc_source(const OrthancSource& source, const SourceSpec& spec
         throw DataError(why);
       }
       ++matched;
-      if (!wanted(r, which)) continue;
+      if (!row_wanted(r, which)) continue;
       idx.push_back(static_cast<int64_t>(it->second));
       names.push_back(r.label);
       groups.push_back(r.patient_id.empty() ? by_path.at(d.files[it->second])->patient_id : r.patient_id);

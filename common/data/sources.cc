@@ -13,15 +13,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool wanted(const ManifestRow& r, Split which) {
-  switch (which) {
-    case Split::kNone: return true;
-    case Split::kTest: return r.split == Split::kTest;
-    case Split::kTrain:
-    case Split::kValidation: return r.split != Split::kTest;
-  }
-  return true;
-}
 
 DicomOptions dicom_options(const SourceSpec& s) {
   DicomOptions o;
@@ -64,7 +55,7 @@ ImageSet read_dicom_source(const SourceSpec& spec, const Manifest* m, Split whic
     std::vector<std::string> paths;
     std::vector<const ManifestRow*> rows;
     for (const auto& r : m->rows)
-      if (wanted(r, which)) {
+      if (row_wanted(r, which)) {
         paths.push_back((fs::path(spec.dir) / r.path).string());
         rows.push_back(&r);
       }
@@ -102,7 +93,7 @@ ImageSet read_dicom_source(const SourceSpec& spec, const Manifest* m, Split whic
                         " has SOPInstanceUID " + r.sop_instance_uid);
       }
       ++matched;
-      if (!wanted(r, which)) continue;
+      if (!row_wanted(r, which)) continue;
       idx.push_back(static_cast<int64_t>(it->second));
       names.push_back(r.label);
       groups.push_back(r.patient_id.empty() ? d.patient_ids[it->second] : r.patient_id);
@@ -140,7 +131,7 @@ ImageSet read_folder_source(const SourceSpec& spec, const Manifest* m, Split whi
   if (m->keyed_by_uid) throw ConfigError(m->file + ": sop_instance_uid keys need data.source = \"dicom\" (or orthanc)");
   std::vector<std::string> paths, labels, groups;
   for (const auto& r : m->rows)
-    if (wanted(r, which)) {
+    if (row_wanted(r, which)) {
       paths.push_back((fs::path(spec.dir) / r.path).string());
       labels.push_back(r.label);
       groups.push_back(r.patient_id);

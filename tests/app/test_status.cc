@@ -320,13 +320,8 @@ TEST_F(LiveJob, HostileClientsDoNotStopTheJob) {
   // Forty idle connections and an oversized request, then the job must still be making rounds.
   std::vector<int> idle;
   for (int i = 0; i < 40; ++i) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(port_);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) idle.push_back(fd);
-    else ::close(fd);
+    const int fd = test_support::connect_loopback(port_);
+    if (fd >= 0) idle.push_back(fd);
   }
   EXPECT_THROW(common::http_get(base() + "/" + std::string(100000, 'x'), 3s), fedtl::Error);
   std::this_thread::sleep_for(1s);

@@ -15,6 +15,7 @@
 
 #include "common/errors.h"
 #include "common/transport/http_server.h"
+#include "tests/free_port.h"
 
 namespace fedtl::common {
 namespace {
@@ -26,25 +27,9 @@ HttpResponse route(const std::string& path) {
   return http_reply(404, "text/plain", "no\n");
 }
 
-// A raw loopback TCP client, to send what no well-behaved client would.
-int connect_to(uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  return fd;
-}
-
 // Sends `request` and reads until the server closes (or 5 s pass).
 std::string exchange(uint16_t port, const std::string& request) {
-  int fd = connect_to(port);
+  int fd = test_support::connect_loopback(port);
   if (fd < 0) return "";
   size_t off = 0;
   while (off < request.size()) {
@@ -106,7 +91,7 @@ TEST(HttpServer, ASilentClientIsCutAndDoesNotDelayOthers) {
   HttpServerLimits lim;
   lim.request_timeout = 500ms;
   HttpServer server("127.0.0.1", 0, route, lim);
-  int slow = connect_to(server.port());
+  int slow = test_support::connect_loopback(server.port());
   ASSERT_GE(slow, 0);
   ASSERT_EQ(::send(slow, "GET /hel", 8, MSG_NOSIGNAL), 8);  // and never the rest
   const auto t0 = std::chrono::steady_clock::now();
@@ -124,7 +109,7 @@ TEST(HttpServer, AFloodOfIdleConnectionsIsBoundedAndClearsItself) {
   lim.request_timeout = 400ms;
   HttpServer server("127.0.0.1", 0, route, lim);
   std::vector<int> idle;
-  for (int i = 0; i < 20; ++i) idle.push_back(connect_to(server.port()));
+  for (int i = 0; i < 20; ++i) idle.push_back(test_support::connect_loopback(server.port()));
   std::this_thread::sleep_for(100ms);
   EXPECT_GE(server.connections_rejected(), 16u) << "connections beyond the limit are closed at accept";
   std::this_thread::sleep_for(600ms);  // the four it kept time out

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/free_port.h"
 #include "common/errors.h"
 #include "common/transport/pki.h"
 #include "common/transport/tls.h"
@@ -42,20 +43,8 @@ size_t open_fds() {
   return n;  // includes ".", ".." and the directory's own descriptor: constant
 }
 
-int connect_tcp(uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  timeval tv{5, 0};  // a stalled client gives up after 5 s: the server must drop it before
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  return fd;
-}
+// A stalled client gives up after 5 s: the server must drop it before.
+int connect_tcp(uint16_t port) { return test_support::connect_loopback(port, 5); }
 
 void reset_close(int fd) {
   linger l{1, 0};
