@@ -229,6 +229,7 @@ JobConfig from_table(const toml::table& root) {
   data.get_choice("source", c.data.source, parse_data_source, "\"fashion-mnist\", \"folder\" or \"dicom\"");
   data.get("dir", c.data.dir);
   data.get("test_dir", c.data.test_dir);
+  data.get("test_labels", c.data.test_labels);
   data.get("classes", c.data.classes);
   if (c.data.source != DataSource::kFashionMnist) {
     // Fashion-MNIST's class ids mean nothing to other data: by default every class found in
@@ -450,7 +451,9 @@ void validate(const JobConfig& c) {
     require(c.data.classes.empty(), "data.classes is for other sources: Fashion-MNIST's classes are chosen by "
                                     "data.target_classes (0..9)");
     require(c.data.images.labels.empty(), "data.labels needs data.source = \"folder\" or \"dicom\"");
+    require(c.data.test_labels.empty(), "data.test_labels needs data.source = \"folder\" or \"dicom\"");
   }
+  require(c.data.test_labels.empty() || !c.data.test_dir.empty(), "data.test_labels needs data.test_dir");
   if (!fmnist && c.data.classes.empty() && !c.data.target_classes.empty())
     require(false, "data.target_classes picks from data.classes: list the classes by name in data.classes");
   {

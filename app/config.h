@@ -67,6 +67,8 @@ struct DataConfig {
                                          // folder / dicom: training data (class sub-folders or
                                          // data.labels)
   std::string test_dir;                  // folder / dicom: test data
+  std::string test_labels;               // data.test_labels: test_dir's label manifest ("" = none:
+                                         // class sub-folders or data.label_tag)
   // The job's classes by name, in the model's output order. Fashion-MNIST: empty (its ten
   // names are fixed). Other sources: empty = the classes found in the data, sorted by name
   // (CoordinatorJob fills it in once the data is read).

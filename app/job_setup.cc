@@ -72,7 +72,9 @@ TaskData load_task_data(const app::JobConfig& cfg, bool with_training) {
     const char* src = cfg.data.source == DataSource::kDicom ? "dicom" : "folder";
     const bool split_in_manifest = !cfg.data.dir.empty() && source_has_split(source_spec(cfg, cfg.data.dir, true));
     if (!cfg.data.test_dir.empty()) {
-      test = common::read_source(source_spec(cfg, cfg.data.test_dir, false));
+      common::SourceSpec test_spec = source_spec(cfg, cfg.data.test_dir, false);
+      test_spec.labels = cfg.data.test_labels;
+      test = common::read_source(test_spec, common::Split::kNone);
       if (with_training) {
         if (cfg.data.dir.empty()) throw ConfigError(std::string("data.dir is required when data.source = \"") + src + "\"");
         train = common::read_source(source_spec(cfg, cfg.data.dir, true), common::Split::kTrain);

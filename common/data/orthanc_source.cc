@@ -3,7 +3,6 @@
 #include <spdlog/spdlog.h>
 
 #include <map>
-#include <set>
 
 #include "common/data/dicom.h"
 #include "common/errors.h"
@@ -24,14 +23,7 @@ ImageSet read_orthanc_source(const OrthancSource& source, const SourceSpec& spec
   src.skip_bad = spec.read.on_bad_file == BadFile::kSkip;
   OrthancFetch fetch = fetch_orthanc_instances(src);
 
-  DicomOptions o;
-  o.channels = spec.read.channels;
-  o.height = spec.read.height;
-  o.width = spec.read.width;
-  o.max_image_pixels = spec.read.max_image_pixels;
-  o.on_bad_file = spec.read.on_bad_file;
-  o.window = spec.window;
-  o.frame = spec.frame;
+  const DicomOptions o = dicom_options(spec);
   std::vector<std::string> paths;
   std::map<std::string, const FetchedInstance*> by_path;
   for (const auto& f : fetch.instances) {
@@ -75,12 +67,7 @@ ImageSet read_orthanc_source(const OrthancSource& source, const SourceSpec& spec
     }
   }
   ImageSet set = d.images.subset(idx);
-  std::set<std::string> distinct(names.begin(), names.end());
-  set.class_names.assign(distinct.begin(), distinct.end());
-  std::map<std::string, int64_t> index;
-  for (size_t i = 0; i < set.class_names.size(); ++i) index[set.class_names[i]] = static_cast<int64_t>(i);
-  set.labels.clear();
-  for (const auto& n : names) set.labels.push_back(index.at(n));
+  assign_labels(set, names);
   set.groups = groups;
   if (fetched) *fetched = std::move(fetch);
   return set;

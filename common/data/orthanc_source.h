@@ -7,9 +7,8 @@
 // order. Groups are the patient ids (the manifest's patient_id, else the file's PatientID).
 // Class names are the sorted distinct labels.
 //
-// Same images, same order, same labels => the same model: a DICOM folder read with
-// data.label_tag comes out in path order, so it matches an Orthanc holding the same files when
-// the files' paths sort as their SOPInstanceUIDs do (e.g. named <SOPInstanceUID>.dcm).
+// Same images, same order, same labels => the same model: a DICOM folder read with the same
+// manifest or the same label tag comes out in this order too (read_source, sources.h).
 #pragma once
 #include "common/data/image_set.h"
 #include "common/data/manifest.h"

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -13,29 +14,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-
-DicomOptions dicom_options(const SourceSpec& s) {
-  DicomOptions o;
-  o.channels = s.read.channels;
-  o.height = s.read.height;
-  o.width = s.read.width;
-  o.max_image_pixels = s.read.max_image_pixels;
-  o.on_bad_file = s.read.on_bad_file;
-  o.window = s.window;
-  o.frame = s.frame;
-  if (!s.label_tag.empty()) o.tags.push_back(s.label_tag);
-  return o;
-}
-
-// Labels by name -> sorted class list and label indices.
-void assign_labels(ImageSet& set, const std::vector<std::string>& names) {
-  std::set<std::string> distinct(names.begin(), names.end());
-  set.class_names.assign(distinct.begin(), distinct.end());
-  std::map<std::string, int64_t> index;
-  for (size_t i = 0; i < set.class_names.size(); ++i) index[set.class_names[i]] = static_cast<int64_t>(i);
-  set.labels.clear();
-  for (const auto& n : names) set.labels.push_back(index.at(n));
-}
 
 // The first path component of `file` below `root`: its class folder ("" when directly in root).
 std::string class_folder(const std::string& root, const std::string& file) {
@@ -105,8 +83,15 @@ ImageSet read_dicom_source(const SourceSpec& spec, const Manifest* m, Split whic
     set.groups = groups;
     return set;
   }
+  // Labels from a tag come in SOPInstanceUID order (as an Orthanc source gives them, so the
+  // same files train the same model from either); class folders keep the path order.
+  std::vector<size_t> order(d.files.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  if (!spec.label_tag.empty())
+    std::stable_sort(order.begin(), order.end(),
+                     [&d](size_t a, size_t b) { return d.sop_instance_uids[a] < d.sop_instance_uids[b]; });
   std::vector<int64_t> idx;
-  for (size_t i = 0; i < d.files.size(); ++i) {
+  for (size_t i : order) {
     std::string label = spec.label_tag.empty() ? class_folder(spec.dir, d.files[i]) : d.tag_values[i][0];
     if (label.empty()) {
       const std::string why = spec.label_tag.empty()
@@ -145,6 +130,28 @@ ImageSet read_folder_source(const SourceSpec& spec, const Manifest* m, Split whi
 }
 
 }  // namespace
+
+DicomOptions dicom_options(const SourceSpec& s) {
+  DicomOptions o;
+  o.channels = s.read.channels;
+  o.height = s.read.height;
+  o.width = s.read.width;
+  o.max_image_pixels = s.read.max_image_pixels;
+  o.on_bad_file = s.read.on_bad_file;
+  o.window = s.window;
+  o.frame = s.frame;
+  if (!s.label_tag.empty()) o.tags.push_back(s.label_tag);
+  return o;
+}
+
+void assign_labels(ImageSet& set, const std::vector<std::string>& names) {
+  std::set<std::string> distinct(names.begin(), names.end());
+  set.class_names.assign(distinct.begin(), distinct.end());
+  std::map<std::string, int64_t> index;
+  for (size_t i = 0; i < set.class_names.size(); ++i) index[set.class_names[i]] = static_cast<int64_t>(i);
+  set.labels.clear();
+  for (const auto& n : names) set.labels.push_back(index.at(n));
+}
 
 bool source_has_split(const SourceSpec& spec) {
   return !spec.labels.empty() && read_manifest(spec.labels, spec.dir).has_split;

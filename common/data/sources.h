@@ -29,10 +29,20 @@ struct SourceSpec {
 // Reads `spec`. Labels come from, in this order: the manifest (rows restricted by `which`
 // when it has a split column: kTrain = train, validation and unsplit rows; kTest = test rows;
 // kNone = every row), the DICOM tag, or the first folder level under dir (class sub-folders,
-// for images and DICOM alike). Throws DataError naming the file (and the manifest line) for
+// for images and DICOM alike). Order: the manifest's rows; with a label tag, SOPInstanceUID
+// order (the order an Orthanc source gives, so files and Orthanc train the same model);
+// otherwise path order. Throws DataError naming the file (and the manifest line) for
 // a missing file, a manifest SOPInstanceUID no DICOM file has, an image without a label, or
 // a class folder without usable images; ConfigError for an inconsistent spec.
 ImageSet read_source(const SourceSpec& spec, Split which = Split::kNone);
+
+// The DICOM reader's options for `spec` (its shape, limits, window, frame; the label tag,
+// when set, among the tags read).
+DicomOptions dicom_options(const SourceSpec& spec);
+
+// Labels `set` by name: class_names = the sorted distinct `names`, labels[i] = the index of
+// names[i] among them.
+void assign_labels(ImageSet& set, const std::vector<std::string>& names);
 
 // Whether the manifest of `spec` (if any) has a split column.
 bool source_has_split(const SourceSpec& spec);

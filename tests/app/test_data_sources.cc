@@ -120,6 +120,29 @@ TEST_F(DataSources, ClassesAreBoundByNameAndMismatchesNamed) {
   EXPECT_THROW(app::parse_job_config(recipe("label_tag = \"BodyPartExamined\"\n"), "own.toml"), ConfigError);
 }
 
+TEST_F(DataSources, TestDirWithItsOwnManifest) {
+  // The test images in one flat folder, labelled by data.test_labels (never by data.labels).
+  fs::create_directories(dir_ / "flat");
+  std::ofstream csv(dir_ / "flat/labels.csv");
+  csv << "path,label\n";
+  int n = 0;
+  for (const auto& cls : kClasses)
+    for (const auto& e : fs::directory_iterator(dir_ / "test" / cls)) {
+      const std::string name = std::to_string(n++) + ".png";
+      fs::copy(e.path(), dir_ / "flat" / name);
+      csv << name << "," << cls << "\n";
+    }
+  csv.close();
+  std::string toml = recipe("test_labels = \"" + (dir_ / "flat/labels.csv").string() + "\"\n");
+  toml.replace(toml.find((dir_ / "test").string()), (dir_ / "test").string().size(), (dir_ / "flat").string());
+  const app::TaskData d = app::load_task_data(app::parse_job_config(toml, "own.toml"));
+  EXPECT_EQ(d.target_names, kClasses);
+  EXPECT_EQ(d.target_test.size(), 20);
+  // Image k of the flat folder has the label its manifest row gives: 4 per class, in order.
+  for (int64_t i = 0; i < d.target_test.size(); ++i) EXPECT_EQ(d.target_test.labels[static_cast<size_t>(i)], i / 4);
+  EXPECT_THROW(app::parse_job_config("[data]\ntest_labels = \"x.csv\"\n", "bad.toml"), ConfigError);
+}
+
 TEST_F(DataSources, SiteFolderIsBoundToTheJobsClassNames) {
   const app::JobConfig cfg = app::parse_job_config(recipe(), "own.toml");
   v1::JobSpec job = app::make_job_spec(app::with_resolved_classes(cfg, app::load_task_data(cfg)), std::string(64, '0'),

@@ -29,6 +29,7 @@ struct DicomSpec {
   std::string sop_uid = "1.2.826.0.1.3680043.2.1125.1.1";
   std::string patient_id = "P1";
   std::string body_part;  // BodyPartExamined
+  std::string study_uid, series_uid;  // "" = absent (Orthanc needs both to store a file)
   E_TransferSyntax xfer = EXS_LittleEndianExplicit;  // or EXS_JPEGProcess14SV1, EXS_RLELossless, ...
 };
 
@@ -54,6 +55,8 @@ inline void write_dicom(const std::string& path, const DicomSpec& s) {
   check(ds->putAndInsertString(DCM_SOPInstanceUID, s.sop_uid.c_str()), "SOPInstanceUID");
   check(ds->putAndInsertString(DCM_PatientID, s.patient_id.c_str()), "PatientID");
   check(ds->putAndInsertString(DCM_Modality, "OT"), "Modality");
+  if (!s.study_uid.empty()) check(ds->putAndInsertString(DCM_StudyInstanceUID, s.study_uid.c_str()), "StudyUID");
+  if (!s.series_uid.empty()) check(ds->putAndInsertString(DCM_SeriesInstanceUID, s.series_uid.c_str()), "SeriesUID");
   if (!s.body_part.empty()) check(ds->putAndInsertString(DCM_BodyPartExamined, s.body_part.c_str()), "BodyPart");
   check(ds->putAndInsertUint16(DCM_Rows, s.rows), "Rows");
   check(ds->putAndInsertUint16(DCM_Columns, s.cols), "Columns");

@@ -269,6 +269,17 @@ TEST_F(DicomTest, DirectoryIsSearchedRecursivelyWithTagsAndLabels) {
   EXPECT_EQ(by_folder.groups, (std::vector<std::string>{"PA", "PB"}));
   spec.label_tag = "BodyPartExamined";
   EXPECT_EQ(read_source(spec).class_names, (std::vector<std::string>{"CHEST", "HAND"}));
+  // Labelled by a tag, the images come in SOPInstanceUID order (an Orthanc source's order),
+  // not path order: a file whose path sorts first but whose UID sorts last comes last.
+  s.sop_uid = "1.2.3.3";
+  s.patient_id = "PC";
+  s.body_part = "KNEE";
+  write_dicom(path("a_first_by_path.dcm"), s);
+  ImageSet by_tag = read_source(spec);
+  EXPECT_EQ(by_tag.class_names, (std::vector<std::string>{"CHEST", "HAND", "KNEE"}));
+  EXPECT_EQ(by_tag.labels, (std::vector<int64_t>{0, 1, 2}));
+  EXPECT_EQ(by_tag.groups, (std::vector<std::string>{"PA", "PB", "PC"}));
+  fs::remove(path("a_first_by_path.dcm"));
   spec.label_tag.clear();
   spec.labels = path("labels.csv");
   { std::ofstream(spec.labels) << "sop_instance_uid,label,split\n1.2.3.2,normal,train\n1.2.3.1,pneumonia,test\n"; }
