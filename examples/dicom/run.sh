@@ -8,16 +8,23 @@
 # and checks it.
 #
 # usage: examples/dicom/run.sh [ROUNDS]
-#   FEDTL_EXAMPLE_OUT  outputs (default runs/dicom); FEDTL_PORT, FEDTL_ORTHANC_PORT: ports
+#   FEDTL_EXAMPLE_OUT  outputs (default runs/dicom)
+#   FEDTL_BUILD_DIR    the build to run (default build/, built first if missing)
+#   FEDTL_PORT, FEDTL_ORTHANC_PORT  loopback ports (default: free ones)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${1:-5}
-PORT=${FEDTL_PORT:-17543}
-OPORT=${FEDTL_ORTHANC_PORT:-18042}
-BIN=$PWD/build/fedtl
-GEN=$PWD/build/fedtl_example_dicom
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+PORT=${FEDTL_PORT:-$(free_port)}
+OPORT=${FEDTL_ORTHANC_PORT:-$(free_port)}
+BUILD=${FEDTL_BUILD_DIR:-$PWD/build}
+BIN=$BUILD/fedtl
+GEN=$BUILD/fedtl_example_dicom
 ORTHANC=/usr/sbin/Orthanc
-if [ ! -x "$BIN" ] || [ ! -x "$GEN" ] || [ ! -x "$ORTHANC" ]; then scripts/setup && scripts/build; fi
+if [ ! -x "$BIN" ] || [ ! -x "$GEN" ] || [ ! -x "$ORTHANC" ]; then
+  [ -z "${FEDTL_BUILD_DIR:-}" ] || { echo "no fedtl build in $FEDTL_BUILD_DIR (or Orthanc missing)" >&2; exit 1; }
+  scripts/setup && scripts/build
+fi
 W=${FEDTL_EXAMPLE_OUT:-runs/dicom}
 rm -rf "$W"
 mkdir -p "$W"
