@@ -244,6 +244,10 @@ common::Frame Worker::next_frame() {
 
 LocalUpdate Worker::train_private(const v1::RoundStart& start, const std::vector<float>& global, bool* below_clip) {
   LocalUpdate up = runtime_.train_round(start.round(), global);
+  if (opt_.log_rounds)
+    spdlog::info("[{}] round {}/{}: trained on {} images in {:.2f} s, local loss {:.4f}, local accuracy {:.2f}%",
+                 opt_.site_name, start.round(), job_.rounds(), up.num_samples, up.train_seconds, up.train_loss,
+                 100.0 * up.train_accuracy);
   const auto& pv = job_.privacy();
   const auto mode = protocols::noise_mode(pv);
   if (!mode) return up;

@@ -49,6 +49,10 @@ struct WorkerOptions {
   std::function<std::string(const v1::JobSpec&)> check_job;
   // false: Update carries only the delta and sample count (no local loss/accuracy).
   bool share_training_metrics = true;
+  // true: one info line per round trained here (images, seconds, local loss and accuracy),
+  // so a site's own log says what it did; simulations leave it off (the coordinator's round
+  // lines say it for all sites).
+  bool log_rounds = false;
   // While local training runs, a Heartbeat goes to the coordinator this often, so a slow site
   // is never taken for a dead one (heartbeats come from their own thread).
   std::chrono::milliseconds heartbeat_interval{std::chrono::seconds(5)};

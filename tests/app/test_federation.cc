@@ -29,6 +29,7 @@
 #include "common/transport/tls.h"
 #include "coordinator/coordinator.h"
 #include "protocols/messages.h"
+#include "tests/captured_log.h"
 #include "tests/free_port.h"
 #include "worker/worker.h"
 
@@ -205,6 +206,7 @@ TEST_F(Federation, TlsRunMatchesSimulateWhileHostileClientsAreRefused) {
 
   std::vector<std::future<int>> workers;
   int i = 0;
+  test_support::CapturedLog log;
   for (const char* name : {"hospital-a", "hospital-b", "hospital-c"}) {
     auto s = site(name, i++);
     workers.push_back(std::async(std::launch::async, [s] { return app::run_worker(s); }));
@@ -212,6 +214,9 @@ TEST_F(Federation, TlsRunMatchesSimulateWhileHostileClientsAreRefused) {
   for (auto& w : workers) EXPECT_EQ(w.get(), 0);
   const auto tls = coord.get();
   EXPECT_GT(tls.federated_accuracy, 0.3);
+  // Each site's own log says what it trained, round by round.
+  EXPECT_TRUE(log.contains("[hospital-b] round 1/" + std::to_string(cfg.rounds) + ": trained on "));
+  EXPECT_TRUE(log.contains("[hospital-c] round " + std::to_string(cfg.rounds) + "/"));
 
   auto sim_cfg = cfg;
   sim_cfg.out = (dir_ / "sim").string();
