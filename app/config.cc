@@ -202,7 +202,7 @@ const toml::table* subtable(const toml::table& root, const char* name) {
 JobConfig from_table(const toml::table& root) {
   JobConfig c;
   static const std::set<std::string> kSections = {"job",  "data",  "partition", "backbone",  "pretrain",
-                                                  "head", "train", "server",    "baselines", "federation", "secure_aggregation", "privacy"};
+                                                  "head", "train", "server",    "baselines", "evaluation", "federation", "secure_aggregation", "privacy"};
   for (const auto& [k, v] : root) {
     if (!kSections.count(std::string(k.str())))
       throw ConfigError("unknown section or key '" + std::string(k.str()) + "' in job config");
@@ -313,6 +313,10 @@ JobConfig from_table(const toml::table& root) {
   bl.get("epochs", c.baselines.epochs);
   bl.reject_unknown();
 
+  Section ev(subtable(root, "evaluation"), "evaluation");
+  ev.get("personalize_epochs", c.evaluation.personalize_epochs);
+  ev.reject_unknown();
+
   Section fed(subtable(root, "federation"), "federation");
   fed.get("listen", c.federation.listen);
   fed.get("sites", c.federation.sites);
@@ -375,6 +379,15 @@ JobConfig parse_job_config(const std::string& text, const std::string& origin) {
   return c;
 }
 
+namespace {
+// Paths written in a job or site file are relative to that file's folder (docs/configuration.md);
+// defaults and command-line paths are relative to the working directory.
+std::string resolve(const std::string& base_dir, const std::string& p) {
+  if (p.empty() || p.front() == '/') return p;
+  return (std::filesystem::path(base_dir) / p).lexically_normal().string();
+}
+}  // namespace
+
 JobConfig load_job_config(const std::string& path) {
   toml::table root;
   try {
@@ -388,6 +401,19 @@ JobConfig load_job_config(const std::string& path) {
     throw ConfigError(os.str());
   }
   JobConfig c = from_table(root);
+  const std::string base = std::filesystem::path(path).parent_path().string();
+  const std::pair<const char*, std::string*> paths[] = {
+      {"job.out", &c.out},
+      {"data.dir", &c.data.dir},
+      {"data.test_dir", &c.data.test_dir},
+      {"data.labels", &c.data.images.labels},
+      {"data.test_labels", &c.data.test_labels},
+      {"backbone.path", &c.backbone.path},
+      {"federation.ca_cert", &c.federation.ca_cert},
+      {"federation.cert", &c.federation.cert},
+      {"federation.key", &c.federation.key}};
+  for (const auto& [key, value] : paths)
+    if (root.at_path(key)) *value = resolve(base, *value);  // only what the file itself says
   validate(c);
   return c;
 }
@@ -540,6 +566,7 @@ void validate(const JobConfig& c) {
   real_range("server.max_update_norm", c.max_update_norm, 0, 1e30, Low::kClosed, " (0 = 1e4 * sqrt(parameters))");
   // [baselines]
   int_range("baselines.epochs", c.baselines.epochs, 1, kMaxEpochs);
+  int_range("evaluation.personalize_epochs", c.evaluation.personalize_epochs, 0, kMaxEpochs);
   // [federation]
   seconds_range("federation.join_timeout_s", c.federation.join_timeout_s);
   seconds_range("federation.handshake_timeout_s", c.federation.handshake_timeout_s);
@@ -569,13 +596,6 @@ void validate(const JobConfig& c) {
             "privacy.noise_multiplier must be > 0 (or 0 with privacy.target_epsilon > 0 to calibrate it)");
   }
 }
-
-namespace {
-std::string resolve(const std::string& base_dir, const std::string& p) {
-  if (p.empty() || p.front() == '/') return p;
-  return (std::filesystem::path(base_dir) / p).lexically_normal().string();
-}
-}  // namespace
 
 SiteConfig load_site_config(const std::string& path) {
   toml::table root;
@@ -629,6 +649,7 @@ SiteConfig load_site_config(const std::string& path) {
   pol.get("max_rounds", c.policy.max_rounds);
   pol.get("max_local_epochs", c.policy.max_local_epochs);
   pol.get("share_training_metrics", c.policy.share_training_metrics);
+  pol.get("share_input_stats", c.policy.share_input_stats);
   pol.get("max_backbone_bytes", c.policy.max_backbone_bytes);
   pol.get("coordinator_silence_s", c.policy.coordinator_silence_s);
   pol.get("max_batch_size", c.policy.max_batch_size);

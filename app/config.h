@@ -131,6 +131,13 @@ struct BaselineConfig {
   int64_t epochs = 40;       // epochs for local-only / centralised / scratch training
 };
 
+// [evaluation]: what each site reports of the final model on its own validation split.
+struct EvaluationConfig {
+  // Epochs of head-only fine-tuning on the site's training split, from the global model,
+  // before the personalised figures; 0 = no personalisation.
+  int64_t personalize_epochs = 5;
+};
+
 // [federation]: the coordinator's side of a cross-institution job (fedtl coordinator).
 struct FederationConfig {
   std::string listen = "0.0.0.0:7443";  // host:port to listen on
@@ -203,6 +210,7 @@ struct JobConfig {
   TrainConfig train;
   protocols::StrategySpec server;
   BaselineConfig baselines;
+  EvaluationConfig evaluation;
   FederationConfig federation;
   SecureAggregationConfig secagg;
   PrivacyConfig privacy;

@@ -1,15 +1,18 @@
 #include "app/coordinator_job.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <cmath>
 #include <filesystem>
 
 #include "common/data/classes.h"
+#include "common/data/input_stats.h"
 #include "common/errors.h"
 #include "common/files.h"
 #include "common/metrics.h"
 #include "common/sha256.h"
+#include "protocols/messages.h"
 
 namespace fedtl::app {
 
@@ -258,6 +261,104 @@ std::vector<common::PlotMark> plot_marks(const JobOutcome& o) {
 
 }  // namespace
 
+namespace {
+// summary.json's form of classification metrics (test_metrics, a site's validation_metrics).
+json metrics_json(const common::ClassificationMetrics& m, const std::vector<std::string>& names) {
+  auto opt = [](const std::optional<double>& v) { return v ? json(*v) : json(nullptr); };
+  json per_class = json::object();
+  for (size_t c = 0; c < m.per_class.size(); ++c) {
+    const auto& pc = m.per_class[c];
+    const std::string name = c < names.size() ? names[c] : std::to_string(c);
+    per_class[name] = {{"precision", pc.precision}, {"recall", pc.recall}, {"specificity", pc.specificity},
+                       {"f1", pc.f1},               {"auc", opt(pc.auc)},  {"support", pc.support}};
+  }
+  return {{"accuracy", m.accuracy},
+          {"balanced_accuracy", m.balanced_accuracy},
+          {"macro_f1", m.macro_f1},
+          {"macro_auc", opt(m.macro_auc)},
+          {"per_class", per_class}};
+}
+}  // namespace
+
+void CoordinatorJob::add_site_evaluations(const JobOutcome& o, json& s) const {
+  // Each site's own figures of the final model (SiteEvaluation; checked: a site's claim) go
+  // into its per_site entry; their means beside each other; a line per site in the log.
+  const auto k = static_cast<int64_t>(o.final_eval.confusion.size());
+  double fed_sum = 0, pers_sum = 0;
+  size_t fed_n = 0, pers_n = 0;
+  std::string table;
+  for (const auto& site : o.result.sites) {
+    if (!site.evaluated) continue;
+    const auto g = protocols::site_metrics_from_wire(site.evaluation.global(), k);
+    if (!g) {
+      spdlog::warn("site '{}' sent impossible validation metrics; left out", site.name);
+      continue;
+    }
+    json add = {{"validation_metrics", metrics_json(g->metrics, data_.target_names)}};
+    add["validation_metrics"]["images"] = g->images;
+    fed_sum += g->metrics.accuracy;
+    ++fed_n;
+    std::string personalised = "-";
+    if (site.evaluation.personalize_epochs() > 0) {
+      if (const auto p = protocols::site_metrics_from_wire(site.evaluation.personalized(), k)) {
+        add["personalized_validation_metrics"] = metrics_json(p->metrics, data_.target_names);
+        add["personalized_validation_metrics"]["images"] = p->images;
+        add["personalize_epochs"] = site.evaluation.personalize_epochs();
+        pers_sum += p->metrics.accuracy;
+        ++pers_n;
+        personalised = fmt::format("{:.2f}%", 100 * p->metrics.accuracy);
+      }
+    }
+    if (s.contains("per_site") && s["per_site"].is_array())
+      for (auto& entry : s["per_site"])
+        if (entry.is_object() && entry.value("site", std::string()) == site.name) entry.update(add);
+    table += fmt::format("{:<12}  {:>6}  {:>12.2f}%  {:>13}  {:>9}\n", site.name, g->images, 100 * g->metrics.accuracy,
+                         personalised,
+                         g->metrics.macro_auc ? fmt::format("{:.3f}", *g->metrics.macro_auc) : std::string("-"));
+  }
+  s["federated_site_mean_accuracy"] = fed_n ? json(fed_sum / static_cast<double>(fed_n)) : json(nullptr);
+  s["personalized_mean_accuracy"] = pers_n ? json(pers_sum / static_cast<double>(pers_n)) : json(nullptr);
+  if (fed_n == 0) return;
+  spdlog::info("each site's own validation split (the images it held out): accuracy of the final global model{}, "
+               "and its macro ROC AUC:\nsite          images     federated   personalised  macro AUC\n{}mean of {} "
+               "sites: federated {:.2f}%{}",
+               pers_n ? fmt::format(", then after {} epochs of head fine-tuning at the site (personalised)",
+                                    cfg_.evaluation.personalize_epochs)
+                      : std::string(),
+               table, fed_n, 100 * fed_sum / static_cast<double>(fed_n),
+               pers_n ? fmt::format(", personalised {:.2f}%", 100 * pers_sum / static_cast<double>(pers_n)) : "");
+}
+
+void CoordinatorJob::add_domain_gap(const JobOutcome& o, json& s) const {
+  // Each site's figures from its Ready (checked: a site's claim) go into its per_site entry;
+  // a site whose figures show a domain gap gets one warning, logged here once.
+  json warnings = s.contains("warnings") ? s["warnings"] : json::array();
+  const auto& bb = cfg_.backbone;
+  for (const auto& site : o.result.sites) {
+    const auto st = protocols::input_stats_from_wire(site.input_stats, bb.channels);
+    if (!st) continue;
+    const json js = {{"images", st->images},
+                     {"channels_as_stored", {{"grey", st->grey}, {"colour", st->colour}}},
+                     {"height_as_stored", {st->min_height, st->max_height}},
+                     {"width_as_stored", {st->min_width, st->max_width}},
+                     {"backbone_input", {bb.channels, bb.height, bb.width}},
+                     {"mean", st->mean},
+                     {"std", st->std}};
+    if (s.contains("per_site") && s["per_site"].is_array())
+      for (auto& entry : s["per_site"])
+        if (entry.is_object() && entry.value("site", std::string()) == site.name) entry["input_stats"] = js;
+    const auto findings = common::domain_gap_findings(*st, bb.channels, bb.height, bb.width);
+    if (findings.empty()) continue;
+    std::string msg = "domain gap at site '" + site.name + "': ";
+    for (size_t i = 0; i < findings.size(); ++i) msg += (i ? "; " : "") + findings[i];
+    msg += ". The backbone may transfer poorly: compare with the federated-from-scratch baseline (--baselines), "
+           "unfreeze more blocks, or choose a backbone trained on images like these";
+    spdlog::warn("{}", msg);
+    warnings.push_back({{"code", "domain_gap"}, {"site", site.name}, {"message", msg}});
+  }
+  s["warnings"] = warnings;
+}
+
 void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& transport, const json& extra,
                                    const std::vector<common::PlotLine>& baselines) {
   json s;
@@ -283,22 +384,10 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
   s["backbone_sha256"] = backbone_sha_;
   s["trainable_parameters"] = model_->num_params();
   s["confusion_matrix"] = o.final_eval.confusion;
-  {
-    // What a clinician reads: per class sensitivity, specificity, precision, F1 and ROC AUC.
-    const auto m = common::classification_metrics(o.final_eval.labels, o.final_eval.scores,
-                                                  static_cast<int64_t>(o.final_eval.confusion.size()));
-    auto opt = [](const std::optional<double>& v) { return v ? json(*v) : json(nullptr); };
-    json per_class = json::object();
-    for (size_t c = 0; c < m.per_class.size(); ++c) {
-      const auto& pc = m.per_class[c];
-      const std::string name = c < data_.target_names.size() ? data_.target_names[c] : std::to_string(c);
-      per_class[name] = {{"precision", pc.precision}, {"recall", pc.recall},       {"specificity", pc.specificity},
-                         {"f1", pc.f1},               {"auc", opt(pc.auc)},       {"support", pc.support}};
-    }
-    s["test_metrics"] = {{"accuracy", m.accuracy},     {"balanced_accuracy", m.balanced_accuracy},
-                         {"macro_f1", m.macro_f1},     {"macro_auc", opt(m.macro_auc)},
-                         {"per_class", per_class}};
-  }
+  // What a clinician reads: per class sensitivity, specificity, precision, F1 and ROC AUC.
+  s["test_metrics"] = metrics_json(common::classification_metrics(o.final_eval.labels, o.final_eval.scores,
+                                                                  static_cast<int64_t>(o.final_eval.confusion.size())),
+                                   data_.target_names);
   s["class_names"] = data_.target_names;
   s["handshake_bytes_down"] = o.result.handshake_bytes_down;
   uint64_t up = 0, down = 0;
@@ -329,6 +418,8 @@ void CoordinatorJob::write_summary(const JobOutcome& o, const std::string& trans
   s["interrupted"] = o.result.interrupted;
   if (!o.result.stop_reason.empty()) s["stop_reason"] = o.result.stop_reason;
   for (const auto& [k, v] : extra.items()) s[k] = v;
+  add_domain_gap(o, s);
+  add_site_evaluations(o, s);
   s["seconds"] = std::chrono::duration<double>(Clock::now() - start_).count();
   common::write_accuracy_plot(cfg_.out + "/accuracy.svg",
                               cfg_.name + ": global test accuracy per round (" + std::to_string(o.result.sites.size()) +

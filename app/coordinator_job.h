@@ -81,6 +81,10 @@ class CoordinatorJob {
 
  private:
   class Evaluator;
+  // Adds the sites' input statistics and domain-gap warnings to a summary (write_summary).
+  void add_domain_gap(const JobOutcome& o, nlohmann::json& s) const;
+  // Adds each site's own validation metrics of the final model (and personalised ones).
+  void add_site_evaluations(const JobOutcome& o, nlohmann::json& s) const;
   app::JobConfig cfg_;
   TaskData data_;
   std::string backbone_, backbone_sha_;

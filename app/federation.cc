@@ -192,6 +192,7 @@ int run_worker(const app::SiteConfig& site, common::StopSignal* stop, std::ostre
   worker::WorkerOptions wopt;
   wopt.site_name = site.name;
   wopt.share_training_metrics = site.policy.share_training_metrics;
+  wopt.share_input_stats = site.policy.share_input_stats;
   wopt.log_rounds = true;  // a site's own log says what it trained each round
   wopt.max_backbone_bytes = static_cast<uint64_t>(site.policy.max_backbone_bytes);
   wopt.idle_timeout = ms(site.policy.coordinator_silence_s);

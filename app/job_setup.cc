@@ -236,6 +236,7 @@ v1::TrainingSpec wire_training_spec(const app::JobConfig& cfg) {
   t.set_prox_mu(cfg.server.name == "fedprox" ? cfg.server.prox_mu : 0.0);
   t.set_backbone_lr(cfg.train.backbone_lr.value_or(cfg.train.lr / 10));
   t.set_validation_fraction(cfg.data.validation_fraction);
+  t.set_personalize_epochs(static_cast<uint32_t>(cfg.evaluation.personalize_epochs));
   return t;
 }
 

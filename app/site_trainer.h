@@ -34,6 +34,13 @@ class SiteTrainer : public worker::SiteRuntime {
   // returns.
   worker::LocalUpdate train_round(uint32_t round, const std::vector<float>& global) override;
   worker::ValidationFigures validate(uint32_t round, const std::vector<float>& params) override;
+  // The training split's figures (common/data/input_stats.h), computed in prepare().
+  v1::InputStats input_stats() const override { return input_stats_; }
+  // The final model on the validation split, and after personalize_epochs epochs of the head
+  // alone on the training split (same optimiser settings as the job's local training, no
+  // proximal term); the model is loaded afresh by the next round or evaluation.
+  std::optional<v1::SiteEvaluation> evaluate_site(uint32_t round, const std::vector<float>& params,
+                                                  uint32_t personalize_epochs) override;
 
  private:
   DataLoader loader_;
@@ -45,6 +52,7 @@ class SiteTrainer : public worker::SiteRuntime {
   common::ImageSet train_, validation_;  // data_ split by the job's validation fraction
   std::unique_ptr<common::model::TransferModel> model_;
   std::unique_ptr<common::model::FeatureSet> features_, validation_features_;
+  v1::InputStats input_stats_;
   worker::ValidationFigures evaluate_validation();
 };
 

@@ -36,13 +36,14 @@ def mpirun_cmd(np):
 
 
 def job_copy(job, tmp):
-    """The job with baselines off and its backbone path made absolute (runs from anywhere)."""
+    """The job with baselines off and its backbone path made absolute (a relative one is relative
+    to the job file), so the copy runs from anywhere."""
     text = open(job).read()
     text = re.sub(r"(?m)^(\s*enabled\s*=\s*)true", r"\1false", text)
     m = re.search(r'(?m)^\s*path\s*=\s*"([^"]+)"', text)
     backbone = m.group(1) if m else None
     if backbone and not os.path.isabs(backbone):
-        backbone = os.path.join(ROOT, backbone)
+        backbone = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(job)), backbone))
         text = text[: m.start(1)] + backbone + text[m.end(1):]
     sites = int(re.search(r"(?m)^\s*sites\s*=\s*(\d+)", text).group(1))
     path = os.path.join(tmp, "job.toml")

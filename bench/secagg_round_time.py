@@ -6,6 +6,7 @@ usage: secagg_round_time.py --fedtl build/fedtl [--reps N]
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -19,6 +20,9 @@ args = ap.parse_args()
 
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 job = open(os.path.join(root, "examples/hospitals/job.toml")).read()
+# The copies live in a temp dir: their backbone path must be absolute (a relative path in a job
+# file is relative to the file).
+job = re.sub(r'(?m)^path = "[^"]*"', f'path = "{root}/runs/backbones/fmnist_cnn_src02578.pt"', job)
 tmp = tempfile.mkdtemp(prefix="fedtl_bench_secagg_")
 paths = {}
 for secure in (False, True):

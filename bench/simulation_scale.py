@@ -29,11 +29,14 @@ except ImportError:  # pragma: no cover
 
 
 def backbone_path(job):
+    """The job's backbone file; a relative path in a job file is relative to the file."""
     if tomllib is None:
         m = re.search(r'^\s*path\s*=\s*"([^"]+)"', open(job).read(), re.M)
-        return m.group(1) if m else None
-    with open(job, "rb") as f:
-        return tomllib.load(f).get("backbone", {}).get("path")
+        path = m.group(1) if m else None
+    else:
+        with open(job, "rb") as f:
+            path = tomllib.load(f).get("backbone", {}).get("path")
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(job)), path)) if path else None
 
 
 def run_once(fedtl, job, out_dir):

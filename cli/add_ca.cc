@@ -21,13 +21,14 @@ Command add_ca(CLI::App& app) {
   issue->add_option("--role", a->role, "worker | coordinator")->capture_default_str();
   issue->add_option("--coordinator", a->coordinator, "worker kits: the coordinator's host:port");
   issue->add_option("--coordinator-name", a->coordinator_name, "worker kits: the coordinator's certificate name");
-  return {ca, [a, init](common::StopSignal&) {
+  return {ca, FEDTL_CLI_ACTION([a, init](common::StopSignal&) {
             if (*init)
               app::run_ca_init(a->dir, a->federation);
             else
               app::run_ca_issue(a->dir, a->name, a->role, a->coordinator, a->coordinator_name);
             return 0;
-          }};
+          }),
+          a};
 }
 
 }  // namespace fedtl::cli

@@ -19,11 +19,12 @@ Command add_mpi(CLI::App& app) {
                  "MPI ranks per site (default: $FEDTL_RANKS_PER_SITE or 1); run mpirun -np 1 + sites x this");
   mp->add_option("--mpi-timeout", a->opt.timeout_s,
                  "seconds a rank waits for its peers beyond the job's deadlines (default: $FEDTL_MPI_TIMEOUT_S or 300)");
-  return {mp, [a](common::StopSignal& stop) {
+  return {mp, FEDTL_CLI_ACTION([a](common::StopSignal& stop) {
             auto cfg = app::apply_overrides(app::load_job_config(a->config), a->ov);
             a->opt.stop = &stop;  // under mpirun, SIGTERM prints why and exits 143 at once
             return app::run_mpi(cfg, a->opt);
-          }};
+          }),
+          a};
 }
 
 }  // namespace fedtl::cli

@@ -28,13 +28,14 @@ Command add_privacy(CLI::App& app) {
   auto* noise = priv->add_subcommand("noise", "print the noise multiplier that keeps T rounds within a target epsilon");
   noise->add_option("--target-epsilon,-e", args->target_epsilon, "epsilon budget (> 0)")->required();
   common_options(noise);
-  return {priv, [args, eps](common::StopSignal&) {
+  return {priv, FEDTL_CLI_ACTION([args, eps](common::StopSignal&) {
             if (*eps)
               app::run_privacy_epsilon(*args, std::cout);
             else
               app::run_privacy_noise(*args, std::cout);
             return 0;
-          }};
+          }),
+          args};
 }
 
 }  // namespace fedtl::cli

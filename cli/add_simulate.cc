@@ -28,11 +28,12 @@ Command add_simulate(CLI::App& app) {
   sim->add_option("--sites", a->ov.sites, "number of sites (overrides job.sites)");
   sim->add_flag("--baselines", a->ov.baselines, "also run local-only, centralised and from-scratch baselines");
   sim->add_flag("--resume", a->ov.resume, "continue from the last good checkpoint in --out");
-  return {sim, [a](common::StopSignal& stop) {
+  return {sim, FEDTL_CLI_ACTION([a](common::StopSignal& stop) {
             auto cfg = app::apply_overrides(app::load_job_config(a->config), a->ov);
             // A job that applied no round exits 1 with one error line (app::finish_job).
             return app::finish_job(app::run_simulate(cfg, &stop), cfg.rounds, std::cout, std::cerr);
-          }};
+          }),
+          a};
 }
 
 }  // namespace fedtl::cli

@@ -19,7 +19,7 @@ Command add_status(CLI::App& app) {
   auto* st = app.add_subcommand("status", "print a running job's status (its coordinator started with --status-port)");
   st->add_option("--url", a->url, "the status server, e.g. http://127.0.0.1:8080")->capture_default_str();
   st->add_option("--timeout", a->timeout_s, "seconds to wait for an answer")->capture_default_str();
-  return {st, [a](common::StopSignal&) {
+  return {st, FEDTL_CLI_ACTION([a](common::StopSignal&) {
             std::string base = a->url;
             while (!base.empty() && base.back() == '/') base.pop_back();
             const auto body = common::http_get(
@@ -32,7 +32,8 @@ Command add_status(CLI::App& app) {
               throw ProtocolError(base + "/status did not answer a fedtl status (" + e.what() + ")");
             }
             return 0;
-          }};
+          }),
+          a};
 }
 
 }  // namespace fedtl::cli

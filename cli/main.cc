@@ -7,6 +7,13 @@
 
 #include <iostream>
 #include <vector>
+#ifdef FEDTL_CLI_LAUNCHER
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#endif
 
 #include "cli/commands.h"
 #include "common/errors.h"
@@ -16,13 +23,34 @@
 #define FEDTL_VERSION "dev"
 #endif
 
+#ifdef FEDTL_CLI_LAUNCHER
+namespace {
+// The launcher's last step (cli/commands.h): become the fedtl-engine that is built and
+// installed beside it, with the same arguments. Returns only when that fails.
+int exec_engine(char** argv) {
+  std::error_code ec;
+  const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) {
+    std::cerr << "fedtl: error: cannot find this program's own path (/proc/self/exe): " << ec.message() << "\n";
+    return 1;
+  }
+  const std::string engine = (self.parent_path() / "fedtl-engine").string();
+  ::execv(engine.c_str(), argv);
+  std::cerr << "fedtl: error: cannot start " << engine << ": " << std::strerror(errno)
+            << " (fedtl-engine is built and installed beside fedtl)\n";
+  return 1;
+}
+}  // namespace
+#endif
+
 int main(int argc, char** argv) {
   // Logs and progress go to stderr; stdout stays free for results.
   auto logger = spdlog::stderr_color_mt("fedtl");
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("[%H:%M:%S.%e] %^%l%$ %v");
 
-  CLI::App app{"fedtl: federated transfer learning across sites that cannot share their data"};
+  // Named, not taken from argv[0]: the launcher and fedtl-engine print the same usage lines.
+  CLI::App app{"fedtl: federated transfer learning across sites that cannot share their data", "fedtl"};
   app.require_subcommand(1);
   // --version answers before any subcommand is required.
   app.set_version_flag("--version", std::string("fedtl ") + FEDTL_VERSION + " (wire protocol " +
@@ -40,8 +68,12 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    return app.exit(e);  // --help, --version and argument errors end here, in either program
   }
+#ifdef FEDTL_CLI_LAUNCHER
+  (void)commands;
+  return exec_engine(argv);
+#else
   spdlog::set_level(spdlog::level::from_str(log_level));
   if (!log_file.empty()) {
     try {
@@ -68,4 +100,5 @@ int main(int argc, char** argv) {
     return 3;
   }
   return 0;
+#endif
 }

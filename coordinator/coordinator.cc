@@ -127,6 +127,33 @@ void ValidationTracker::save(common::Checkpoint& c) const {
   c.rounds_since_best = since_;
 }
 
+void Coordinator::collect_site_evaluations(uint32_t round) {
+  const auto deadline = Clock::now() + opt_.round_timeout;
+  size_t got = 0, expected = 0;
+  for (auto& s : sites_) {
+    if (!s->info.active || !s->in_round) continue;
+    ++expected;
+    try {
+      for (;;) {
+        common::Frame f = recv_live(*s->conn, deadline, opt_.liveness_timeout);
+        if (f.type != MessageType::kSiteEvaluation) {
+          if (protocols::round_of(f)) continue;  // a late message of a round
+          throw ProtocolError(std::string("expected SiteEvaluation, got ") + common::message_type_name(f.type));
+        }
+        auto ev = from_frame<v1::SiteEvaluation>(f);
+        if (ev.round() != round) continue;
+        s->info.evaluated = !ev.declined();
+        s->info.evaluation = std::move(ev);
+        got += s->info.evaluated ? 1 : 0;
+        break;
+      }
+    } catch (const fedtl::Error& e) {
+      spdlog::warn("site '{}' sent no evaluation of the final model: {}", s->info.name, e.what());
+    }
+  }
+  spdlog::info("{} of {} sites evaluated the final model on their own validation split", got, expected);
+}
+
 RoundRecord Coordinator::run_round(uint32_t round, bool validate_only, Validation& validation,
                                    const std::function<bool(const Validation&)>& before_apply) {
   const auto t0 = Clock::now();
@@ -148,6 +175,7 @@ RoundRecord Coordinator::run_round(uint32_t round, bool validate_only, Validatio
                          start.mutable_params());
   start.set_deadline_seconds(std::chrono::duration<double>(opt_.round_timeout).count());
   start.set_validate_only(validate_only);
+  start.set_site_evaluation(validate_only && opt_.site_evaluation);
   if (dp_) start.set_clip_norm(current_clip_norm());
   rec.clip_norm = current_clip_norm();
   const common::Frame start_frame = to_frame(start);
@@ -300,6 +328,7 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
     if (!res.quorum_lost) {
       try {
         (void)run_round(last + 1, true, v, nullptr);
+        if (opt_.site_evaluation) collect_site_evaluations(last + 1);
       } catch (const fedtl::Error& e) {
         spdlog::warn("validation of round {} failed: {}", pending->rec.round, e.what());
       }

@@ -144,6 +144,10 @@ struct CoordinatorOptions {
   // RoundStart). Stop when the validation loss has not improved for this many rounds (0 =
   // never); the round in flight when that is decided is not applied.
   uint32_t early_stopping_patience = 0;
+  // After the last round's validate-only exchange, ask every site for its own validation
+  // metrics of that model (RoundStart.site_evaluation -> SiteEvaluation, in the clear), and
+  // keep them in SiteInfo::evaluation. Needs validation (TrainingSpec.validation_fraction > 0).
+  bool site_evaluation = true;
 };
 
 struct RoundRecord {
@@ -181,6 +185,13 @@ struct SiteInfo {
   // (takes part in rounds), "dropped" (connection lost or failed; may rejoin), "refused" (the
   // site refused this job).
   std::string state = "waiting";
+  // What the site's Ready said of its training images (a claim: protocols::input_stats_from_wire
+  // checks it before use); empty until Ready.
+  v1::InputStats input_stats;
+  // The site's SiteEvaluation of the final model (also a claim: protocols::site_metrics_from_wire
+  // checks it); `evaluated`: one arrived and was not declined.
+  v1::SiteEvaluation evaluation;
+  bool evaluated = false;
 };
 
 class Coordinator {
@@ -239,6 +250,9 @@ class Coordinator {
   // Before round `round`: true when at least min_sites are active (after waiting for
   // rejoiners up to quorum_wait); false (res.stop_reason set) when the job must stop.
   bool await_quorum(uint32_t round, Result& res);
+  // After the validate-only round `round`: each site that took part sends its SiteEvaluation;
+  // read in site order within one round deadline. A site that sends none is logged, not dropped.
+  void collect_site_evaluations(uint32_t round);
   // refused: the site refused the job (a typed Error frame): it will not come back for it.
   void drop(Site& s, const std::string& reason, bool refused = false);
   // Refreshes every SiteInfo::state and reports them to opt_.on_sites.

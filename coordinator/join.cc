@@ -191,6 +191,7 @@ bool Coordinator::await_ready(Site& s, milliseconds timeout, bool drop_on_timeou
     auto ready = from_frame<v1::Ready>(s.conn->recv(timeout));
     if (ready.num_samples() == 0) throw ProtocolError("site reports 0 training samples");
     s.info.num_samples = ready.num_samples();
+    s.info.input_stats = ready.input_stats();
     const uint64_t cap = opt_.max_samples_per_site > 0 ? opt_.max_samples_per_site : opt_.sample_count_cap;
     if (s.info.num_samples > cap) {
       spdlog::warn("site '{}' claims {} training samples; counted as {} (the job's bound)", s.info.name,

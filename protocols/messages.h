@@ -3,9 +3,12 @@
 // ProtocolError with the message type name when the payload does not parse.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "common/data/input_stats.h"
+#include "common/metrics.h"
 #include "common/errors.h"
 #include "common/transport/framing.h"
 #include "protocols/fedtl.pb.h"
@@ -59,6 +62,7 @@ template <> inline MessageType type_of<v1::Update>() { return MessageType::kUpda
 template <> inline MessageType type_of<v1::Shutdown>() { return MessageType::kShutdown; }
 template <> inline MessageType type_of<v1::ErrorMessage>() { return MessageType::kError; }
 template <> inline MessageType type_of<v1::Heartbeat>() { return MessageType::kHeartbeat; }
+template <> inline MessageType type_of<v1::SiteEvaluation>() { return MessageType::kSiteEvaluation; }
 
 // Serialises `msg` into a frame of its type.
 template <typename M>
@@ -87,5 +91,21 @@ void pack_tensor(const float* values, size_t n, v1::Tensor* out);
 // Throws ProtocolError if the byte length disagrees with count or with `expected_count`
 // (when non-zero).
 std::vector<float> unpack_tensor(const v1::Tensor& t, uint64_t expected_count = 0);
+
+// A site's input statistics (common/data/input_stats.h) to and from Ready.input_stats. From
+// the wire they are a peer's claim: nullopt unless they hold together (grey + colour = images,
+// min <= max sizes, one finite mean and one finite non-negative std per backbone channel, where
+// the backbone takes `channels`).
+v1::InputStats input_stats_to_wire(const common::InputStats& s);
+// A site's validation metrics (common/metrics.h) over `images` images, to and from the wire.
+// From the wire: nullopt unless they hold together (one entry per class of `classes`, every
+// figure finite and in [0, 1] (an AUC may be NaN: undefined), supports adding up to images).
+v1::SiteMetrics site_metrics_to_wire(const common::ClassificationMetrics& m, int64_t images);
+struct SiteMetricsClaim {
+  common::ClassificationMetrics metrics;  // confusion left empty: it does not travel
+  int64_t images = 0;
+};
+std::optional<SiteMetricsClaim> site_metrics_from_wire(const v1::SiteMetrics& w, int64_t classes);
+std::optional<common::InputStats> input_stats_from_wire(const v1::InputStats& w, int64_t channels);
 
 }  // namespace fedtl::protocols

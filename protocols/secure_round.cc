@@ -77,6 +77,7 @@ std::optional<uint32_t> round_of(const common::Frame& f) {
   switch (f.type) {
     case MessageType::kUpdate: return get(v1::Update{});
     case MessageType::kRoundStart: return get(v1::RoundStart{});
+    case MessageType::kSiteEvaluation: return get(v1::SiteEvaluation{});
     case MessageType::kSecAggKeys: return get(v1::SecAggKeys{});
     case MessageType::kSecAggKeyList: return get(v1::SecAggKeyList{});
     case MessageType::kSecAggShares: return get(v1::SecAggShares{});

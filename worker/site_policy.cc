@@ -19,6 +19,10 @@ std::string policy_violation(const worker::SitePolicy& p, const v1::JobSpec& job
   if (static_cast<int64_t>(job.training().epochs()) > p.max_local_epochs)
     return "the job asks for " + std::to_string(job.training().epochs()) + " local epochs; this site allows at most " +
            std::to_string(p.max_local_epochs);
+  if (static_cast<int64_t>(job.training().personalize_epochs()) > p.max_local_epochs)
+    return "the job asks for " + std::to_string(job.training().personalize_epochs()) +
+           " personalisation epochs; this site allows at most " + std::to_string(p.max_local_epochs) +
+           " (policy.max_local_epochs)";
   if (p.max_backbone_bytes >= 0 && job.backbone_bytes() > static_cast<uint64_t>(p.max_backbone_bytes))
     return "the job's backbone is " + std::to_string(job.backbone_bytes()) + " bytes; this site accepts at most " +
            std::to_string(p.max_backbone_bytes) + " (policy.max_backbone_bytes)";

@@ -24,6 +24,7 @@ struct SitePolicy {
   int64_t max_hidden = 65536;                // an MLP head's hidden width
   double max_round_seconds = 86400;          // a RoundStart's deadline
   bool share_training_metrics = true;        // false: only updates leave the site
+  bool share_input_stats = true;             // false: Ready carries no input statistics
   // The largest backbone (bytes) the site downloads; a JobSpec announcing more is refused
   // before anything is allocated for it.
   int64_t max_backbone_bytes = int64_t{2} << 30;

@@ -4,6 +4,7 @@
 // compiles without LibTorch.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,19 @@ class SiteRuntime {
   // The model `params` (round `round`'s trained values) on the validation split, no training
   // (RoundStart.validate_only, after the last round).
   virtual ValidationFigures validate(uint32_t round, const std::vector<float>& params) = 0;
+  // After prepare(): summary figures of the training images as the backbone sees them
+  // (protocols::input_stats_to_wire of common::input_stats), sent in Ready for the
+  // coordinator's domain-gap check. Empty (images 0) = none to report.
+  virtual v1::InputStats input_stats() const { return {}; }
+  // After the last round (RoundStart.site_evaluation): `params` (round `round`'s trained
+  // values) on the validation split as the metrics a clinician reads, and, when
+  // personalize_epochs > 0, the same after fine-tuning the head alone for that many epochs on
+  // the training split from `params` (nothing of it leaves the site but the figures). nullopt:
+  // nothing to report (no validation split, or a runtime that does not evaluate).
+  virtual std::optional<v1::SiteEvaluation> evaluate_site(uint32_t round, const std::vector<float>& params,
+                                                          uint32_t personalize_epochs) {
+    return std::nullopt;
+  }
 };
 
 }  // namespace fedtl::worker

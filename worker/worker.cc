@@ -1,5 +1,6 @@
 #include "worker/worker.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -139,6 +140,7 @@ WorkerResult Worker::run() {
   try {
     num_samples_ = runtime_.prepare(job, backbone);
     ready.set_num_samples(num_samples_);
+    if (opt_.share_input_stats) *ready.mutable_input_stats() = runtime_.input_stats();
   } catch (const fedtl::Error& e) {
     // This site cannot do this job (its data lacks a class, the backbone does not fit its
     // images, ...): say why, and fail permanently rather than reconnect to the same refusal.
@@ -186,6 +188,7 @@ WorkerResult Worker::run() {
         secure_round(job, start, global);
       else
         validation_round(start, global);
+      if (start.site_evaluation()) site_evaluation(job, start, global);
       continue;
     }
     const bool done = job.secure_aggregation() ? secure_round(job, start, global) : plain_round(start, global);
@@ -295,6 +298,32 @@ void Worker::validation_round(const v1::RoundStart& start, const std::vector<flo
     msg.set_validation_correct(v.correct);
   }
   send(to_frame(msg));
+}
+
+void Worker::site_evaluation(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& params) {
+  v1::SiteEvaluation ev;
+  if (opt_.share_training_metrics) {
+    try {
+      if (auto got = runtime_.evaluate_site(start.round(), params, job.training().personalize_epochs())) ev = *got;
+      else ev.set_declined(true);
+    } catch (const fedtl::Error& e) {
+      spdlog::warn("[{}] the site's own evaluation failed: {}", opt_.site_name, e.what());
+      ev.Clear();
+      ev.set_declined(true);
+    }
+  } else {
+    ev.set_declined(true);
+  }
+  ev.set_round(start.round());
+  if (!ev.declined() && opt_.log_rounds) {
+    std::string line = fmt::format("[{}] the final model on this site's validation split: accuracy {:.2f}%",
+                                   opt_.site_name, 100 * ev.global().accuracy());
+    if (ev.personalize_epochs() > 0)
+      line += fmt::format("; after {} epochs of head fine-tuning here: {:.2f}%", ev.personalize_epochs(),
+                          100 * ev.personalized().accuracy());
+    spdlog::info("{}", line);
+  }
+  send(to_frame(ev));
 }
 
 }  // namespace fedtl::worker

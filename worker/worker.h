@@ -49,6 +49,7 @@ struct WorkerOptions {
   std::function<std::string(const v1::JobSpec&)> check_job;
   // false: Update carries only the delta and sample count (no local loss/accuracy).
   bool share_training_metrics = true;
+  bool share_input_stats = true;  // Ready.input_stats (policy.share_input_stats)
   // true: one info line per round trained here (images, seconds, local loss and accuracy),
   // so a site's own log says what it did; simulations leave it off (the coordinator's round
   // lines say it for all sites).
@@ -115,6 +116,9 @@ class Worker {
   // RoundStart.validate_only without secure aggregation: the validation figures in an Update
   // with an empty delta.
   void validation_round(const v1::RoundStart& start, const std::vector<float>& params);
+  // RoundStart.site_evaluation (after the validate-only answer): the SiteEvaluation frame,
+  // declined when the policy shares no metrics or the runtime has nothing to report.
+  void site_evaluation(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& params);
   // Local training, then the job's DP treatment of the delta (clip, this site's noise).
   LocalUpdate train_private(const v1::RoundStart& start, const std::vector<float>& global, bool* below_clip);
   bool secure_round(const v1::JobSpec& job, const v1::RoundStart& start, const std::vector<float>& global);

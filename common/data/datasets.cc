@@ -265,8 +265,9 @@ bool is_dir(const fs::path& p) {
 bool add_image(ImageSet& set, const std::string& file, int64_t label, const std::string& group, const ReadOptions& o,
                UnusedFiles& unused) {
   std::vector<uint8_t> img;
+  StoredShape shape;
   try {
-    img = load_image_file(file, o.channels, o.height, o.width, o.max_image_pixels);
+    img = load_image_file(file, o.channels, o.height, o.width, o.max_image_pixels, &shape);
   } catch (const DataError& e) {
     if (o.on_bad_file == BadFile::kError) throw;
     unused.add(file, e.what());
@@ -278,6 +279,7 @@ bool add_image(ImageSet& set, const std::string& file, int64_t label, const std:
   set.pixels.insert(set.pixels.end(), img.begin(), img.begin() + static_cast<std::ptrdiff_t>(bytes));
   set.labels.push_back(label);
   set.groups.push_back(group);
+  set.stored.push_back(shape);
   return true;
 }
 

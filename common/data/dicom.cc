@@ -65,6 +65,7 @@ bool has_dicm_magic(const fs::path& p) {
 
 struct Decoded {
   std::vector<uint8_t> planar;  // options.channels x height x width
+  StoredShape stored;           // the frame's own samples per pixel and size
   std::string uid, patient;
   std::vector<std::string> tags;
 };
@@ -115,6 +116,7 @@ Outcome decode_one(const std::string& path, const DicomOptions& o, const std::ve
   if (px == nullptr || img.getOutputDataSize(8) < static_cast<unsigned long>(w * h * comp))
     throw DataError(path + ": cannot decode DICOM pixel data (" + std::string(DicomImage::getString(img.getStatus())) +
                     ")");
+  out.stored = {static_cast<uint8_t>(comp), static_cast<uint32_t>(h), static_cast<uint32_t>(w)};
   out.planar = resize_planar(to_planar(static_cast<const uint8_t*>(px), h, w, comp, o.channels), o.channels, h, w,
                              o.height, o.width);
   return Outcome::kImage;
@@ -173,6 +175,7 @@ DicomSet read_dicom_files(const std::vector<std::string>& paths, const DicomOpti
     set.images.pixels.insert(set.images.pixels.end(), d.planar.begin(), d.planar.begin() + static_cast<std::ptrdiff_t>(bytes));
     set.images.labels.push_back(0);
     set.images.groups.push_back(d.patient);
+    set.images.stored.push_back(d.stored);
     set.files.push_back(path);
     set.sop_instance_uids.push_back(d.uid);
     set.patient_ids.push_back(d.patient);

@@ -190,7 +190,7 @@ std::vector<uint8_t> resize_planar(std::vector<uint8_t> planar, int64_t channels
 }
 
 std::vector<uint8_t> load_image_file(const std::string& path, int64_t channels, int64_t height, int64_t width,
-                                     int64_t max_pixels) {
+                                     int64_t max_pixels, StoredShape* stored) {
   const ImageKind kind = sniff_image(path);
   if (kind == ImageKind::kOther) {
     std::ifstream probe(path, std::ios::binary);
@@ -199,6 +199,8 @@ std::vector<uint8_t> load_image_file(const std::string& path, int64_t channels, 
   }
   const Decoded d = kind == ImageKind::kPng ? decode_png(path, max_pixels) : decode_jpeg(path, max_pixels);
   if (d.comp < 1 || d.comp > 4) throw DataError(path + ": unsupported channel count " + std::to_string(d.comp));
+  if (stored != nullptr)
+    *stored = {static_cast<uint8_t>(d.comp), static_cast<uint32_t>(d.h), static_cast<uint32_t>(d.w)};
   return resize_planar(to_planar(d.hwc.data(), d.h, d.w, d.comp, channels), channels, d.h, d.w, height, width);
 }
 

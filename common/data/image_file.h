@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "common/data/image_set.h"
+
 namespace fedtl::common {
 
 // data.max_image_pixels' default: 64 Mpixel. A header that claims more is refused before any
@@ -25,8 +27,9 @@ void check_image_pixels(const std::string& path, uint64_t width, uint64_t height
 // alpha dropped) and returns it as planar `channels` (1 or 3) x height x width, converted
 // (RGB -> grey with 0.299/0.587/0.114, grey -> RGB replicated) and bilinearly resized when
 // its size differs. The header is checked against max_pixels before decoding.
+// `stored` (optional) receives the file's own components and size.
 std::vector<uint8_t> load_image_file(const std::string& path, int64_t channels, int64_t height, int64_t width,
-                                     int64_t max_pixels = kDefaultMaxImagePixels);
+                                     int64_t max_pixels = kDefaultMaxImagePixels, StoredShape* stored = nullptr);
 
 // Interleaved h x w x in_c (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA) -> planar out_c (1 or 3).
 std::vector<uint8_t> to_planar(const uint8_t* hwc, int64_t h, int64_t w, int in_c, int64_t out_c);

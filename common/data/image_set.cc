@@ -18,6 +18,7 @@ ImageSet ImageSet::subset(const std::vector<int64_t>& indices) const {
   out.pixels.resize(indices.size() * static_cast<size_t>(bytes));
   out.labels.reserve(indices.size());
   const bool grouped = groups.size() == labels.size() && !groups.empty();
+  const bool shaped = stored.size() == labels.size() && !stored.empty();
   for (size_t i = 0; i < indices.size(); ++i) {
     const int64_t idx = indices[i];
     if (idx < 0 || idx >= size()) {
@@ -27,6 +28,7 @@ ImageSet ImageSet::subset(const std::vector<int64_t>& indices) const {
     std::memcpy(out.pixels.data() + i * bytes, pixels.data() + idx * bytes, static_cast<size_t>(bytes));
     out.labels.push_back(labels[static_cast<size_t>(idx)]);
     if (grouped) out.groups.push_back(groups[static_cast<size_t>(idx)]);
+    if (shaped) out.stored.push_back(stored[static_cast<size_t>(idx)]);
   }
   return out;
 }

@@ -6,6 +6,12 @@
 
 namespace fedtl::common {
 
+// How one image was stored before a reader converted and resized it (common/data/input_stats.h).
+struct StoredShape {
+  uint8_t channels = 0;  // components in the file: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA
+  uint32_t height = 0, width = 0;
+};
+
 // N images of identical shape C x H x W, 8-bit pixels, row-major NCHW.
 // Labels are class ids as stored in the source (e.g. 0..9 for Fashion-MNIST).
 struct ImageSet {
@@ -16,6 +22,9 @@ struct ImageSet {
   // Optional: one group id per image (the patient id, from a manifest or DICOM PatientID),
   // or empty when unknown. Patient-level splits keep a group on one side (partition.h).
   std::vector<std::string> groups;
+  // Optional: how each image was stored (readers that convert or resize fill it); empty = as
+  // channels x height x width.
+  std::vector<StoredShape> stored;
 
   int64_t size() const { return static_cast<int64_t>(labels.size()); }
   int64_t image_bytes() const { return channels * height * width; }

@@ -40,6 +40,7 @@ const char* message_type_name(MessageType t) {
     case MessageType::kShutdown: return "Shutdown";
     case MessageType::kError: return "Error";
     case MessageType::kHeartbeat: return "Heartbeat";
+    case MessageType::kSiteEvaluation: return "SiteEvaluation";
     case MessageType::kSecAggKeys: return "SecAggKeys";
     case MessageType::kSecAggKeyList: return "SecAggKeyList";
     case MessageType::kSecAggShares: return "SecAggShares";
@@ -55,7 +56,7 @@ const char* message_type_name(MessageType t) {
 }
 
 bool is_known_message_type(uint16_t t) {
-  return (t >= static_cast<uint16_t>(MessageType::kHello) && t <= static_cast<uint16_t>(MessageType::kHeartbeat)) ||
+  return (t >= static_cast<uint16_t>(MessageType::kHello) && t <= static_cast<uint16_t>(MessageType::kSiteEvaluation)) ||
          (t >= static_cast<uint16_t>(MessageType::kSecAggKeys) && t <= static_cast<uint16_t>(MessageType::kSecAggConsistencyList));
 }
 

@@ -33,6 +33,7 @@ enum class MessageType : uint16_t {
   kShutdown = 7,       // coordinator -> worker: job finished (or aborted) with a reason
   kError = 8,          // either way: a refusal or failure with a reason, then close
   kHeartbeat = 9,      // either way: liveness while a long step runs
+  kSiteEvaluation = 10,  // worker -> coordinator: its own validation metrics of the final model
   // Secure aggregation (protocols/secagg.proto; protocols/secagg/wire.h), 16..31:
   kSecAggKeys = 16,           // site -> coordinator: public keys (step 1)
   kSecAggKeyList = 17,        // coordinator -> sites: everyone's public keys

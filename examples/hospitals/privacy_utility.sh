@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${1:-30}
 BIN=build/fedtl
 [ -x "$BIN" ] || { scripts/setup && scripts/build; }
-OUT=runs/privacy
+OUT=$PWD/runs/privacy  # absolute: paths in a job file are relative to the file
 mkdir -p "$OUT"
 TABLE="$OUT/table.md"
 {
@@ -19,7 +19,8 @@ TABLE="$OUT/table.md"
 } > "$TABLE"
 for eps in inf 8 3 1; do
   job="$OUT/job_$eps.toml"
-  sed -e "s#^out = .*#out = \"$OUT/eps_$eps\"#" -e "s/^enabled = true/enabled = false/" \
+  sed -e "s#^out = .*#out = \"$OUT/eps_$eps\"#" \
+      -e "s#^path = .*#path = \"$PWD/runs/backbones/fmnist_cnn_src02578.pt\"#" -e "s/^enabled = true/enabled = false/" \
     examples/hospitals/job.toml > "$job"
   sigma="-"
   if [ "$eps" != inf ]; then

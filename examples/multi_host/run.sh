@@ -25,7 +25,8 @@ done
 
 # 2. The job: the demo job for 3 sites, plus who may join and the coordinator's kit.
 sed -e "s/^sites = 8/sites = 3\nmin_sites = 2/" -e "s/^rounds = 30/rounds = $ROUNDS/" \
-    -e "s#^out = .*#out = \"$W/coordinator\"#" -e "s/^enabled = true/enabled = false/" \
+    -e "s#^out = .*#out = \"$PWD/$W/coordinator\"#" \
+    -e "s#^path = .*#path = \"$PWD/runs/backbones/fmnist_cnn_src02578.pt\"#" -e "s/^enabled = true/enabled = false/" \
     examples/hospitals/job.toml > "$W/job.toml"
 K="$PWD/$W/pki/kits"
 cat >> "$W/job.toml" <<TOML

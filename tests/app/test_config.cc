@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <sstream>
+
+#include <unistd.h>
 
 #include "app/config.h"
 #include "app/job_setup.h"
@@ -209,7 +213,45 @@ TEST(Config, SecondsToMillisecondsSaturatesInsteadOfOverflowing) {
 }
 
 TEST(Config, TheExampleJobIsWithinEveryRange) {
-  EXPECT_NO_THROW(app::load_job_config(std::string(FEDTL_SOURCE_DIR) + "/examples/hospitals/job.toml"));
+  app::JobConfig c;
+  ASSERT_NO_THROW(c = app::load_job_config(std::string(FEDTL_SOURCE_DIR) + "/examples/hospitals/job.toml"));
+  // Its paths are relative to the file: the demo writes runs/demo at the repository's root.
+  EXPECT_EQ(c.out, (std::filesystem::path(FEDTL_SOURCE_DIR) / "runs/demo").lexically_normal().string());
+}
+
+// Paths a job file writes are relative to the file's folder, wherever fedtl runs from;
+// absolute ones stay; defaults and command-line overrides are the working directory's.
+TEST(Config, PathsInAJobFileAreRelativeToTheFile) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("fedtl_paths_" + std::to_string(::getpid()));
+  fs::create_directories(dir / "jobs");
+  const fs::path job = dir / "jobs" / "job.toml";
+  std::ofstream(job) << "[job]\nout = \"../runs/x\"\n[data]\nsource = \"folder\"\ndir = \"images\"\n"
+                        "test_dir = \"/abs/test\"\ntest_labels = \"t.csv\"\nlabels = \"l.csv\"\n"
+                        "[backbone]\npath = \"bb/backbone.pt\"\n[federation]\nca_cert = \"kit/ca.crt\"\n"
+                        "cert = \"kit/c.crt\"\nkey = \"kit/c.key\"\n";
+  const auto c = app::load_job_config(job.string());
+  const std::string base = (dir / "jobs").string();
+  EXPECT_EQ(c.out, (dir / "runs" / "x").string());
+  EXPECT_EQ(c.data.dir, base + "/images");
+  EXPECT_EQ(c.data.test_dir, "/abs/test");
+  EXPECT_EQ(c.data.test_labels, base + "/t.csv");
+  EXPECT_EQ(c.data.images.labels, base + "/l.csv");
+  EXPECT_EQ(c.backbone.path, base + "/bb/backbone.pt");
+  EXPECT_EQ(c.federation.ca_cert, base + "/kit/ca.crt");
+  EXPECT_EQ(c.federation.cert, base + "/kit/c.crt");
+  EXPECT_EQ(c.federation.key, base + "/kit/c.key");
+
+  // Keys the file does not set keep their defaults, relative to the working directory.
+  std::ofstream(job) << "[job]\nrounds = 2\n";
+  const auto d = app::load_job_config(job.string());
+  EXPECT_EQ(d.out, app::JobConfig{}.out);
+  EXPECT_EQ(d.backbone.path, app::JobConfig{}.backbone.path);
+  // A command-line --out is the working directory's.
+  app::SimulateOverrides o;
+  o.out = "runs/cli";
+  EXPECT_EQ(app::apply_overrides(d, o).out, "runs/cli");
+  fs::remove_all(dir);
 }
 
 // A job that applied no round produced no model: the command says so in one line and exits 1.

@@ -62,6 +62,36 @@ class DataSources : public ::testing::Test {
   fs::path dir_;
 };
 
+// Grey images into a backbone that takes RGB: every site's summary entry says so, and the
+// job warns of the domain gap once per site.
+TEST_F(DataSources, GreyImagesIntoAnRgbBackboneWarnOfTheDomainGap) {
+  common::model::InputSpec rgb;
+  rgb.channels = 3;
+  rgb.mean = {0.2, 0.2, 0.2};
+  rgb.std = {0.3, 0.3, 0.3};
+  common::write_file_atomic((dir_ / "bb.pt").string(), common::model::builtin_cnn(rgb, 1));
+  std::string toml = recipe();
+  const std::string tail = "\"\n[pretrain]";
+  toml.replace(toml.find(tail), tail.size(),
+               "\"\nchannels = 3\nmean = [0.2, 0.2, 0.2]\nstd = [0.3, 0.3, 0.3]\n[pretrain]");
+  const app::JobConfig cfg = app::parse_job_config(toml, "rgb.toml");
+  app::run_simulate(cfg);
+  const auto s = nlohmann::json::parse(common::read_file((dir_ / "out/summary.json").string()));
+  std::set<std::string> warned;
+  for (const auto& w : s["warnings"])
+    if (w["code"] == "domain_gap") {
+      warned.insert(w["site"].get<std::string>());
+      EXPECT_NE(w["message"].get<std::string>().find("images are grey"), std::string::npos) << w;
+    }
+  EXPECT_EQ(warned.size(), 2u) << s["warnings"].dump();
+  for (const auto& site : s["per_site"]) {
+    const auto& st = site["input_stats"];
+    EXPECT_EQ(st["channels_as_stored"]["grey"], st["images"]) << site;
+    EXPECT_EQ(st["backbone_input"], nlohmann::json({3, 28, 28}));
+    EXPECT_EQ(st["mean"].size(), 3u);
+  }
+}
+
 TEST_F(DataSources, ReadmeRecipeWithFiveNamedClassesRunsAsWritten) {
   // The backbone is pre-trained only if asked; here it exists already (the built-in CNN).
   common::write_file_atomic((dir_ / "bb.pt").string(), common::model::builtin_cnn(common::model::InputSpec{}, 1));

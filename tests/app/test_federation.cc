@@ -222,6 +222,20 @@ TEST_F(Federation, TlsRunMatchesSimulateWhileHostileClientsAreRefused) {
   sim_cfg.out = (dir_ / "sim").string();
   EXPECT_EQ(app::run_simulate(sim_cfg).model_sha256, tls.model_sha256);
   EXPECT_TRUE(fs::exists(dir_ / "tls" / "summary.json"));
+  // Each site's input figures crossed in its Ready: the same as in simulate (same images).
+  const auto tls_summary = nlohmann::json::parse(common::read_file((dir_ / "tls" / "summary.json").string()));
+  const auto sim_summary = nlohmann::json::parse(common::read_file((dir_ / "sim" / "summary.json").string()));
+  ASSERT_EQ(tls_summary["per_site"].size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_GT(tls_summary["per_site"][i]["input_stats"]["images"].get<int64_t>(), 0) << tls_summary["per_site"][i];
+    EXPECT_EQ(tls_summary["per_site"][i]["input_stats"], sim_summary["per_site"][i]["input_stats"]);
+    // The sites' own evaluations of the final model crossed too: the same model and data.
+    ASSERT_TRUE(tls_summary["per_site"][i]["validation_metrics"].is_object()) << tls_summary["per_site"][i];
+    EXPECT_EQ(tls_summary["per_site"][i]["validation_metrics"], sim_summary["per_site"][i]["validation_metrics"]);
+    EXPECT_EQ(tls_summary["per_site"][i]["personalized_validation_metrics"],
+              sim_summary["per_site"][i]["personalized_validation_metrics"]);
+  }
+  EXPECT_EQ(tls_summary["personalized_mean_accuracy"], sim_summary["personalized_mean_accuracy"]);
   EXPECT_TRUE(fs::exists(fs::path(site("hospital-a", 0).cache_dir) / "backbones"));
 }
 

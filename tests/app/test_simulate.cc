@@ -1,6 +1,7 @@
 // End to end: `fedtl simulate` over the in-process transport on real Fashion-MNIST.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -107,6 +108,36 @@ TEST_F(Simulate, ThreeSitesTwoRoundsBeatChanceAndWriteEveryOutput) {
   EXPECT_NEAR(s["transfer_gain_points"].get<double>(),
               100 * (s["federated_accuracy"].get<double>() - s["federated_scratch_accuracy"].get<double>()), 1e-9);
   EXPECT_TRUE(s["warnings"].is_array());
+  // Fashion-MNIST into the 1-channel 28x28 backbone it was made for: no domain gap, and each
+  // site's input figures in its entry.
+  for (const auto& w : s["warnings"]) EXPECT_NE(w["code"], "domain_gap") << w.dump();
+  double fed_mean = 0, pers_mean = 0;
+  for (const auto& site : s["per_site"]) {
+    const auto& st = site["input_stats"];
+    ASSERT_TRUE(st.is_object()) << site.dump();
+    EXPECT_GT(st["images"].get<int64_t>(), 0);
+    EXPECT_EQ(st["channels_as_stored"]["grey"], st["images"]);
+    EXPECT_EQ(st["channels_as_stored"]["colour"], 0);
+    EXPECT_EQ(st["height_as_stored"], nlohmann::json({28, 28}));
+    EXPECT_EQ(st["backbone_input"], nlohmann::json({1, 28, 28}));
+    EXPECT_LT(std::fabs(st["mean"][0].get<double>()), 0.5);
+    // Its own validation split: the final model, then after personalising the head there.
+    const auto& v = site["validation_metrics"];
+    ASSERT_TRUE(v.is_object()) << site.dump();
+    EXPECT_GT(v["images"].get<int64_t>(), 0);
+    EXPECT_EQ(v["per_class"].size(), 5u);
+    EXPECT_GE(v["accuracy"].get<double>(), 0.0);
+    EXPECT_LE(v["accuracy"].get<double>(), 1.0);
+    int64_t support = 0;
+    for (const auto& [name, c] : v["per_class"].items()) support += c["support"].get<int64_t>();
+    EXPECT_EQ(support, v["images"].get<int64_t>());
+    EXPECT_EQ(site["personalize_epochs"], 5);
+    EXPECT_EQ(site["personalized_validation_metrics"]["images"], v["images"]);
+    fed_mean += v["accuracy"].get<double>() / 3;
+    pers_mean += site["personalized_validation_metrics"]["accuracy"].get<double>() / 3;
+  }
+  EXPECT_NEAR(s["federated_site_mean_accuracy"].get<double>(), fed_mean, 1e-12);
+  EXPECT_NEAR(s["personalized_mean_accuracy"].get<double>(), pers_mean, 1e-12);
   EXPECT_TRUE(fs::exists(out / "federated_scratch" / "summary.json"));
   // The exported model reproduces the reported accuracy's predictions shape.
   auto test = common::read_fashion_mnist("t10k").subset({0, 1, 2});
@@ -181,6 +212,31 @@ TEST_F(Simulate, CommandLineReportsErrorsInOneLineAndExitsNonZero) {
   const std::string err = common::read_file((dir_ / "err.txt").string());
   EXPECT_NE(err.find("unknown key 'job.frobnicate'"), std::string::npos) << err;
   EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
+}
+
+// `fedtl` is a launcher (cli/commands.h): --help and --version answer without loading LibTorch
+// (seconds on a cold disk cache), with the engine's own words; a real subcommand still runs
+// (the test above and every test that starts build/fedtl).
+TEST_F(Simulate, HelpAndVersionAnswerWithoutLoadingLibTorch) {
+  const std::string bin = std::string(FEDTL_BINARY_DIR) + "/fedtl";
+  const std::string engine = std::string(FEDTL_BINARY_DIR) + "/fedtl-engine";
+  auto run = [&](const std::string& program, const std::string& args, const std::string& tag) {
+    const std::string cmd = "LD_DEBUG=libs " + program + " " + args + " >" + (dir_ / (tag + ".out")).string() + " 2>" +
+                            (dir_ / (tag + ".libs")).string();
+    const int rc = std::system(cmd.c_str());
+    EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << cmd;
+    return std::make_pair(common::read_file((dir_ / (tag + ".out")).string()),
+                          common::read_file((dir_ / (tag + ".libs")).string()));
+  };
+  for (const std::string args : {"--help", "--version", "simulate --help", "worker --help"}) {
+    const auto [out, libs] = run(bin, args, "launcher");
+    EXPECT_NE(libs.find("libc.so"), std::string::npos) << "LD_DEBUG listed no library: " << libs.substr(0, 400);
+    EXPECT_EQ(libs.find("libtorch"), std::string::npos) << "fedtl " << args << " loaded LibTorch";
+    const auto [engine_out, engine_libs] = run(engine, args, "engine");
+    EXPECT_NE(engine_libs.find("libtorch"), std::string::npos);  // what the launcher spares
+    EXPECT_EQ(out, engine_out) << args;
+    EXPECT_FALSE(out.empty()) << args;
+  }
 }
 
 // Issue 18: a job that applied no round exits non-zero with one error line and no result on

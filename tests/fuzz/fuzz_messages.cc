@@ -19,7 +19,7 @@ using namespace fedtl::protocols;
 
 namespace {
 
-constexpr uint16_t kTypes[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25};
+constexpr uint16_t kTypes[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25};
 constexpr size_t kNumTypes = sizeof(kTypes) / sizeof(kTypes[0]);
 
 void tensor(const v1::Tensor& t, uint64_t expected) {
@@ -49,6 +49,9 @@ void decode(const Frame& f) {
     if constexpr (std::is_same_v<M, v1::RoundStart>) tensor(m.params(), m.params().count());
     if constexpr (std::is_same_v<M, v1::Update>) tensor(m.delta(), 7);
     if constexpr (std::is_same_v<M, v1::JobSpec>) job_checks(m);
+    // A site's claims, checked before the coordinator uses them.
+    if constexpr (std::is_same_v<M, v1::SiteEvaluation>) (void)site_metrics_from_wire(m.global(), 5);
+    if constexpr (std::is_same_v<M, v1::Ready>) (void)input_stats_from_wire(m.input_stats(), 3);
   });
 }
 
@@ -87,6 +90,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 7: decode<v1::Shutdown>(f); break;
     case 8: decode<v1::ErrorMessage>(f); break;
     case 9: decode<v1::Heartbeat>(f); break;
+    case 10: decode<v1::SiteEvaluation>(f); break;
     case 16: decode_secagg<v1::SecAggKeys>(f); break;
     case 17: decode_secagg<v1::SecAggKeyList>(f); break;
     case 18: decode_secagg<v1::SecAggShares>(f); break;

@@ -107,6 +107,12 @@ std::vector<Frame> all_frames() {
   out.push_back(to_frame(sd));
   out.push_back(error_frame(ErrorCode::kPolicyRefused, "site policy refuses the job"));
   out.push_back(to_frame(v1::Heartbeat{}));
+  v1::SiteEvaluation ev;
+  ev.set_round(3);
+  ev.mutable_global()->set_images(4);
+  ev.mutable_global()->set_accuracy(0.75);
+  ev.mutable_global()->add_per_class()->set_support(4);
+  out.push_back(to_frame(ev));
 
   v1::SecAggKeys keys;
   keys.set_round(1);

@@ -1,5 +1,6 @@
 #include "protocols/job_check.h"
 #include "protocols/messages.h"
+#include "protocols/secure_round.h"
 
 #include <google/protobuf/util/message_differencer.h>
 #include <gtest/gtest.h>
@@ -104,6 +105,84 @@ TEST(Messages, Ready) {
   const auto back = round_trip(m);
   EXPECT_TRUE(MessageDifferencer::Equals(m, back));
   EXPECT_EQ(back.num_samples(), 6000u);
+}
+
+// Ready.input_stats is a site's claim: it round-trips, and figures that do not hold together
+// are not used.
+// A SiteEvaluation's metrics are a site's claim too: they round-trip (an undefined AUC as
+// NaN) and are refused when they do not hold together.
+TEST(Messages, SiteEvaluationMetricsAreCheckedBeforeUse) {
+  common::ClassificationMetrics m;
+  m.accuracy = 0.75;
+  m.balanced_accuracy = 0.5;
+  m.macro_f1 = 0.4;
+  m.macro_auc = 0.9;
+  m.per_class = {common::ClassMetrics{1.0, 0.5, 1.0, 2.0 / 3, 0.9, 2}, common::ClassMetrics{0.5, 1.0, 0.5, 2.0 / 3, {}, 2}};
+  v1::SiteEvaluation ev;
+  ev.set_round(4);
+  *ev.mutable_global() = site_metrics_to_wire(m, 4);
+  const auto back = round_trip(ev);
+  EXPECT_EQ(back.round(), 4u);
+  const auto got = site_metrics_from_wire(back.global(), 2);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->images, 4);
+  EXPECT_EQ(got->metrics.accuracy, 0.75);
+  EXPECT_EQ(got->metrics.macro_auc, 0.9);
+  EXPECT_EQ(got->metrics.per_class[0].auc, 0.9);
+  EXPECT_FALSE(got->metrics.per_class[1].auc.has_value());
+  EXPECT_EQ(got->metrics.per_class[1].support, 2);
+  EXPECT_EQ(round_of(to_frame(ev)), 4u);
+
+  EXPECT_FALSE(site_metrics_from_wire(back.global(), 3).has_value());  // 2 classes sent, 3 in the job
+  auto bad = [&](auto&& spoil) {
+    v1::SiteMetrics w = site_metrics_to_wire(m, 4);
+    spoil(w);
+    return !site_metrics_from_wire(w, 2).has_value();
+  };
+  EXPECT_TRUE(bad([](v1::SiteMetrics& w) { w.set_accuracy(1.5); }));
+  EXPECT_TRUE(bad([](v1::SiteMetrics& w) { w.set_macro_f1(std::numeric_limits<double>::quiet_NaN()); }));
+  EXPECT_TRUE(bad([](v1::SiteMetrics& w) { w.set_macro_auc(-0.1); }));
+  EXPECT_TRUE(bad([](v1::SiteMetrics& w) { w.mutable_per_class(0)->set_recall(2); }));
+  EXPECT_TRUE(bad([](v1::SiteMetrics& w) { w.mutable_per_class(0)->set_support(3); }));  // 3 + 2 != 4
+  EXPECT_TRUE(bad([](v1::SiteMetrics& w) { w.set_images(0); }));
+}
+
+TEST(Messages, ReadyInputStatsAreCheckedBeforeUse) {
+  common::InputStats s;
+  s.images = 5;
+  s.grey = 3;
+  s.colour = 2;
+  s.min_height = 20;
+  s.max_height = 500;
+  s.min_width = 30;
+  s.max_width = 400;
+  s.mean = {0.1, -0.2, 0.3};
+  s.std = {1.0, 0.9, 1.2};
+  v1::Ready m;
+  *m.mutable_input_stats() = input_stats_to_wire(s);
+  const auto back = round_trip(m);
+  const auto got = input_stats_from_wire(back.input_stats(), 3);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->grey, 3);
+  EXPECT_EQ(got->max_height, 500);
+  EXPECT_EQ(got->min_width, 30);
+  EXPECT_EQ(got->mean, s.mean);
+  EXPECT_EQ(got->std, s.std);
+
+  EXPECT_FALSE(input_stats_from_wire(back.input_stats(), 1).has_value());  // 3 channels claimed, 1 taken
+  EXPECT_FALSE(input_stats_from_wire(v1::InputStats{}, 3).has_value());    // a site that sent none
+  auto bad = [&](auto&& spoil) {
+    v1::InputStats w = input_stats_to_wire(s);
+    spoil(w);
+    return !input_stats_from_wire(w, 3).has_value();
+  };
+  EXPECT_TRUE(bad([](v1::InputStats& w) { w.set_grey(4); }));  // 4 + 2 != 5
+  EXPECT_TRUE(bad([](v1::InputStats& w) { w.set_min_height(501); }));
+  EXPECT_TRUE(bad([](v1::InputStats& w) { w.set_min_width(0); }));
+  EXPECT_TRUE(bad([](v1::InputStats& w) { w.set_mean(1, std::numeric_limits<double>::quiet_NaN()); }));
+  EXPECT_TRUE(bad([](v1::InputStats& w) { w.set_std(0, -1); }));
+  EXPECT_TRUE(bad([](v1::InputStats& w) { w.set_std(2, std::numeric_limits<double>::infinity()); }));
+  EXPECT_TRUE(bad([](v1::InputStats& w) { w.add_mean(0); }));
 }
 
 TEST(Messages, RoundStart) {

@@ -71,7 +71,9 @@ TEST(Framing, RoundTripEveryType) {
 
 TEST(Framing, KnownTypesAndNames) {
   EXPECT_FALSE(is_known_message_type(0));
-  EXPECT_FALSE(is_known_message_type(10));
+  EXPECT_TRUE(is_known_message_type(10));   // SiteEvaluation
+  EXPECT_FALSE(is_known_message_type(11));
+  EXPECT_STREQ(message_type_name(MessageType::kSiteEvaluation), "SiteEvaluation");
   EXPECT_TRUE(is_known_message_type(16));   // secure aggregation: 16..25
   EXPECT_TRUE(is_known_message_type(25));
   EXPECT_FALSE(is_known_message_type(26));
