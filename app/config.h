@@ -216,6 +216,9 @@ struct JobConfig {
   PrivacyConfig privacy;
   // Not from the file: set by --resume (continue from <out>/checkpoint.bin).
   bool resume = false;
+  // Not a job-file key: this run is a baseline inside another job (simulate's federated
+  // scratch run), whose warnings the outer job has already logged; its own go to debug.
+  bool baseline_run = false;
 };
 
 // site.toml: one site's kit, data and policy (fedtl worker).

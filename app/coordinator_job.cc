@@ -353,7 +353,10 @@ void CoordinatorJob::add_domain_gap(const JobOutcome& o, json& s) const {
     for (size_t i = 0; i < findings.size(); ++i) msg += (i ? "; " : "") + findings[i];
     msg += ". The backbone may transfer poorly: compare with the federated-from-scratch baseline (--baselines), "
            "unfreeze more blocks, or choose a backbone trained on images like these";
-    spdlog::warn("{}", msg);
+    if (cfg_.baseline_run)
+      spdlog::debug("{}", msg);
+    else
+      spdlog::warn("{}", msg);
     warnings.push_back({{"code", "domain_gap"}, {"site", site.name}, {"message", msg}});
   }
   s["warnings"] = warnings;

@@ -9,14 +9,17 @@
 
 #include "common/data/classes.h"
 #include "common/data/datasets.h"
+#include "common/data/input_stats.h"
 #include "common/data/partition.h"
 #include "common/data/validation_split.h"
 #include "common/errors.h"
 #include "common/seeds.h"
 #include "common/files.h"
+#include "common/metrics.h"
 #include "common/sha256.h"
 #include "protocols/dp/accountant.h"
 #include "protocols/job_check.h"
+#include "protocols/messages.h"
 #include "protocols/schedule.h"
 #include "protocols/secure_round.h"
 
@@ -418,6 +421,41 @@ common::model::TrainOptions train_options(const v1::JobSpec& job, uint32_t round
   // Keyed by site and round only, so every transport and every rank of a site shuffle alike.
   opt.seed = common::derive_seed(common::derive_seed(job.seed(), common::seed_stream::kShuffle, job.site_index()), round);
   return opt;
+}
+
+v1::InputStats site_input_stats(const v1::JobSpec& job, const common::ImageSet& train) {
+  const auto& in = job.model();
+  try {
+    return protocols::input_stats_to_wire(common::input_stats(train, in.in_channels(), {in.mean().begin(), in.mean().end()},
+                                                              {in.std().begin(), in.std().end()}));
+  } catch (const fedtl::Error&) {
+    return {};  // an input spec the figures do not cover: none (site_model checks the spec itself)
+  }
+}
+
+v1::SiteEvaluation evaluate_at_site(common::model::TransferModel& model, const v1::JobSpec& job, uint32_t round,
+                                    const std::vector<float>& params, uint32_t personalize_epochs,
+                                    const common::model::FeatureSet& validation, const common::model::FeatureSet& train) {
+  load_round(model, job, round, params);
+  const auto k = static_cast<int64_t>(job.model().num_classes());
+  auto figures = [&] {
+    const auto e = model.evaluate(validation);
+    return protocols::site_metrics_to_wire(common::classification_metrics(e.labels, e.scores, k), e.samples);
+  };
+  v1::SiteEvaluation ev;
+  *ev.mutable_global() = figures();
+  if (personalize_epochs > 0 && train.size() > 0) {
+    const int64_t trained = model.trained_children();
+    model.set_trained_children(0);  // the head alone
+    auto opt = train_options(job, round);
+    opt.epochs = personalize_epochs;
+    opt.prox_mu = 0;
+    model.train(train, opt);
+    *ev.mutable_personalized() = figures();
+    ev.set_personalize_epochs(personalize_epochs);
+    model.set_trained_children(trained);
+  }
+  return ev;
 }
 
 }  // namespace fedtl::app

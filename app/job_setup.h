@@ -85,6 +85,18 @@ void load_round(common::model::TransferModel& model, const v1::JobSpec& job, uin
 // A model's figures on a validation split, as a site reports them.
 worker::ValidationFigures validation_figures(const common::model::EvalResult& r);
 
+// What a site's Ready says of its training images (common/data/input_stats.h, for the job's
+// input spec); empty when the spec is one the figures do not cover.
+v1::InputStats site_input_stats(const v1::JobSpec& job, const common::ImageSet& train);
+
+// A site's own evaluation of round `round`'s model `params` (SiteRuntime::evaluate_site): the
+// metrics on `validation`, and with personalize_epochs > 0 the same after training the head
+// alone that many epochs on `train` (the job's optimiser settings and shuffling, no proximal
+// term, one rank). Leaves `model` personalised; the next load_round resets it.
+v1::SiteEvaluation evaluate_at_site(common::model::TransferModel& model, const v1::JobSpec& job, uint32_t round,
+                                    const std::vector<float>& params, uint32_t personalize_epochs,
+                                    const common::model::FeatureSet& validation, const common::model::FeatureSet& train);
+
 // The local training a job asks of a site in `round` (its shuffling seeded by job seed, site
 // and round, so every transport and every rank of a site shuffles alike).
 common::model::TrainOptions train_options(const v1::JobSpec& job, uint32_t round);

@@ -76,6 +76,11 @@ class HookedRuntime : public worker::SiteRuntime {
   worker::ValidationFigures validate(uint32_t round, const std::vector<float>& params) override {
     return inner_.validate(round, params);
   }
+  v1::InputStats input_stats() const override { return inner_.input_stats(); }
+  std::optional<v1::SiteEvaluation> evaluate_site(uint32_t round, const std::vector<float>& params,
+                                                  uint32_t personalize_epochs) override {
+    return inner_.evaluate_site(round, params, personalize_epochs);
+  }
 
  private:
   worker::SiteRuntime& inner_;
@@ -107,7 +112,20 @@ class SiteShard {
                    site_.site(), job.training().batch_size(), site_.size());
     features_.reset();
     validation_features_.reset();
+    input_stats_ = site_input_stats(job, train_);
     return static_cast<uint64_t>(train_.size());
+  }
+
+  const v1::InputStats& input_stats() const { return input_stats_; }
+
+  // The leader's own evaluation of the final model (every rank holds the site's images): on
+  // one rank, no collective, so the other ranks wait for the next instruction meanwhile.
+  std::optional<v1::SiteEvaluation> evaluate_site(uint32_t round, const std::vector<float>& params,
+                                                  uint32_t personalize_epochs) {
+    if (!model_ || validation_.size() == 0) return std::nullopt;
+    if (!validation_features_) validation_features_ = model_->features(validation_);
+    if (!features_) features_ = model_->features(train_);
+    return evaluate_at_site(*model_, job_, round, params, personalize_epochs, *validation_features_, *features_);
   }
 
   // The site's validation figures (the leader rank reports them; every rank holds the data).
@@ -176,6 +194,7 @@ class SiteShard {
   std::unique_ptr<common::model::TransferModel> model_;
   std::unique_ptr<common::model::FeatureSet> features_, validation_features_;
   std::unique_ptr<common::mpi::GradientAverager> cpu_, gpu_;
+  v1::InputStats input_stats_;
 };
 
 // The site leader's runtime: tells the site's other ranks what to do, then does it too.
@@ -204,6 +223,11 @@ class LeaderRuntime : public worker::SiteRuntime {
   // Only the leader evaluates: nothing changes on the other ranks.
   worker::ValidationFigures validate(uint32_t round, const std::vector<float>& params) override {
     return shard_.validate(round, params);
+  }
+  v1::InputStats input_stats() const override { return shard_.input_stats(); }
+  std::optional<v1::SiteEvaluation> evaluate_site(uint32_t round, const std::vector<float>& params,
+                                                  uint32_t personalize_epochs) override {
+    return shard_.evaluate_site(round, params, personalize_epochs);
   }
 
   void stop() {

@@ -213,6 +213,7 @@ SimulateResult run_simulate(const app::JobConfig& cfg, const common::StopSignal*
     sc.out = cfg.out + "/federated_scratch";
     sc.baselines.enabled = false;
     sc.resume = false;
+    sc.baseline_run = true;
     sc.backbone.freeze = common::model::Freeze::kNone;
     sc.backbone.sha256.clear();
     sc.backbone.pretrain_if_missing = false;

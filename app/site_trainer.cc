@@ -3,11 +3,8 @@
 #include <cmath>
 
 #include "app/job_setup.h"
-#include "common/data/input_stats.h"
 #include "common/errors.h"
-#include "common/metrics.h"
 #include "common/torchscript_archive.h"
-#include "protocols/messages.h"
 
 namespace fedtl::app {
 
@@ -31,13 +28,7 @@ uint64_t SiteTrainer::prepare(const v1::JobSpec& job, const std::string& backbon
   auto split = split_site_data(job, data_);
   train_ = std::move(split.train);
   validation_ = std::move(split.validation);
-  const auto& in = job.model();
-  try {
-    input_stats_ = protocols::input_stats_to_wire(common::input_stats(
-        train_, in.in_channels(), {in.mean().begin(), in.mean().end()}, {in.std().begin(), in.std().end()}));
-  } catch (const fedtl::Error&) {
-    input_stats_.Clear();  // an input spec the figures do not cover: report none (site_model checks the spec)
-  }
+  input_stats_ = site_input_stats(job, train_);
   model_ = site_model(job, backbone_bytes);
   // Cache the frozen backbone's features now, before Ready: the coordinator starts a round's
   // deadline only once every site is ready, so round 1 is not eaten by the forward passes.
@@ -81,28 +72,9 @@ std::optional<v1::SiteEvaluation> SiteTrainer::evaluate_site(uint32_t round, con
                                                              uint32_t personalize_epochs) {
   if (validation_.size() == 0 || !model_) return std::nullopt;
   common::ComputeSlots::Guard slot(slots_);
-  load_round(*model_, job_, round, params);
   if (!validation_features_) validation_features_ = model_->features(validation_);
-  const auto k = static_cast<int64_t>(job_.model().num_classes());
-  auto figures = [&] {
-    const auto e = model_->evaluate(*validation_features_);
-    return protocols::site_metrics_to_wire(common::classification_metrics(e.labels, e.scores, k), e.samples);
-  };
-  v1::SiteEvaluation ev;
-  *ev.mutable_global() = figures();
-  if (personalize_epochs > 0 && train_.size() > 0) {
-    if (!features_) features_ = model_->features(train_);
-    const int64_t trained = model_->trained_children();
-    model_->set_trained_children(0);  // the head alone
-    auto opt = train_options(job_, round);
-    opt.epochs = personalize_epochs;
-    opt.prox_mu = 0;
-    model_->train(*features_, opt);
-    *ev.mutable_personalized() = figures();
-    ev.set_personalize_epochs(personalize_epochs);
-    model_->set_trained_children(trained);
-  }
-  return ev;
+  if (!features_) features_ = model_->features(train_);
+  return evaluate_at_site(*model_, job_, round, params, personalize_epochs, *validation_features_, *features_);
 }
 
 }  // namespace fedtl::app

@@ -55,6 +55,15 @@ TEST_F(MpiJob, SameDigestAsSimulate) {
   const auto sim = app::run_simulate(sim_cfg);
   EXPECT_EQ(s["model_sha256"], sim.model_sha256);
   EXPECT_DOUBLE_EQ(s["federated_accuracy"].get<double>(), sim.federated_accuracy);
+  // The sites' input figures and own evaluations crossed MPI too, equal to simulate's.
+  const auto ss = read_json(sim_cfg.out + "/summary.json");
+  ASSERT_EQ(s["per_site"].size(), ss["per_site"].size());
+  for (size_t i = 0; i < s["per_site"].size(); ++i) {
+    EXPECT_TRUE(s["per_site"][i]["validation_metrics"].is_object()) << s["per_site"][i];
+    EXPECT_EQ(s["per_site"][i]["validation_metrics"], ss["per_site"][i]["validation_metrics"]);
+    EXPECT_EQ(s["per_site"][i]["personalized_validation_metrics"], ss["per_site"][i]["personalized_validation_metrics"]);
+    EXPECT_EQ(s["per_site"][i]["input_stats"], ss["per_site"][i]["input_stats"]);
+  }
 }
 
 // mpirun -np 4 with secure aggregation: the masked round over MPI reaches simulate's
