@@ -145,6 +145,7 @@ class SiteShard {
     opt.rank_in_site = site_.rank();
     opt.ranks_in_site = site_.size();
     opt.average_gradients = [this](float* data, size_t count, bool on_cuda) { average(data, count, on_cuda); };
+    opt.prescale_host_gradients = cpu_->expects_prescaled();  // the 1/k rides on the packing copy
     const auto st = model_->train(*features_, opt);
     // Each rank's loss and accuracy cover its slices, divided by the site's sample count:
     // their sum over the ranks is the site's.

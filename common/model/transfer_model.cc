@@ -190,7 +190,22 @@ torch::jit::Module load_module(const std::string& bytes, uint64_t max_unpacked =
 void average_site_gradients(std::vector<Tensor>& params, const TrainOptions& opt) {
   std::vector<Tensor> flat;
   for (auto& p : params) flat.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros_like(p).reshape({-1}));
-  Tensor buf = torch::cat(flat).contiguous();
+  Tensor buf;
+  if (opt.prescale_host_gradients && opt.ranks_in_site > 1 && !flat.front().is_cuda()) {
+    // One pass: each gradient is copied into the buffer already divided by the site's size.
+    int64_t total = 0;
+    for (const auto& g : flat) total += g.numel();
+    buf = torch::empty({total}, flat.front().options());
+    const Tensor scale = torch::scalar_tensor(1.0 / opt.ranks_in_site, flat.front().options());
+    int64_t off = 0;
+    for (const auto& g : flat) {
+      Tensor dst = buf.slice(0, off, off + g.numel());
+      torch::mul_out(dst, g, scale);
+      off += g.numel();
+    }
+  } else {
+    buf = torch::cat(flat).contiguous();
+  }
   opt.average_gradients(buf.data_ptr<float>(), static_cast<size_t>(buf.numel()), buf.is_cuda());
   int64_t off = 0;
   torch::NoGradGuard ng;

@@ -81,6 +81,10 @@ struct TrainOptions {
   // is the whole batch's gradient.
   int rank_in_site = 0, ranks_in_site = 1;
   std::function<void(float* data, size_t count, bool on_cuda)> average_gradients;
+  // true: gradients in host memory are divided by ranks_in_site in the copy that packs them,
+  // and average_gradients only sums them (a bare MPI_Allreduce; GradientAverager::
+  // expects_prescaled). Gradients on CUDA are packed as they are (NCCL averages itself).
+  bool prescale_host_gradients = false;
 };
 
 // A backbone child the model can train (it holds parameters), with its parameter count.

@@ -52,9 +52,8 @@ class MpiAverager final : public GradientAverager {
       check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_FLOAT, MPI_SUM, site_.comm()),
             "gradient MPI_Allreduce");
     }
-    const float scale = 1.0f / static_cast<float>(site_.size());
-    for (size_t i = 0; i < count; ++i) data[i] *= scale;
   }
+  bool expects_prescaled() const override { return true; }
   std::string name() const override { return "mpi"; }
 
  private:
@@ -238,6 +237,7 @@ class NcclAverager final : public GradientAverager {
       nap = std::min(nap * 2, std::chrono::microseconds(200));
     }
   }
+  bool expects_prescaled() const override { return false; }  // ncclAvg
   std::string name() const override { return "nccl"; }
 
  private:

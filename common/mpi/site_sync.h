@@ -72,12 +72,18 @@ class GradientAverager {
  public:
   virtual ~GradientAverager() = default;
   // `data` is host memory for the MPI averager, device memory (of the averager's device)
-  // for the NCCL one.
+  // for the NCCL one. Afterwards it holds the mean over the site's ranks, given that every
+  // rank passed its values already divided by the site's size when expects_prescaled().
   virtual void average(float* data, size_t count) = 0;
+  // true: average() only sums (a bare MPI_Allreduce), the 1/size being fused into the caller's
+  // packing copy (TrainOptions::prescale_host_gradients); false: it averages by itself (NCCL's
+  // ncclAvg).
+  virtual bool expects_prescaled() const = 0;
   virtual std::string name() const = 0;
 };
 
-// MPI_Allreduce(SUM) in place on host memory, then a scale by 1/size. A collective that does
+// MPI_Allreduce(SUM) in place on host memory, nothing else: the values come divided by the
+// site's size (expects_prescaled() is true), so the sum is the mean. A collective that does
 // not complete within `timeout` ends this process with a message (Watchdog): mpirun then
 // stops the job.
 std::unique_ptr<GradientAverager> make_mpi_averager(SiteComm& site, Millis timeout);

@@ -147,6 +147,8 @@ TEST_F(SiteSync, TwoRanksAverageToTheWholeBatchGradient) {
   common::model::TrainOptions dp = opt;
   dp.rank_in_site = site_->rank();
   dp.ranks_in_site = k;
+  dp.prescale_host_gradients = averager->expects_prescaled();
+  EXPECT_TRUE(dp.prescale_host_gradients);  // MPI only sums: the packing divides by k
   dp.average_gradients = [&](float* g, size_t n, bool on_cuda) {
     ASSERT_FALSE(on_cuda);
     averager->average(g, n);
@@ -199,6 +201,9 @@ TEST_F(SiteSync, NcclAllreduceMatchesMpiAllreduce) {
     std::vector<float> from_gpu(n);
     ASSERT_EQ(cudaMemcpy(from_gpu.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
     cudaFree(d);
+    EXPECT_FALSE(nccl->expects_prescaled());
+    ASSERT_TRUE(mpi->expects_prescaled());  // MPI sums what each rank divided by the site's size
+    for (auto& x : host) x /= static_cast<float>(site_->size());
     mpi->average(host.data(), n);
     for (size_t i = 0; i < n; ++i) ASSERT_NEAR(from_gpu[i], host[i], 1e-6f) << "n=" << n << " i=" << i;
   }
