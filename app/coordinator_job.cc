@@ -262,6 +262,14 @@ std::vector<common::PlotMark> plot_marks(const JobOutcome& o) {
 }  // namespace
 
 namespace {
+// The summary's per_site entry of the site named `name`, or nullptr.
+json* per_site_entry(json& s, const std::string& name) {
+  if (!s.contains("per_site") || !s["per_site"].is_array()) return nullptr;
+  for (auto& entry : s["per_site"])
+    if (entry.is_object() && entry.value("site", std::string()) == name) return &entry;
+  return nullptr;
+}
+
 // summary.json's form of classification metrics (test_metrics, a site's validation_metrics).
 json metrics_json(const common::ClassificationMetrics& m, const std::vector<std::string>& names) {
   auto opt = [](const std::optional<double>& v) { return v ? json(*v) : json(nullptr); };
@@ -309,9 +317,7 @@ void CoordinatorJob::add_site_evaluations(const JobOutcome& o, json& s) const {
         personalised = fmt::format("{:.2f}%", 100 * p->metrics.accuracy);
       }
     }
-    if (s.contains("per_site") && s["per_site"].is_array())
-      for (auto& entry : s["per_site"])
-        if (entry.is_object() && entry.value("site", std::string()) == site.name) entry.update(add);
+    if (json* entry = per_site_entry(s, site.name)) entry->update(add);
     table += fmt::format("{:<12}  {:>6}  {:>12.2f}%  {:>13}  {:>9}\n", site.name, g->images, 100 * g->metrics.accuracy,
                          personalised,
                          g->metrics.macro_auc ? fmt::format("{:.3f}", *g->metrics.macro_auc) : std::string("-"));
@@ -344,9 +350,7 @@ void CoordinatorJob::add_domain_gap(const JobOutcome& o, json& s) const {
                      {"backbone_input", {bb.channels, bb.height, bb.width}},
                      {"mean", st->mean},
                      {"std", st->std}};
-    if (s.contains("per_site") && s["per_site"].is_array())
-      for (auto& entry : s["per_site"])
-        if (entry.is_object() && entry.value("site", std::string()) == site.name) entry["input_stats"] = js;
+    if (json* entry = per_site_entry(s, site.name)) (*entry)["input_stats"] = js;
     const auto findings = common::domain_gap_findings(*st, bb.channels, bb.height, bb.width);
     if (findings.empty()) continue;
     std::string msg = "domain gap at site '" + site.name + "': ";

@@ -41,12 +41,15 @@ InputStats input_stats(const ImageSet& set, int64_t channels, const std::vector<
   int64_t count = 0;
   for (int64_t i = 0; i < set.size(); ++i) {
     const uint8_t* img = set.pixels.data() + i * set.image_bytes();
+    // One histogram per stored plane: a grey plane serves all three backbone channels.
+    std::array<std::array<int64_t, 256>, 3> hists{};
+    if (set.channels == channels || set.channels == 1)
+      for (int64_t pl = 0; pl < set.channels; ++pl)
+        for (int64_t k = 0; k < plane; ++k) ++hists[static_cast<size_t>(pl)][img[pl * plane + k]];
     for (int64_t c = 0; c < channels; ++c) {
       double acc = 0, acc2 = 0;
       if (set.channels == channels || set.channels == 1) {
-        std::array<int64_t, 256> hist{};
-        const uint8_t* p = img + (set.channels == channels ? c * plane : 0);
-        for (int64_t k = 0; k < plane; ++k) ++hist[p[k]];
+        const auto& hist = hists[static_cast<size_t>(set.channels == channels ? c : 0)];
         for (int v = 0; v < 256; ++v) {
           const double x = (v / 255.0 - mean[static_cast<size_t>(c)]) / std[static_cast<size_t>(c)];
           acc += x * static_cast<double>(hist[static_cast<size_t>(v)]);

@@ -107,8 +107,6 @@ TEST(Messages, Ready) {
   EXPECT_EQ(back.num_samples(), 6000u);
 }
 
-// Ready.input_stats is a site's claim: it round-trips, and figures that do not hold together
-// are not used.
 // A SiteEvaluation's metrics are a site's claim too: they round-trip (an undefined AUC as
 // NaN) and are refused when they do not hold together.
 TEST(Messages, SiteEvaluationMetricsAreCheckedBeforeUse) {
@@ -147,6 +145,8 @@ TEST(Messages, SiteEvaluationMetricsAreCheckedBeforeUse) {
   EXPECT_TRUE(bad([](v1::SiteMetrics& w) { w.set_images(0); }));
 }
 
+// Ready.input_stats is a site's claim: it round-trips, and figures that do not hold together
+// are not used.
 TEST(Messages, ReadyInputStatsAreCheckedBeforeUse) {
   common::InputStats s;
   s.images = 5;
