@@ -4,9 +4,9 @@
 //   handshake: <- Hello   -> JobSpec (+ BackboneChunk* unless the site holds the digest)
 //              <- Ready(num_samples)
 //   round r:   -> RoundStart(global params) to every active site
-//              <- Update(delta) from each until the round deadline, in site order
-//              aggregate (weighted by samples, in site order => deterministic), apply the
-//              server strategy, evaluate, report a RoundRecord
+//              <- Update(delta) from each until the round deadline, folded as it arrives
+//              into an exact weighted sum (fixed point => the same bits in any arrival
+//              order), apply the server strategy, evaluate, report a RoundRecord
 //   end:       -> Shutdown
 //
 // Sites are slots named by the job (CoordinatorOptions::site_names; a connection's
@@ -15,8 +15,8 @@
 // before any later round after a lost connection. A site that fails (closed connection,
 // malformed or invalid update, refusal) is dropped and the job goes on; a site that misses
 // the deadline is left out of that round only. Fewer than min_sites reports abandon the
-// round (the global model is unchanged). Aggregation runs in site-index order, so arrival
-// order never changes the result.
+// round (the global model is unchanged). Aggregation is exact (protocols::WeightedMean), so
+// arrival order never changes the result.
 // Not thread-safe: run() blocks the calling thread until the job ends.
 #pragma once
 #include <chrono>
@@ -281,6 +281,15 @@ class Coordinator {
   // secure_relay.cc); the coordinator learns only the sum. nullopt: nothing to apply.
   // `length`: values per delta (the round's trained values; 0 for a validate-only exchange).
   std::optional<Aggregate> plain_aggregate(uint32_t round, TimePoint deadline, size_t length, bool validate_only);
+  // Receives from each of `sites` until take(site, frame) returns true for it (false: that
+  // frame is skipped, wait for the next), in arrival order (Connection::watch; a backend
+  // without it is read one site after the other), until `deadline`. Heartbeats are consumed
+  // here. A site whose take() throws, that breaks, or that is silent (no frame, no heartbeat)
+  // for the liveness timeout goes to failed(site, why); one still pending at the deadline to
+  // late(site).
+  void receive_each(const std::vector<Site*>& sites, TimePoint deadline,
+                    const std::function<bool(Site&, common::Frame)>& take, const std::function<void(Site&)>& late,
+                    const std::function<void(Site&, const std::string&)>& failed);
   std::optional<Aggregate> secure_aggregate(uint32_t round, TimePoint deadline, size_t length, bool validate_only);
   void privatize(uint32_t round, Aggregate& agg);
   double current_clip_norm() const;

@@ -32,6 +32,9 @@ class BeatingConnection final : public common::Connection {
     t_->last_send = Clock::now();
   }
   common::Frame recv(common::Millis timeout) override { return t_->conn->recv(timeout); }
+  bool watch(std::shared_ptr<common::ArrivalBell> bell, uint64_t tag) override {
+    return t_->conn->watch(std::move(bell), tag);
+  }
   void close() override {
     t_->closed = true;
     t_->conn->close();

@@ -135,20 +135,35 @@ std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
                     "\" (expected fedavg, fedprox, fedadam or fedyogi)");
 }
 
-void WeightedMean::add(const std::vector<float>& delta, double weight) {
+void WeightedMean::add(const std::vector<float>& delta, uint64_t weight) {
   if (delta.size() != sum_.size()) {
     throw ProtocolError("update has " + std::to_string(delta.size()) + " values, expected " +
                         std::to_string(sum_.size()));
   }
-  if (!std::isfinite(weight) || weight <= 0) {
-    throw ProtocolError("update weight " + format_value(weight) + " must be finite and > 0");
+  if (weight == 0 || weight > kMaxWeight) {
+    throw ProtocolError("update weight " + std::to_string(weight) + " must be in [1, 2^32]");
   }
+  if (count_ >= kMaxUpdates) throw ProtocolError("more than 2^26 updates in one mean");
+  const double w = static_cast<double>(weight);
+  const double limit = std::ldexp(1.0, kMaxMagnitudeBits);
   for (size_t i = 0; i < delta.size(); ++i) {
     if (!std::isfinite(delta[i])) {
       throw ProtocolError("update value at index " + std::to_string(i) + " is not finite");
     }
+    if (!(std::fabs(w * static_cast<double>(delta[i])) < limit)) {
+      throw ProtocolError("update value at index " + std::to_string(i) + " times its weight is beyond 2^60");
+    }
   }
-  for (size_t i = 0; i < delta.size(); ++i) sum_[i] += weight * static_cast<double>(delta[i]);
+  const double scale = std::ldexp(w, kFractionBits);
+  const double fast = std::ldexp(1.0, 62);
+  for (size_t i = 0; i < delta.size(); ++i) {
+    const double x = scale * static_cast<double>(delta[i]);  // exact scaling by 2^40: no extra rounding
+    if (std::fabs(x) < fast) {
+      sum_[i] += static_cast<long long>(std::llrint(x));  // the common case: one instruction
+    } else {
+      sum_[i] += static_cast<__int128>(std::nearbyint(x));  // integral already; exact conversion
+    }
+  }
   weight_ += weight;
   ++count_;
 }
@@ -156,7 +171,9 @@ void WeightedMean::add(const std::vector<float>& delta, double weight) {
 std::vector<double> WeightedMean::mean() const {
   if (count_ == 0) throw ProtocolError("no updates to average");
   std::vector<double> out(sum_.size());
-  for (size_t i = 0; i < sum_.size(); ++i) out[i] = sum_[i] / weight_;
+  const double w = static_cast<double>(weight_);
+  for (size_t i = 0; i < sum_.size(); ++i)
+    out[i] = std::ldexp(static_cast<double>(sum_[i]), -kFractionBits) / w;
   return out;
 }
 

@@ -1,9 +1,9 @@
 // Server-side aggregation strategies over flat float32 parameter vectors (no LibTorch).
 //
 // The coordinator gathers each reporting site's delta Δ_i = x_i - x (local minus global)
-// and sample count n_i, forms the weighted mean Δ = Σ n_i Δ_i / Σ n_i (accumulated in
-// double, in site order, so the result does not depend on arrival order), and asks the
-// strategy to move the global model x by Δ:
+// and sample count n_i, forms the weighted mean Δ = Σ n_i Δ_i / Σ n_i (summed exactly in
+// fixed point as the updates arrive, so the result does not depend on arrival order; see
+// WeightedMean), and asks the strategy to move the global model x by Δ:
 //   FedAvg  : x += server_lr * Δ                     (server_lr = 1 is McMahan et al.)
 //   FedProx : client-side proximal term μ (TrainingSpec.prox_mu); server as FedAvg
 //   FedAdam : m = β1 m + (1-β1) Δ;  v = β2 v + (1-β2) Δ²;          x += lr m / (√v + τ)
@@ -42,22 +42,33 @@ class Strategy {
 // τ <= 0, μ < 0).
 std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec);
 
-// Sums weighted deltas in a fixed order. add() must be called in site order for
-// bit-reproducible results.
+// Sums weighted deltas exactly, so any order of add() calls gives the same bits: each
+// w * Δ[j] is computed in double and rounded (to nearest, ties to even) to a multiple of
+// 2^-kFractionBits; those integers are summed in 128 bits, where addition is associative.
+// The mean is divided out once, at the end. Each update's contribution is a function of that
+// update alone, so streaming (folding an update on arrival and freeing it) is bit-identical
+// to any buffered order. Range: |w * Δ[j]| < 2^kMaxMagnitudeBits per value, at most
+// kMaxUpdates updates: the sum cannot overflow. Memory: 16 bytes per value.
 class WeightedMean {
  public:
-  explicit WeightedMean(size_t size) : sum_(size, 0.0) {}
-  // Adds weight * delta. Throws ProtocolError if delta has the wrong size, weight <= 0, or
-  // any value is not finite.
-  void add(const std::vector<float>& delta, double weight);
-  double total_weight() const { return weight_; }
+  static constexpr int kFractionBits = 40;
+  static constexpr int kMaxMagnitudeBits = 60;          // 2^100 in fixed point
+  static constexpr uint64_t kMaxWeight = uint64_t{1} << 32;
+  static constexpr size_t kMaxUpdates = size_t{1} << 26;  // 2^26 * 2^100 < 2^127
+
+  explicit WeightedMean(size_t size) : sum_(size, 0) {}
+  // Adds weight * delta. Throws ProtocolError if delta has the wrong size, weight is 0 or
+  // above kMaxWeight, any value is not finite or out of range, or kMaxUpdates were added;
+  // a rejected update leaves no trace.
+  void add(const std::vector<float>& delta, uint64_t weight);
+  double total_weight() const { return static_cast<double>(weight_); }
   size_t count() const { return count_; }
   // Σ w_i Δ_i / Σ w_i. Throws ProtocolError if nothing was added.
   std::vector<double> mean() const;
 
  private:
-  std::vector<double> sum_;
-  double weight_ = 0.0;
+  std::vector<__int128> sum_;
+  uint64_t weight_ = 0;
   size_t count_ = 0;
 };
 

@@ -4,7 +4,12 @@
 // fails with TransportError; it never interprets payloads.
 #pragma once
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 
 #include "common/transport/framing.h"
@@ -12,6 +17,34 @@
 namespace fedtl::common {
 
 using Millis = std::chrono::milliseconds;
+
+// Lets one thread wait on many connections at once (Connection::watch): a watched
+// connection rings its tag whenever a frame is queued for recv() or the connection ends.
+// A tag may ring more often than there are frames (a ring is a hint to try recv(0));
+// tags come out in the order they rang. Thread-safe.
+class ArrivalBell {
+ public:
+  void ring(uint64_t tag) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      rung_.push_back(tag);
+    }
+    cv_.notify_one();
+  }
+  // The oldest tag not yet taken, waiting until `deadline`; nullopt when none rang in time.
+  std::optional<uint64_t> wait_until(std::chrono::steady_clock::time_point deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_until(lock, deadline, [&] { return !rung_.empty(); })) return std::nullopt;
+    const uint64_t tag = rung_.front();
+    rung_.pop_front();
+    return tag;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<uint64_t> rung_;
+};
 
 // One bidirectional, ordered, reliable channel between two parties.
 // Thread safety: one thread may send while another receives; concurrent sends (or
@@ -27,6 +60,12 @@ class Connection {
   // the connection broke, ProtocolError for a malformed/oversized frame (the connection is
   // then closed).
   virtual Frame recv(Millis timeout) = 0;
+  // Arrival notices: from now on rings `bell` with `tag` whenever a frame is queued for
+  // recv() or the connection ends (and once at once when a frame already waits or it has
+  // ended); a null bell stops them. recv(Millis(0)) then takes a queued frame without
+  // waiting. Returns false when the backend cannot (MPI): the caller must then receive from
+  // this connection in an order of its own.
+  virtual bool watch(std::shared_ptr<ArrivalBell> /*bell*/, uint64_t /*tag*/) { return false; }
   // Closes both directions; idempotent. A blocked recv on either side wakes with
   // TransportError.
   virtual void close() = 0;

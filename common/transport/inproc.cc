@@ -21,6 +21,9 @@ struct SharedPipe {
   std::condition_variable cv[2];  // cv[i]: frames for side i, or closed
   std::deque<std::string> queue[2];  // queue[i]: encoded frames waiting for side i
   bool closed = false;
+  // Arrival notices for side i (Connection::watch).
+  std::shared_ptr<ArrivalBell> bell[2];
+  uint64_t tag[2] = {0, 0};
 };
 
 class InprocConnection final : public Connection {
@@ -35,12 +38,17 @@ class InprocConnection final : public Connection {
     std::string bytes = common::encode_frame(frame);  // outside the lock
     const size_t n = bytes.size();
     const int other = 1 - side_;
+    std::shared_ptr<ArrivalBell> bell;
+    uint64_t tag = 0;
     {
       std::lock_guard<std::mutex> lock(pipe_->mu);
       if (pipe_->closed) throw TransportError("in-process connection to " + peer_ + " is closed");
       pipe_->queue[other].push_back(std::move(bytes));
+      bell = pipe_->bell[other];
+      tag = pipe_->tag[other];
     }
     pipe_->cv[other].notify_one();
+    if (bell) bell->ring(tag);
     sent_ += n;
   }
 
@@ -72,15 +80,35 @@ class InprocConnection final : public Connection {
     }
   }
 
+  bool watch(std::shared_ptr<ArrivalBell> bell, uint64_t tag) override {
+    bool now = false;
+    {
+      std::lock_guard<std::mutex> lock(pipe_->mu);
+      pipe_->bell[side_] = bell;
+      pipe_->tag[side_] = tag;
+      now = !pipe_->queue[side_].empty() || pipe_->closed;
+    }
+    if (bell && now) bell->ring(tag);
+    return true;
+  }
+
   void close() override {
+    std::shared_ptr<ArrivalBell> bells[2];
+    uint64_t tags[2];
     {
       std::lock_guard<std::mutex> lock(pipe_->mu);
       if (closed_here_) return;
       closed_here_ = true;
       pipe_->closed = true;
+      for (int i = 0; i < 2; ++i) {
+        bells[i] = pipe_->bell[i];
+        tags[i] = pipe_->tag[i];
+      }
     }
     pipe_->cv[0].notify_all();
     pipe_->cv[1].notify_all();
+    for (int i = 0; i < 2; ++i)
+      if (bells[i]) bells[i]->ring(tags[i]);
   }
 
   std::string peer_name() const override { return peer_; }

@@ -232,6 +232,8 @@ struct ConnState {
   End end = End::kNone;
   std::string end_reason;
   bool closed_here = false;
+  std::shared_ptr<common::ArrivalBell> bell;  // Connection::watch
+  uint64_t bell_tag = 0;
 
   std::atomic<uint64_t> sent{0};
   std::atomic<uint64_t> received{0};
@@ -317,6 +319,18 @@ std::string peer_cn(SslStream& stream) {
 
 void start_read(const std::shared_ptr<ConnState>& s);
 
+// Tells a watcher (Connection::watch) that a frame or the end is there to take.
+void ring_bell(ConnState& s) {
+  std::shared_ptr<common::ArrivalBell> bell;
+  uint64_t tag = 0;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    bell = s.bell;
+    tag = s.bell_tag;
+  }
+  if (bell) bell->ring(tag);
+}
+
 void on_read(const std::shared_ptr<ConnState>& s, const error_code& ec, size_t n) {
   s->reading = false;
   if (s->socket_closed) return;  // we closed it; close() already woke the readers
@@ -360,6 +374,7 @@ void on_read(const std::shared_ptr<ConnState>& s, const error_code& ec, size_t n
   }
   if (bad_frame) close_socket(*s);
   s->cv.notify_all();
+  ring_bell(*s);
 }
 
 // I/O thread: keeps one read outstanding while nothing waits in the queue.
@@ -425,6 +440,7 @@ class TlsConnection final : public Connection {
         }
       }
       s_->cv.notify_all();
+      ring_bell(*s_);
       runner_->run_sync([s = s_] { close_socket(*s); });
       throw TransportError("sending to " + s_->peer + " (" + s_->address + ") failed: " + reason);
     }
@@ -458,6 +474,18 @@ class TlsConnection final : public Connection {
       default:
         throw TransportError(s_->end_reason);
     }
+  }
+
+  bool watch(std::shared_ptr<common::ArrivalBell> bell, uint64_t tag) override {
+    bool now = false;
+    {
+      std::lock_guard<std::mutex> lock(s_->mu);
+      s_->bell = bell;
+      s_->bell_tag = tag;
+      now = !s_->frames.empty() || s_->end != End::kNone || s_->closed_here;
+    }
+    if (bell && now) bell->ring(tag);
+    return true;
   }
 
   void close() override {

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <limits>
@@ -26,6 +27,8 @@
 #include "common/errors.h"
 #include "common/sha256.h"
 #include "common/transport/inproc.h"
+#include "common/transport/pki.h"
+#include "common/transport/tls.h"
 #include "protocols/messages.h"
 #include "tests/captured_log.h"
 #include "tests/unit_job.h"
@@ -859,6 +862,188 @@ TEST_F(CoordinatorTest, AStalledSiteDoesNotDelayTheOthersAdmission) {
   EXPECT_NE(site(res, "site-0").dropped_reason.find("join deadline"), std::string::npos)
       << site(res, "site-0").dropped_reason;
   EXPECT_LT(total_s, 10) << "the job waited out the stalled site's handshake timeout";
+}
+
+// --- issue "scale": updates fold as they arrive, and arrival order never shows -------------
+
+// Sites that send their round's update in a given order: turn k goes to the site at
+// order[k], which sends, gives the coordinator a moment to take it, and passes the turn on.
+class Turns {
+ public:
+  explicit Turns(std::vector<size_t> order) : order_(std::move(order)) {}
+  void wait_and_send(size_t site, uint32_t round, Connection& c, const Frame& f) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, 30s, [&] { return round_ > round || (round_ == round && order_[next_] == site); })) {
+      ADD_FAILURE() << "site " << site << " never got its turn in round " << round;
+      return;
+    }
+    if (round_ > round) return;
+    c.send(f);
+    lock.unlock();
+    std::this_thread::sleep_for(20ms);
+    lock.lock();
+    if (++next_ == order_.size()) {
+      next_ = 0;
+      ++round_;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<size_t> order_;
+  size_t next_ = 0;
+  uint32_t round_ = 1;
+};
+
+// Values whose double sum depends on the order they are added in (magnitudes 2^40 apart).
+std::vector<float> order_sensitive_delta(size_t site) {
+  const float big[] = {1e9f, -1e9f, 3.5e-4f, 7.25e8f, -2.5f};
+  const float small[] = {3.1e-5f, 0.1f, -1e6f, 2.2e-7f, 1e-3f};
+  std::vector<float> d(kParams);
+  for (size_t j = 0; j < kParams; ++j) d[j] = (j % 2 ? big : small)[(site + j) % 5] * static_cast<float>(j + 1);
+  return d;
+}
+
+// Runs a 2-round job of five sites over the given connection pairs (coordinator end, site
+// end), the sites sending in `order`, and returns the final parameters.
+std::vector<float> run_in_arrival_order(std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>> pairs,
+                                        const std::vector<size_t>& order, FormulaEvaluator& eval) {
+  const uint64_t samples[] = {30, 7, 1000, 1, 12};
+  std::vector<std::string> names;
+  for (size_t i = 0; i < pairs.size(); ++i) names.push_back("site-" + std::to_string(i));
+  auto opt = base_options(2, names, pairs.size());
+  opt.max_update_norm = 1e13;
+  opt.round_timeout = 20s;
+  Coordinator coord(std::move(opt), protocols::make_strategy(protocols::StrategySpec{}), eval,
+                    std::vector<float>(kParams, 0.f));
+  Turns turns(order);
+  std::vector<std::thread> sites;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    coord.add_site(std::move(pairs[i].first));
+    sites.emplace_back([&, i, c = pairs[i].second.get()] {
+      site_handshake(*c, names[i], samples[i]);
+      SiteLog log;
+      answer_rounds(*c, log, [&](const v1::RoundStart& s) {
+        turns.wait_and_send(i, s.round(), *c, update_frame(s.round(), samples[i], order_sensitive_delta(i)));
+        return std::optional<Frame>();
+      });
+    });
+  }
+  auto res = coord.run(nullptr);
+  for (auto& t : sites) t.join();
+  EXPECT_EQ(res.rounds.size(), 2u);
+  for (const auto& r : res.rounds) EXPECT_EQ(r.sites_reported, pairs.size());
+  return res.params;
+}
+
+std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>> inproc_pairs(size_t n) {
+  std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>> out;
+  for (size_t i = 0; i < n; ++i) out.push_back(common::make_inproc_pair("coordinator", "site-" + std::to_string(i)));
+  return out;
+}
+
+// Mutual-TLS pairs on loopback with a fresh federation PKI in a temp dir.
+std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>> tls_pairs(const std::string& dir,
+                                                                                           size_t n) {
+  common::pki_init(dir, "orderfed");
+  common::pki_issue(dir, "coordinator", "coordinator", "127.0.0.1:1");
+  std::vector<std::string> names;
+  for (size_t i = 0; i < n; ++i) {
+    names.push_back("site-" + std::to_string(i));
+    common::pki_issue(dir, names.back(), "worker", "127.0.0.1:1");
+  }
+  const auto ck = common::load_kit(dir + "/kits/coordinator");
+  common::TlsConfig server;
+  server.ca_cert = ck.ca_cert;
+  server.cert = ck.cert;
+  server.key = ck.key;
+  server.allowed_names = names;
+  auto listener = common::tls_listen("127.0.0.1", 0, server);
+  std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>> out;
+  for (const auto& name : names) {
+    const auto k = common::load_kit(dir + "/kits/" + name);
+    common::TlsConfig client;
+    client.ca_cert = k.ca_cert;
+    client.cert = k.cert;
+    client.key = k.key;
+    client.expected_server_name = k.coordinator_name;
+    auto site_end = std::async(std::launch::async, [&] { return common::tls_connect("127.0.0.1", listener->port(), client, 5s); });
+    auto coord_end = listener->accept(5s);
+    out.emplace_back(std::move(coord_end), site_end.get());
+  }
+  return out;
+}
+
+// Contract: the same updates arriving in another order give the same model, bit for bit, in
+// process and over TLS (where the double sum of these values would not: see
+// WeightedMean.EveryArrivalOrderGivesTheSameBits), and all three runs agree.
+TEST_F(CoordinatorTest, PermutedArrivalGivesTheSameModelInProcessAndOverTls) {
+  const std::vector<size_t> forward = {0, 1, 2, 3, 4}, shuffled = {4, 2, 0, 3, 1};
+  const auto a = run_in_arrival_order(inproc_pairs(5), forward, eval);
+  const auto b = run_in_arrival_order(inproc_pairs(5), shuffled, eval);
+  char tmpl[] = "/tmp/fedtl_order_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  std::vector<float> c;
+  try {
+    c = run_in_arrival_order(tls_pairs(std::string(tmpl) + "/pki", 5), {3, 1, 4, 0, 2}, eval);
+  } catch (...) {
+    std::filesystem::remove_all(tmpl);
+    throw;
+  }
+  std::filesystem::remove_all(tmpl);
+  ASSERT_EQ(a.size(), kParams);
+  EXPECT_EQ(a, b) << "arrival order changed the model (in process)";
+  EXPECT_EQ(a, c) << "arrival order or TLS changed the model";
+  // And it is the weighted mean (twice: two rounds of the same deltas).
+  const double w[] = {30, 7, 1000, 1, 12};
+  for (size_t j = 0; j < kParams; ++j) {
+    long double sum = 0;
+    for (size_t i = 0; i < 5; ++i) sum += static_cast<long double>(w[i]) * order_sensitive_delta(i)[j];
+    const double expect = static_cast<double>(2 * sum / 1050);
+    EXPECT_NEAR(a[j], expect, 1e-6 * std::fabs(expect) + 1e-6) << j;
+  }
+}
+
+// Contract: a site's update is taken when it arrives, not after the sites before it in index
+// order: site-1's malformed update gets it dropped at once, though site-0 (index 0) has sent
+// nothing yet, and site-0 answers only once it sees that (its update then counts). Reading
+// in site order would have waited for site-0 until the deadline.
+TEST_F(CoordinatorTest, AnUpdateIsTakenOnArrivalNotBehindSilentSites) {
+  FakeSite a("site-0"), b("site-1");
+  std::promise<void> b_dropped;
+  auto dropped = b_dropped.get_future().share();
+  a.start([&](Connection& c, SiteLog& log) {
+    site_handshake(c, "site-0", 10);
+    answer_rounds(c, log, [&](const v1::RoundStart& s) {
+      if (s.round() == 1 && dropped.wait_for(5s) != std::future_status::ready) ADD_FAILURE() << "site-1 was not dropped";
+      return std::optional<Frame>(update_frame(s.round(), 10, std::vector<float>(kParams, 1.f)));
+    });
+  });
+  b.start([&](Connection& c, SiteLog& log) {
+    site_handshake(c, "site-1", 10);
+    answer_rounds(c, log, [&](const v1::RoundStart& s) {
+      return std::optional<Frame>(update_frame(s.round(), 10, std::vector<float>(3, 1.f)));  // wrong size
+    });
+    b_dropped.set_value();
+  });
+  auto opt = base_options(2, {"site-0", "site-1"}, 1);
+  opt.round_timeout = 10s;
+  Coordinator coord(std::move(opt), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.add_site(std::move(a.coord_end));
+  coord.add_site(std::move(b.coord_end));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto res = coord.run(nullptr);
+  a.thread.join();
+  b.thread.join();
+  EXPECT_TRUE(b.log.connection_closed);
+  ASSERT_EQ(res.rounds.size(), 2u);
+  EXPECT_EQ(res.rounds[0].sites_reported, 1u) << "site-0's update missed round 1";
+  EXPECT_TRUE(res.rounds[0].applied);
+  expect_params(res.params, 2.f);
+  EXPECT_FALSE(site(res, "site-1").active);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 8);
 }
 
 }  // namespace

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <set>
+
 #include <cmath>
 #include <limits>
 
@@ -193,8 +196,8 @@ TEST(Strategy, MakeStrategyRejectsBadSpecs) {
 
 TEST(WeightedMean, WeightsBySampleCount) {
   WeightedMean wm(2);
-  wm.add({1.0f, 2.0f}, 1.0);
-  wm.add({3.0f, -2.0f}, 3.0);
+  wm.add({1.0f, 2.0f}, 1);
+  wm.add({3.0f, -2.0f}, 3);
   EXPECT_EQ(wm.count(), 2u);
   EXPECT_DOUBLE_EQ(wm.total_weight(), 4.0);
   const auto mean = wm.mean();  // {(1 + 9) / 4, (2 - 6) / 4}
@@ -205,8 +208,8 @@ TEST(WeightedMean, WeightsBySampleCount) {
 
 TEST(WeightedMean, FeedsStrategy) {
   WeightedMean wm(1);
-  wm.add({0.5f}, 100.0);
-  wm.add({-0.5f}, 300.0);  // mean = (50 - 150) / 400 = -0.25
+  wm.add({0.5f}, 100);
+  wm.add({-0.5f}, 300);  // mean = (50 - 150) / 400 = -0.25
   auto s = make_strategy(spec_for("fedavg", 2.0));
   std::vector<float> x = {1.0f};
   s->apply(x, wm.mean());
@@ -216,17 +219,57 @@ TEST(WeightedMean, FeedsStrategy) {
 TEST(WeightedMean, RejectsBadInput) {
   WeightedMean wm(2);
   EXPECT_THROW(wm.mean(), ProtocolError);
-  EXPECT_THROW(wm.add({1.0f}, 1.0), ProtocolError);
-  EXPECT_THROW(wm.add({1.0f, 2.0f}, 0.0), ProtocolError);
-  EXPECT_THROW(wm.add({1.0f, 2.0f}, -3.0), ProtocolError);
-  EXPECT_THROW(wm.add({1.0f, 2.0f}, std::numeric_limits<double>::infinity()), ProtocolError);
-  EXPECT_THROW(wm.add({1.0f, std::nanf("")}, 1.0), ProtocolError);
-  EXPECT_THROW(wm.add({std::numeric_limits<float>::infinity(), 0.0f}, 1.0), ProtocolError);
+  EXPECT_THROW(wm.add({1.0f}, 1), ProtocolError);
+  EXPECT_THROW(wm.add({1.0f, 2.0f}, 0), ProtocolError);
+  EXPECT_THROW(wm.add({1.0f, 2.0f}, WeightedMean::kMaxWeight + 1), ProtocolError);
+  EXPECT_THROW(wm.add({1.0f, std::nanf("")}, 1), ProtocolError);
+  EXPECT_THROW(wm.add({std::numeric_limits<float>::infinity(), 0.0f}, 1), ProtocolError);
+  // Beyond the accumulator's range (|w * value| >= 2^60): refused, not wrapped around.
+  EXPECT_THROW(wm.add({1.0f, 3e38f}, 1), ProtocolError);
+  EXPECT_THROW(wm.add({1.0f, 1e18f}, 4096), ProtocolError);
   // Rejected updates leave no trace.
   EXPECT_EQ(wm.count(), 0u);
   EXPECT_EQ(wm.total_weight(), 0.0);
-  wm.add({4.0f, 8.0f}, 2.0);
+  wm.add({4.0f, 8.0f}, 2);
   EXPECT_EQ(wm.mean(), (std::vector<double>{4.0, 8.0}));
+}
+
+// Issue "scale": the sum is exact, so every order of the same updates gives the same bits,
+// where a double accumulation does not (the data is chosen so: values 2^40 apart cancel).
+// Large values (beyond the int64 fast path) and tiny ones are in range.
+TEST(WeightedMean, EveryArrivalOrderGivesTheSameBits) {
+  const std::vector<std::vector<float>> deltas = {
+      {1e9f, 3.0e-4f, -2.5f}, {-1e9f, 1.7e-3f, 1e12f}, {3.1e-5f, -9.0e-4f, -1e12f}, {0.1f, 2.2e-7f, 7.0f},
+      {-0.3f, 5.5e-3f, 1e-6f}};
+  const std::vector<uint64_t> weights = {30, 7, 1000, 1, 12};
+  std::vector<size_t> order = {0, 1, 2, 3, 4};
+  std::vector<double> first;
+  std::set<std::vector<double>> naive;
+  do {
+    WeightedMean wm(3);
+    std::vector<double> plain(3, 0.0);
+    double total = 0;
+    for (size_t k : order) {
+      wm.add(deltas[k], weights[k]);
+      for (size_t j = 0; j < 3; ++j) plain[j] += static_cast<double>(weights[k]) * deltas[k][j];
+      total += static_cast<double>(weights[k]);
+    }
+    for (double& v : plain) v /= total;
+    naive.insert(plain);
+    const auto m = wm.mean();
+    if (first.empty()) first = m;
+    ASSERT_EQ(m, first) << "an arrival order changed the exact mean";
+  } while (std::next_permutation(order.begin(), order.end()));
+  EXPECT_GT(naive.size(), 1u) << "the data does not tell orders apart in double: the check is vacuous";
+  // And it is the mean, to the accumulator's resolution (2^-40 per weighted value).
+  const double total = 30 + 7 + 1000 + 1 + 12;
+  for (size_t j = 0; j < 3; ++j) {
+    long double exact = 0;
+    for (size_t k = 0; k < deltas.size(); ++k)
+      exact += static_cast<long double>(weights[k]) * static_cast<long double>(deltas[k][j]);
+    EXPECT_NEAR(first[j], static_cast<double>(exact / total), 1e-9 + 1e-12 * std::fabs(static_cast<double>(exact)))
+        << j;
+  }
 }
 
 }  // namespace

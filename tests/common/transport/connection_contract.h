@@ -21,6 +21,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -311,6 +312,53 @@ TEST_P(ConnectionContract, ByteCountersCountFramingHeaders) {
     };
   };
   run(kDefaultMaxFrameBytes, role(up, down), role(down, up));
+}
+
+// Contract (Connection::watch, for backends that support it; MPI returns false and is
+// skipped by this case's checks, its roles still meeting): the bell rings with the tag when a
+// frame is queued, recv(0) then takes it without waiting, a frame queued before watch() rings
+// at once, a null bell stops the rings, and the peer's close rings too.
+TEST_P(ConnectionContract, WatchRingsForEachFrameAndForTheEnd) {
+  run(
+      kDefaultMaxFrameBytes,
+      [&](Connection& c) {
+        c.send(frame_of(MessageType::kUpdate, "before the watch"));
+        sync();  // the server watches now
+        sync();  // ... and took the first frame
+        c.send(frame_of(MessageType::kUpdate, "watched"));
+        sync();  // the server stopped watching
+        c.send(frame_of(MessageType::kUpdate, "unwatched"));
+        sync();  // the server watches again
+        c.close();
+      },
+      [&](Connection& c) {
+        auto bell = std::make_shared<ArrivalBell>();
+        const auto soon = [] { return std::chrono::steady_clock::now() + 10s; };
+        const auto brief = [] { return std::chrono::steady_clock::now() + 200ms; };
+        sync();
+        std::this_thread::sleep_for(100ms);  // the first frame is queued (or its TLS read lands soon)
+        const bool supported = c.watch(bell, 7);
+        if (!supported) {  // MPI: keep meeting the client
+          sync();
+          sync();
+          sync();
+          return;
+        }
+        EXPECT_EQ(bell->wait_until(soon()), std::optional<uint64_t>(7)) << "a frame queued before watch()";
+        EXPECT_EQ(c.recv(0ms).payload, "before the watch");
+        EXPECT_THROW(c.recv(0ms), TimeoutError);  // nothing else queued: recv(0) does not wait
+        sync();
+        EXPECT_EQ(bell->wait_until(soon()), std::optional<uint64_t>(7));
+        EXPECT_EQ(c.recv(0ms).payload, "watched");
+        c.watch(nullptr, 0);
+        sync();
+        EXPECT_EQ(c.recv(10s).payload, "unwatched");
+        EXPECT_EQ(bell->wait_until(brief()), std::nullopt) << "rang after watch(nullptr)";
+        c.watch(bell, 9);
+        sync();
+        EXPECT_EQ(bell->wait_until(soon()), std::optional<uint64_t>(9)) << "the peer's close";
+        EXPECT_THROW(c.recv(0ms), TransportError);
+      });
 }
 
 }  // namespace fedtl::common::contract
