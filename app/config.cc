@@ -1,5 +1,6 @@
 #include "app/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <iomanip>
@@ -223,6 +224,26 @@ JobConfig from_table(const toml::table& root) {
   job.get("max_samples_per_site", c.max_samples_per_site);
   job.get("early_stopping_patience", c.early_stopping_patience);
   job.get("keep_best", c.keep_best);
+  job.get("concurrency", c.concurrency);
+  {
+    // A count (an integer) or a fraction of the federation (a float).
+    double spr = 0;
+    job.get("sites_per_round", spr);
+    const toml::table* jt = subtable(root, "job");
+    if (const toml::node* n = jt ? jt->get("sites_per_round") : nullptr) {
+      if (n->is_integer()) {
+        c.sites_per_round = *n->value<int64_t>();
+        if (c.sites_per_round < 1)
+          throw ConfigError("job.sites_per_round must be a count >= 1 or a fraction in (0, 1] (got " +
+                            std::to_string(c.sites_per_round) + ")");
+      } else {
+        if (!(spr > 0 && spr <= 1))
+          throw ConfigError("job.sites_per_round must be a count >= 1 or a fraction in (0, 1] (got " + fmt_real(spr) +
+                            ")");
+        c.sites_per_round_fraction = spr;
+      }
+    }
+  }
   job.reject_unknown();
 
   Section data(subtable(root, "data"), "data");
@@ -453,11 +474,24 @@ std::chrono::milliseconds seconds_to_ms(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0));
 }
 
+uint32_t sites_per_round_count(const JobConfig& c, uint32_t num_sites) {
+  if (num_sites == 0) return 0;
+  if (c.sites_per_round > 0) return static_cast<uint32_t>(std::min<int64_t>(c.sites_per_round, num_sites));
+  if (c.sites_per_round_fraction > 0 && c.sites_per_round_fraction < 1)
+    return static_cast<uint32_t>(std::clamp<long>(std::lround(c.sites_per_round_fraction * num_sites), 1, num_sites));
+  return 0;
+}
+
 void validate(const JobConfig& c) {
   // [job]
   int_range("job.sites", c.partition.sites, 1, kMaxSites);
   int_range("job.rounds", c.rounds, 1, kMaxRounds);
   int_range("job.threads", c.threads, 1, kMaxThreads);
+  int_range("job.concurrency", c.concurrency, 0, kMaxThreads, " (0 = one per core)");
+  int_range("job.sites_per_round", c.sites_per_round, 0, kMaxSites);
+  require(c.sites_per_round == 0 || c.privacy.sampling_rate >= 1,
+          "job.sites_per_round and privacy.sampling_rate both sample sites: set one (with job.sites_per_round the "
+          "accountant's sampling rate is sites_per_round / sites)");
   seconds_range("job.round_timeout_s", c.round_timeout_s);
   seconds_range("job.liveness_timeout_s", c.liveness_timeout_s);
   int_range("job.status_port", c.status_port, 0, 65535);

@@ -181,6 +181,14 @@ struct JobConfig {
   int64_t rounds = 30;
   std::string out = "runs/job";
   int64_t threads = 1;             // LibTorch intra-op threads per process (1 = reproducible)
+  // fedtl simulate: sites that compute at once (0: one per core); the others hold only their
+  // labels and feature caches (app/site_trainer.h ModelPool).
+  int64_t concurrency = 0;
+  // job.sites_per_round: the sites each training round samples, seeded by the job seed and
+  // the round: a count (sites_per_round > 0) or a fraction of the federation
+  // (sites_per_round_fraction in (0, 1]); both 0: every site. See sites_per_round_count().
+  int64_t sites_per_round = 0;
+  double sites_per_round_fraction = 0;
   double round_timeout_s = 600;    // per-round deadline for site updates
   double liveness_timeout_s = 60;  // silence (no update, no heartbeat) that marks a site dead
   double quorum_wait_s = 3600;     // below min_sites: wait this long for sites to (re)join
@@ -258,5 +266,9 @@ JobConfig load_job_config(const std::string& path);
 JobConfig parse_job_config(const std::string& toml_text, const std::string& origin = "<string>");
 // Checks ranges and consistency; throws ConfigError naming the offending key.
 void validate(const JobConfig& cfg);
+
+// job.sites_per_round resolved for a federation of num_sites sites: 0 (every site) or a count
+// in [1, num_sites] (a fraction rounds to the nearest count, at least 1).
+uint32_t sites_per_round_count(const JobConfig& cfg, uint32_t num_sites);
 
 }  // namespace fedtl::app

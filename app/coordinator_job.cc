@@ -113,6 +113,16 @@ std::unique_ptr<coordinator::Coordinator> CoordinatorJob::make_coordinator(const
                            static_cast<uint32_t>(names.empty() ? cfg_.partition.sites : static_cast<int64_t>(names.size())));
   copt.backbone = backbone_;
   copt.min_sites = static_cast<size_t>(cfg_.min_sites);
+  {
+    const auto n = static_cast<uint32_t>(names.empty() ? cfg_.partition.sites : static_cast<int64_t>(names.size()));
+    copt.sites_per_round = sites_per_round_count(cfg_, n);
+    if (copt.sites_per_round > 0 && copt.sites_per_round < copt.min_sites)
+      throw ConfigError("job.sites_per_round samples " + std::to_string(copt.sites_per_round) +
+                        " sites a round, fewer than job.min_sites = " + std::to_string(copt.min_sites) +
+                        ": every round would be abandoned");
+    if (copt.sites_per_round > 0)
+      spdlog::info("each round samples {} of the {} sites (job.sites_per_round)", copt.sites_per_round, n);
+  }
   copt.round_timeout = seconds_to_ms(cfg_.round_timeout_s);
   copt.site_names = names;
   copt.liveness_timeout = seconds_to_ms(cfg_.liveness_timeout_s);

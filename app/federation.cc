@@ -49,8 +49,8 @@ std::pair<std::string, uint16_t> split_address(const std::string& addr, const st
 milliseconds ms(double seconds) { return seconds_to_ms(seconds); }  // saturating, never overflows
 
 // Backbones the site already holds, by digest (files named <sha256>.pt, re-verified).
-std::map<std::string, std::string> load_backbone_cache(const std::string& dir) {
-  std::map<std::string, std::string> cache;
+std::map<std::string, std::shared_ptr<const std::string>> load_backbone_cache(const std::string& dir) {
+  std::map<std::string, std::shared_ptr<const std::string>> cache;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return cache;
   for (const auto& e : fs::directory_iterator(dir)) {
@@ -61,7 +61,7 @@ std::map<std::string, std::string> load_backbone_cache(const std::string& dir) {
       spdlog::warn("ignoring cached backbone {}: its content does not match its name", e.path().string());
       continue;
     }
-    cache.emplace(sha, std::move(bytes));
+    cache.emplace(sha, std::make_shared<const std::string>(std::move(bytes)));
   }
   return cache;
 }

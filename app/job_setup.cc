@@ -329,15 +329,19 @@ v1::JobSpec make_job_spec(const app::JobConfig& cfg, const std::string& sha, uin
   if (cfg.privacy.mode) {
     auto* pv = j.mutable_privacy();
     pv->set_mode(protocols::to_wire(cfg.privacy.mode));
+    // Site sampling: privacy.sampling_rate (each site by a coin), or job.sites_per_round (k of
+    // the N sites, q = k / N: the accountant's Poisson analysis is the usual stand-in for
+    // sampling a fixed number without replacement).
+    const uint32_t per_round = sites_per_round_count(cfg, num_sites);
+    const double q = per_round > 0 ? static_cast<double>(per_round) / num_sites : cfg.privacy.sampling_rate;
     double sigma = cfg.privacy.noise_multiplier;
     if (sigma <= 0)  // calibrate: the smallest sigma that keeps epsilon within target over the job
-      sigma = protocols::dp::noise_multiplier(cfg.privacy.target_epsilon, cfg.privacy.sampling_rate, cfg.rounds,
-                                              cfg.privacy.delta);
+      sigma = protocols::dp::noise_multiplier(cfg.privacy.target_epsilon, q, cfg.rounds, cfg.privacy.delta);
     pv->set_noise_multiplier(sigma);
     pv->set_clip_norm(cfg.privacy.clip_norm);
-    pv->set_sampling_rate(cfg.privacy.sampling_rate);
-    pv->set_expected_sites(
-        std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(cfg.privacy.sampling_rate * num_sites))));
+    pv->set_sampling_rate(q);
+    pv->set_expected_sites(per_round > 0 ? per_round
+                                         : std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(q * num_sites))));
     if (cfg.privacy.mode == protocols::dp::NoiseMode::kDistributed && !cfg.secagg.enabled.value_or(false))
       throw ConfigError("privacy.mode = \"distributed\" needs secure aggregation (the coordinator must never see an "
                         "un-noised sum of fewer than all shares); set [secure_aggregation] enabled = true");

@@ -6,7 +6,10 @@
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <map>
+#include <mutex>
 #include <numeric>
+#include <optional>
 #include <thread>
 
 #include "app/run.h"
@@ -17,6 +20,7 @@
 #include "common/seeds.h"
 #include "common/files.h"
 #include "common/transport/inproc.h"
+#include "protocols/messages.h"
 #include "common/data/partition.h"
 #include "common/sha256.h"
 #include "worker/worker.h"
@@ -27,6 +31,61 @@ namespace {
 using common::model::TransferModel;
 using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
+
+// A simulated site's end of its in-process connection. It takes a frame off the queue only
+// once it holds one of the process's compute slots, and keeps the slot until it next waits for
+// a frame (by then the frame is handled and its reply sent). However many sites a simulation
+// runs, at most job.concurrency frames (each a round's parameters) are decoded and worked on at
+// once; the others wait, undecoded, in their queues. While it waits for a slot the site sends a
+// Heartbeat every `beat`, as a site that is training does, so the coordinator does not take it
+// for dead.
+class SlotGatedConnection final : public common::Connection {
+ public:
+  SlotGatedConnection(common::Connection& inner, common::ComputeSlots& slots, common::Millis beat)
+      : inner_(inner), slots_(slots), beat_(beat), bell_(std::make_shared<common::ArrivalBell>()) {
+    inner_.watch(bell_, 0);
+  }
+  ~SlotGatedConnection() override { inner_.watch(nullptr, 0); }
+
+  void send(const common::Frame& frame) override {
+    std::lock_guard<std::mutex> lock(send_mu_);
+    inner_.send(frame);
+  }
+  common::Frame recv(common::Millis timeout) override {
+    held_.reset();  // the previous frame is handled
+    const auto deadline = Clock::now() + std::min<common::Millis>(timeout, std::chrono::hours(24 * 365));
+    for (;;) {
+      if (!bell_->wait_until(deadline))
+        throw TimeoutError("no message from " + inner_.peer_name() + " within " + std::to_string(timeout.count()) +
+                           " ms");
+      for (;;) {
+        held_.emplace(&slots_, beat_);
+        if (held_->held()) break;
+        held_.reset();
+        v1::Heartbeat hb;
+        send(protocols::to_frame(hb));  // waiting for a slot, not gone
+      }
+      try {
+        return inner_.recv(common::Millis(0));
+      } catch (const TimeoutError&) {
+        held_.reset();  // a ring for a frame an earlier ring already took
+      }
+    }
+  }
+  void close() override { inner_.close(); }
+  std::string peer_name() const override { return inner_.peer_name(); }
+  std::string peer_address() const override { return inner_.peer_address(); }
+  uint64_t bytes_sent() const override { return inner_.bytes_sent(); }
+  uint64_t bytes_received() const override { return inner_.bytes_received(); }
+
+ private:
+  common::Connection& inner_;
+  common::ComputeSlots& slots_;
+  common::Millis beat_;
+  std::shared_ptr<common::ArrivalBell> bell_;
+  std::optional<common::ComputeSlots::Guard> held_;
+  std::mutex send_mu_;  // the worker's heartbeat thread and this one both send
+};
 
 // Accuracy a site would see: per-class recall weighted by the site's class mix.
 double mix_accuracy(const std::vector<std::vector<int64_t>>& confusion, const std::vector<int64_t>& counts) {
@@ -144,18 +203,28 @@ SimulateResult run_simulate(const app::JobConfig& cfg, const common::StopSignal*
     coord->add_site(std::move(coord_end));
     worker_ends.push_back(std::move(worker_end));
   }
-  // As many sites compute at once as there are cores; the rest wait their turn.
-  common::ComputeSlots slots(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  // job.concurrency sites compute at once (default: one per core); the rest wait their turn,
+  // holding no model (the pool's are shared) and no decoded frame (SlotGatedConnection).
+  const int concurrency = cfg.concurrency > 0 ? static_cast<int>(cfg.concurrency)
+                                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  common::ComputeSlots slots(concurrency);
+  ModelPool models(concurrency);
+  // Every site holds the backbone already (the coordinator's own bytes, shared read-only): the
+  // handshake sends no chunks (the site's Hello lists the digest, as a site with a cache does).
+  std::map<std::string, std::shared_ptr<const std::string>> backbones;
+  backbones.emplace(job.backbone_sha256(), std::make_shared<const std::string>(job.backbone()));
   std::vector<std::string> worker_errors(static_cast<size_t>(n));
   std::vector<std::thread> threads;
   for (int i = 0; i < n; ++i) {
     threads.emplace_back([&, i] {
       const auto idx = static_cast<size_t>(i);
       try {
-        SiteTrainer trainer(data.target_train.subset(parts[idx]), &slots);
+        SiteTrainer trainer(data.target_train.subset(parts[idx]), &models, nullptr);
         worker::WorkerOptions wopt;
         wopt.site_name = names[idx];
-        worker::Worker(*worker_ends[idx], trainer, wopt).run();
+        wopt.backbone_cache = backbones;  // the process's one copy: nothing to download
+        SlotGatedConnection gated(*worker_ends[idx], slots, wopt.heartbeat_interval);
+        worker::Worker(gated, trainer, wopt).run();
       } catch (const std::exception& e) {
         worker_errors[idx] = e.what();
         spdlog::error("{} failed: {}", names[idx], e.what());

@@ -2,6 +2,14 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <optional>
 
 #include "common/compute_slots.h"
 #include "common/data/image_set.h"
@@ -9,6 +17,44 @@
 #include "worker/site_runtime.h"
 
 namespace fedtl::app {
+
+// The models of the simulated sites of one process (`fedtl simulate`), and the threads that
+// use them: `threads` workers (job.concurrency), each with a model of its own built on first
+// use. A site runs each computation (feature caching, a round's training, validation,
+// evaluation) on one of them through run(), so between rounds it holds no model, and only
+// these few threads ever touch LibTorch (its per-thread buffers, BLAS's among them, do not grow
+// with the sites). A model serves every site as well as a site's own would: the backbone never
+// changes in place (eval mode, frozen values) and every use loads the round's trained values
+// first (load_round), which cover every value any earlier round trained (the trained set only
+// grows: protocols/schedule.h). The backbone's bytes are kept once. Thread-safe.
+class ModelPool {
+ public:
+  explicit ModelPool(int threads);
+  ~ModelPool();  // finishes queued work, joins the threads
+  ModelPool(const ModelPool&) = delete;
+  ModelPool& operator=(const ModelPool&) = delete;
+  // The job every site of the pool runs, with its (verified) backbone: the first call keeps a
+  // copy of the bytes; a later call for another backbone or model throws ModelError.
+  void adopt(const v1::JobSpec& job, const std::string& backbone_bytes);
+  // Runs fn on a pool thread with that thread's model (built on first use from the adopted
+  // job) and waits; rethrows what fn threw. Throws ModelError before adopt().
+  void run(const std::function<void(common::model::TransferModel&)>& fn);
+  size_t built() const;  // models built so far (at most `threads`)
+
+ private:
+  struct Task;
+  void serve();
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Task*> queue_;
+  bool stopping_ = false;
+  bool adopted_ = false;
+  std::string key_;  // backbone digest + model spec + layout of the adopted job
+  v1::JobSpec job_;
+  std::string backbone_;
+  size_t built_ = 0;
+  std::vector<std::thread> threads_;
+};
 
 class SiteTrainer : public worker::SiteRuntime {
  public:
@@ -21,6 +67,12 @@ class SiteTrainer : public worker::SiteRuntime {
       : loader_(std::move(loader)), slots_(slots) {}
   explicit SiteTrainer(common::ImageSet data, common::ComputeSlots* slots = nullptr)
       : data_(std::move(data)), loaded_(true), slots_(slots) {}
+  // A simulated site (`fedtl simulate`): each computation runs on `pool` (shared by the
+  // process's sites, not owned) with one of its models, and once its features are cached the
+  // site drops its images, so between rounds it holds only its labels and feature caches.
+  // `slots` may be null (the pool's threads bound the computing).
+  SiteTrainer(common::ImageSet data, ModelPool* pool, common::ComputeSlots* slots)
+      : data_(std::move(data)), loaded_(true), slots_(slots), pool_(pool) {}
   // prepare() loads the data, builds the model and caches the frozen-prefix features (of the
   // training and validation splits) before the site reports Ready, so the first round's
   // deadline is not spent on forward passes; progress is logged while it runs.
@@ -47,13 +99,18 @@ class SiteTrainer : public worker::SiteRuntime {
   common::ImageSet data_;
   bool loaded_ = false;
   common::ComputeSlots* slots_ = nullptr;
+  ModelPool* pool_ = nullptr;
+  bool prepared_ = false;
+  uint64_t train_count_ = 0, validation_count_ = 0;  // images in each split (kept when images are dropped)
   uint64_t max_backbone_bytes_ = uint64_t{2} << 30;
   v1::JobSpec job_;
   common::ImageSet train_, validation_;  // data_ split by the job's validation fraction
   std::unique_ptr<common::model::TransferModel> model_;
   std::unique_ptr<common::model::FeatureSet> features_, validation_features_;
   v1::InputStats input_stats_;
-  worker::ValidationFigures evaluate_validation();
+  worker::ValidationFigures evaluate_validation(common::model::TransferModel& model);
+  // Runs fn with the site's model: its own, on this thread, or a pool thread's.
+  void with_model(const std::function<void(common::model::TransferModel&)>& fn);
 };
 
 }  // namespace fedtl::app

@@ -21,6 +21,19 @@ class ComputeSlots {
       s_->cv_.wait(lock, [&] { return s_->free_ > 0; });
       --s_->free_;
     }
+    // Waits at most `wait` for a slot; held() says whether one was taken.
+    template <class Duration>
+    Guard(ComputeSlots* s, Duration wait) : s_(s) {
+      if (!s_) return;
+      std::unique_lock<std::mutex> lock(s_->mu_);
+      if (!s_->cv_.wait_for(lock, wait, [&] { return s_->free_ > 0; })) {
+        s_ = nullptr;
+        held_ = false;
+        return;
+      }
+      --s_->free_;
+    }
+    bool held() const { return held_; }
     ~Guard() {
       if (!s_) return;
       {
@@ -34,6 +47,7 @@ class ComputeSlots {
 
    private:
     ComputeSlots* s_;
+    bool held_ = true;
   };
 
  private:

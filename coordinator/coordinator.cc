@@ -178,14 +178,32 @@ RoundRecord Coordinator::run_round(uint32_t round, bool validate_only, Validatio
   start.set_site_evaluation(validate_only && opt_.site_evaluation);
   if (dp_) start.set_clip_norm(current_clip_norm());
   rec.clip_norm = current_clip_norm();
-  const common::Frame start_frame = to_frame(start);
-  // DP site sampling: each site takes part with probability q (seeded: reproducible).
+  const common::SharedFrame start_frame(to_frame(start));  // encoded once for every site
+  // Site sampling (seeded by job seed and round: reproducible, and resumable): k of the
+  // active sites (sites_per_round), or DP's coin per site with probability q.
   std::mt19937_64 sampler(common::derive_seed(opt_.job.seed(), common::seed_stream::kSiteSampling, round));
   std::uniform_real_distribution<double> coin(0.0, 1.0);
-  for (auto& s : sites_) {
+  std::vector<char> drawn(sites_.size(), 1);
+  const bool fixed_size = !validate_only && opt_.sites_per_round > 0;
+  if (fixed_size) {
+    std::vector<size_t> active;
+    for (size_t i = 0; i < sites_.size(); ++i)
+      if (sites_[i]->info.active) active.push_back(i);
+    const size_t k = std::min(opt_.sites_per_round, active.size());
+    for (size_t j = 0; j < k; ++j) {  // partial Fisher-Yates: the first k of a seeded shuffle
+      std::uniform_int_distribution<size_t> pick(j, active.size() - 1);
+      std::swap(active[j], active[pick(sampler)]);
+    }
+    std::fill(drawn.begin(), drawn.end(), 0);
+    for (size_t j = 0; j < k; ++j) drawn[active[j]] = 1;
+  }
+  for (size_t i = 0; i < sites_.size(); ++i) {
+    auto& s = sites_[i];
     s->in_round = false;
     if (!s->info.active) continue;
-    if (!validate_only && dp_ && dp_->sampling_rate < 1.0 && coin(sampler) >= dp_->sampling_rate) continue;
+    if (!drawn[i]) continue;
+    if (!fixed_size && !validate_only && dp_ && dp_->sampling_rate < 1.0 && coin(sampler) >= dp_->sampling_rate)
+      continue;
     try {
       s->conn->send(start_frame);
       s->in_round = true;

@@ -102,6 +102,11 @@ struct CoordinatorOptions {
   // 0: no heartbeats.
   std::chrono::milliseconds heartbeat_interval{std::chrono::seconds(10)};
   size_t min_sites = 1;
+  // Each training round sends RoundStart to this many of the active sites (0: all), drawn
+  // without replacement from a generator seeded by the job seed and the round (so a resumed
+  // job draws as the uninterrupted one would); the others are not expected that round. Takes
+  // the place of DP's per-site coin (the job's sampling rate is then this / the sites).
+  size_t sites_per_round = 0;
   // The federation's sites in index order. Empty: add_site() appends whoever connects.
   std::vector<std::string> site_names;
   // With a listener: how long to wait for every listed site before starting with at least

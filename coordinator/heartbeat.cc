@@ -31,6 +31,11 @@ class BeatingConnection final : public common::Connection {
     t_->conn->send(frame);
     t_->last_send = Clock::now();
   }
+  void send(const common::SharedFrame& frame) override {
+    std::lock_guard<std::mutex> lock(t_->send_mu);
+    t_->conn->send(frame);
+    t_->last_send = Clock::now();
+  }
   common::Frame recv(common::Millis timeout) override { return t_->conn->recv(timeout); }
   bool watch(std::shared_ptr<common::ArrivalBell> bell, uint64_t tag) override {
     return t_->conn->watch(std::move(bell), tag);

@@ -40,7 +40,7 @@ common::Frame Worker::recv_from_coordinator() {
 
 std::string Worker::receive_backbone(const v1::JobSpec& job) {
   auto it = opt_.backbone_cache.find(job.backbone_sha256());
-  if (it != opt_.backbone_cache.end()) return it->second;
+  if (it != opt_.backbone_cache.end()) return *it->second;
   std::string bytes;
   // Announced sizes were checked against max_backbone_bytes; reserve no more than the bound
   // anyway (chunks beyond the announced size are refused below).
@@ -133,12 +133,13 @@ WorkerResult Worker::run() {
       throw PolicyError("job '" + job.job_name() + "' refused: " + why);
     }
   }
-  const std::string backbone = receive_backbone(job);
+  std::string backbone = receive_backbone(job);
   if (opt_.on_job) opt_.on_job(job, backbone, "");
 
   v1::Ready ready;
   try {
     num_samples_ = runtime_.prepare(job, backbone);
+    std::string().swap(backbone);  // the runtime keeps what it needs; not held for the whole job
     ready.set_num_samples(num_samples_);
     if (opt_.share_input_stats) *ready.mutable_input_stats() = runtime_.input_stats();
   } catch (const fedtl::Error& e) {

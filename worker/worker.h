@@ -27,7 +27,8 @@ namespace fedtl::worker {
 struct WorkerOptions {
   std::string site_name;
   // Backbones this site already holds, by SHA-256 hex digest (the download is skipped).
-  std::map<std::string, std::string> backbone_cache;
+  // Shared, read-only: the simulated sites of one process hold one copy between them.
+  std::map<std::string, std::shared_ptr<const std::string>> backbone_cache;
   // The longest the coordinator may stay silent (no message, not even a Heartbeat: it sends
   // one at least every CoordinatorOptions::heartbeat_interval) before the worker gives up with
   // CoordinatorSilent. Site policy coordinator_silence_s sets it for `fedtl worker`.

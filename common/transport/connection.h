@@ -46,6 +46,22 @@ class ArrivalBell {
   std::deque<uint64_t> rung_;
 };
 
+// A frame encoded once for sending to many connections (a round's broadcast of the global
+// model): backends that can (in-process, TLS) queue or write these same bytes for every
+// receiver instead of encoding a copy each. Immutable; cheap to copy.
+class SharedFrame {
+ public:
+  explicit SharedFrame(const Frame& frame)
+      : type_(frame.type), bytes_(std::make_shared<const std::string>(encode_frame(frame))) {}
+  MessageType type() const { return type_; }
+  // header + payload, as encode_frame writes them
+  const std::shared_ptr<const std::string>& bytes() const { return bytes_; }
+
+ private:
+  MessageType type_;
+  std::shared_ptr<const std::string> bytes_;
+};
+
 // One bidirectional, ordered, reliable channel between two parties.
 // Thread safety: one thread may send while another receives; concurrent sends (or
 // concurrent receives) on the same connection must be serialised by the caller.
@@ -55,6 +71,8 @@ class Connection {
   // Sends one frame. Blocks until the frame is handed to the backend (not until the peer
   // read it). Throws TransportError if the connection is closed or broken.
   virtual void send(const Frame& frame) = 0;
+  // The same for a frame encoded once (SharedFrame); by default decoded and sent as above.
+  virtual void send(const SharedFrame& frame) { send(decode_frame(*frame.bytes(), ~uint32_t{0})); }
   // Receives the next frame, waiting up to `timeout`. Throws TimeoutError when nothing
   // arrived in time (the connection stays usable), TransportError when the peer closed or
   // the connection broke, ProtocolError for a malformed/oversized frame (the connection is

@@ -19,7 +19,8 @@ namespace {
 struct SharedPipe {
   std::mutex mu;
   std::condition_variable cv[2];  // cv[i]: frames for side i, or closed
-  std::deque<std::string> queue[2];  // queue[i]: encoded frames waiting for side i
+  // queue[i]: encoded frames waiting for side i (shared: a broadcast queues one buffer for all)
+  std::deque<std::shared_ptr<const std::string>> queue[2];
   bool closed = false;
   // Arrival notices for side i (Connection::watch).
   std::shared_ptr<ArrivalBell> bell[2];
@@ -35,8 +36,13 @@ class InprocConnection final : public Connection {
   ~InprocConnection() override { close(); }
 
   void send(const Frame& frame) override {
-    std::string bytes = common::encode_frame(frame);  // outside the lock
-    const size_t n = bytes.size();
+    push(std::make_shared<const std::string>(common::encode_frame(frame)));  // encoded outside the lock
+  }
+  void send(const SharedFrame& frame) override { push(frame.bytes()); }
+
+ private:
+  void push(std::shared_ptr<const std::string> bytes) {
+    const size_t n = bytes->size();
     const int other = 1 - side_;
     std::shared_ptr<ArrivalBell> bell;
     uint64_t tag = 0;
@@ -52,8 +58,10 @@ class InprocConnection final : public Connection {
     sent_ += n;
   }
 
+ public:
+
   Frame recv(Millis timeout) override {
-    std::string bytes;
+    std::shared_ptr<const std::string> bytes;
     {
       std::unique_lock<std::mutex> lock(pipe_->mu);
       auto& q = pipe_->queue[side_];
@@ -71,9 +79,9 @@ class InprocConnection final : public Connection {
       bytes = std::move(q.front());
       q.pop_front();
     }
-    received_ += bytes.size();
+    received_ += bytes->size();
     try {
-      return common::decode_frame(bytes, max_);
+      return common::decode_frame(*bytes, max_);
     } catch (const ProtocolError&) {
       close();
       throw;

@@ -399,7 +399,13 @@ class TlsConnection final : public Connection {
   ~TlsConnection() override { close(); }
 
   void send(const Frame& frame) override {
-    auto bytes = std::make_shared<std::string>(common::encode_frame(frame));
+    write(std::make_shared<const std::string>(common::encode_frame(frame)));
+  }
+  // One buffer for every site of a broadcast: no copy per connection.
+  void send(const SharedFrame& frame) override { write(frame.bytes()); }
+
+ private:
+  void write(std::shared_ptr<const std::string> bytes) {
     std::lock_guard<std::mutex> send_lock(send_mu_);
     {
       std::lock_guard<std::mutex> lock(s_->mu);
@@ -446,6 +452,8 @@ class TlsConnection final : public Connection {
     }
     s_->sent += bytes->size();
   }
+
+ public:
 
   Frame recv(Millis timeout) override {
     std::unique_lock<std::mutex> lock(s_->mu);

@@ -154,7 +154,7 @@ TEST_F(WorkerTest, FullJobHelloReadyUpdatesShutdown) {
 
 // Contract: a site holding the backbone lists its digest in Hello and expects no download.
 TEST_F(WorkerTest, CachedBackboneSkipsTheDownload) {
-  opt.backbone_cache[common::sha256_hex(kBackbone)] = kBackbone;
+  opt.backbone_cache[common::sha256_hex(kBackbone)] = std::make_shared<const std::string>(kBackbone);
   auto run = start();
   const auto h = hello();
   ASSERT_EQ(h.backbone_sha256_size(), 1);
