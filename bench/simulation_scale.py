@@ -1,13 +1,16 @@
 #!/usr/bin/python3
-"""simulation_scale: `fedtl simulate` with 100 sites x 5 rounds in one process.
+"""simulation_scale: `fedtl simulate` with 100 sites x 5 rounds in one process, and 1,000 sites.
 
 Runs build/fedtl simulate on bench/simulation_scale.toml REPS times and reports medians of:
   startup_ms_per_site  "sites started/connected and ready in X s" (logged by run_simulate: from starting
                        the site threads until every site has loaded the backbone, built its
                        model and cached its features and the first round could begin) / sites
   peak_rss_mb          the fedtl process's peak resident set (wait4 rusage, ru_maxrss)
-plus wall time and mean round time. The backbone is made first (fedtl pretrain) when its file
-is missing, so pre-training never counts towards these figures.
+plus wall time and mean round time. Then the same job at 1,000 sites x 25 labels x 2 rounds
+(personalisation off, as in the issue's measurement), REPS times, reporting medians of
+peak_rss_mb_1000, startup_ms_per_site_1000 and round_s_1000 (the steady round: round 2).
+The backbone is made first (fedtl pretrain) when its file is missing, so pre-training never
+counts towards these figures.
 
 Usage: simulation_scale.py [--fedtl build/fedtl] [--job bench/simulation_scale.toml] [--reps 3]
 Prints one JSON object.
@@ -39,6 +42,24 @@ def backbone_path(job):
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(job)), path)) if path else None
 
 
+def thousand_site_job(job, out_dir):
+    """The bench job at 1,000 sites x 25 labels x 2 rounds, written beside the outputs (paths
+    made absolute, as a copied job file needs)."""
+    text = open(job).read()
+    bb = backbone_path(job)
+    text = re.sub(r"^sites = \d+", "sites = 1000", text, flags=re.M)
+    text = re.sub(r"^rounds = \d+", "rounds = 2", text, flags=re.M)
+    text = re.sub(r"^samples_per_site = \d+", "samples_per_site = 25", text, flags=re.M)
+    text = re.sub(r'^out = .*$', 'out = "%s"' % os.path.abspath(out_dir + "_1000"), text, flags=re.M)
+    text = re.sub(r'^path = .*$', 'path = "%s"' % bb, text, flags=re.M)
+    text += "\n[evaluation]\npersonalize_epochs = 0\n"
+    os.makedirs(out_dir + "_1000", exist_ok=True)
+    path = os.path.join(out_dir + "_1000", "job.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def run_once(fedtl, job, out_dir):
     with tempfile.TemporaryFile(mode="w+") as log:
         t0 = time.perf_counter()
@@ -68,6 +89,7 @@ def run_once(fedtl, job, out_dir):
         "cpu_user_s": ru.ru_utime,
         "cpu_sys_s": ru.ru_stime,
         "round_s_mean": statistics.mean(r["seconds"] for r in rounds) if rounds else None,
+        "round_s_last": rounds[-1]["seconds"] if rounds else None,
         "sites": sites,
         "rounds": int(summary["rounds"]),
         "federated_accuracy": summary["federated_accuracy"],
@@ -88,12 +110,18 @@ def main():
         subprocess.run([a.fedtl, "pretrain", "-c", a.job], check=True, stdout=subprocess.DEVNULL)
 
     runs = [run_once(a.fedtl, a.job, a.out) for _ in range(max(1, a.reps))]
+    big = [run_once(a.fedtl, thousand_site_job(a.job, a.out), a.out + "_1000") for _ in range(max(1, a.reps))]
     med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
     out = {k: med(k) for k in ("startup_ms_per_site", "peak_rss_mb", "startup_s", "wall_s", "cpu_user_s",
                                "cpu_sys_s", "round_s_mean", "federated_accuracy")}
     out.update({"sites": runs[0]["sites"], "rounds": runs[0]["rounds"], "reps": len(runs),
                 "startup_ms_per_site_all": [r["startup_ms_per_site"] for r in runs],
                 "peak_rss_mb_all": [r["peak_rss_mb"] for r in runs]})
+    out.update({"peak_rss_mb_1000": statistics.median(r["peak_rss_mb"] for r in big),
+                "startup_ms_per_site_1000": statistics.median(r["startup_ms_per_site"] for r in big),
+                "round_s_1000": statistics.median(r["round_s_last"] for r in big),
+                "round_s_1000_all": [r["round_s_last"] for r in big],
+                "peak_rss_mb_1000_all": [r["peak_rss_mb"] for r in big]})
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 

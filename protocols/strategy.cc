@@ -146,12 +146,16 @@ void WeightedMean::add(const std::vector<float>& delta, uint64_t weight) {
   if (count_ >= kMaxUpdates) throw ProtocolError("more than 2^26 updates in one mean");
   const double w = static_cast<double>(weight);
   const double limit = std::ldexp(1.0, kMaxMagnitudeBits);
-  for (size_t i = 0; i < delta.size(); ++i) {
-    if (!std::isfinite(delta[i])) {
-      throw ProtocolError("update value at index " + std::to_string(i) + " is not finite");
-    }
-    if (!(std::fabs(w * static_cast<double>(delta[i])) < limit)) {
-      throw ProtocolError("update value at index " + std::to_string(i) + " times its weight is beyond 2^60");
+  // One branch-free pass finds whether any value is out of range (NaN and inf fail `<` too);
+  // only then is the first culprit looked for, to name it.
+  bool bad = false;
+  for (size_t i = 0; i < delta.size(); ++i) bad |= !(std::fabs(w * static_cast<double>(delta[i])) < limit);
+  if (bad) {
+    for (size_t i = 0; i < delta.size(); ++i) {
+      if (!std::isfinite(delta[i]))
+        throw ProtocolError("update value at index " + std::to_string(i) + " is not finite");
+      if (!(std::fabs(w * static_cast<double>(delta[i])) < limit))
+        throw ProtocolError("update value at index " + std::to_string(i) + " times its weight is beyond 2^60");
     }
   }
   const double scale = std::ldexp(w, kFractionBits);

@@ -22,6 +22,7 @@
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "common/errors.h"
@@ -1044,6 +1045,71 @@ TEST_F(CoordinatorTest, AnUpdateIsTakenOnArrivalNotBehindSilentSites) {
   expect_params(res.params, 2.f);
   EXPECT_FALSE(site(res, "site-1").active);
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 8);
+}
+
+// Contract (job.sites_per_round): each training round sends RoundStart to exactly k of the
+// active sites, the draw differs between rounds, and it is a function of seed and round alone:
+// a job resumed from round 1's checkpoint draws rounds 2-3 as the uninterrupted job did and
+// ends at the same model.
+TEST_F(CoordinatorTest, SitesPerRoundDrawsKSitesSeededAndResumable) {
+  constexpr size_t kSites = 6, kPerRound = 2;
+  const std::vector<std::string> names = {"site-0", "site-1", "site-2", "site-3", "site-4", "site-5"};
+  struct Run {
+    std::vector<std::vector<uint32_t>> rounds_seen{kSites};  // per site, the rounds it trained in
+    Coordinator::Result res;
+    std::vector<common::Checkpoint> checkpoints;
+  };
+  auto run = [&](std::optional<common::Checkpoint> resume) {
+    Run out;
+    std::mutex mu;
+    std::vector<std::unique_ptr<FakeSite>> sites;
+    auto opt = base_options(3, names, kPerRound);
+    opt.sites_per_round = kPerRound;
+    opt.checkpoint = [&](const common::Checkpoint& c) { out.checkpoints.push_back(c); };
+    std::vector<float> init(kParams, 0.f);
+    if (resume) init = resume->params;
+    opt.resume = resume;
+    Coordinator coord(std::move(opt), fedavg(), eval, init);
+    for (size_t i = 0; i < kSites; ++i) {
+      sites.push_back(std::make_unique<FakeSite>(names[i]));
+      sites.back()->start([&, i](Connection& c, SiteLog& log) {
+        site_handshake(c, names[i], 10);
+        answer_rounds(c, log, [&, i](const v1::RoundStart& s) {
+          std::lock_guard<std::mutex> lock(mu);
+          out.rounds_seen[i].push_back(s.round());
+          return std::optional<Frame>(
+              update_frame(s.round(), 10, std::vector<float>(kParams, static_cast<float>(i + 1) * s.round())));
+        });
+      });
+      coord.add_site(std::move(sites.back()->coord_end));
+    }
+    out.res = coord.run(nullptr);
+    for (auto& s : sites) s->thread.join();
+    return out;
+  };
+  const Run full = run(std::nullopt);
+  ASSERT_EQ(full.res.rounds.size(), 3u);
+  std::vector<std::set<size_t>> drawn(4);
+  for (size_t i = 0; i < kSites; ++i)
+    for (uint32_t r : full.rounds_seen[i]) drawn[r].insert(i);
+  for (uint32_t r = 1; r <= 3; ++r) {
+    EXPECT_EQ(drawn[r].size(), kPerRound) << "round " << r;
+    EXPECT_EQ(full.res.rounds[r - 1].sites_active, kPerRound);
+    EXPECT_EQ(full.res.rounds[r - 1].sites_reported, kPerRound);
+  }
+  EXPECT_FALSE(drawn[1] == drawn[2] && drawn[2] == drawn[3]) << "every round drew the same sites";
+  for (const auto& s : full.res.sites) EXPECT_TRUE(s.active) << s.name << ": not drawn is not dropped";
+  ASSERT_GE(full.checkpoints.size(), 1u);
+
+  const Run resumed = run(full.checkpoints[0]);
+  ASSERT_EQ(resumed.res.rounds.size(), 2u);
+  for (size_t i = 0; i < kSites; ++i) {
+    std::vector<uint32_t> later;
+    for (uint32_t r : full.rounds_seen[i])
+      if (r > 1) later.push_back(r);
+    EXPECT_EQ(resumed.rounds_seen[i], later) << names[i] << " was drawn differently after the resume";
+  }
+  EXPECT_EQ(resumed.res.params, full.res.params);
 }
 
 }  // namespace
