@@ -18,10 +18,18 @@
 // dataset-fashion-mnist); synthetic images when the package is absent. The backbone weights
 // are the built-in CNN's seeded initialisation (timings do not depend on them).
 //
-// Usage: bench_feature_cache [--reps N] [--site N] [--rounds N] [--epochs N]
+// Case "resnet18" (--backbone FILE --size S): the same rounds x epochs with a TorchScript
+// ResNet-18 trunk (torchvision's, random weights, traced in Python by
+// tests/common/model/make_resnet.py at S x S) frozen whole (freeze = "all") under a linear
+// head; the grey images are replicated to RGB and resized to S x S with ImageNet's
+// normalisation, as a site's images would be.
+//
+// Usage: bench_feature_cache [--reps N] [--site N] [--rounds N] [--epochs N] [--backbone FILE --size S]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <fstream>
+#include <iterator>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -80,7 +88,8 @@ RunResult run(const std::string& backbone, const ModelSpec& spec, const ImageSet
 
 int main(int argc, char** argv) {
   int reps = 5;
-  int64_t site_n = 300, rounds = 10, epochs = 5;
+  int64_t site_n = 300, rounds = 10, epochs = 5, size = 0;
+  std::string backbone_file;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> int64_t {
@@ -92,10 +101,16 @@ int main(int argc, char** argv) {
       else if (a == "--site") site_n = next();
       else if (a == "--rounds") rounds = next();
       else if (a == "--epochs") epochs = next();
+      else if (a == "--size") size = next();
+      else if (a == "--backbone") {
+        if (i + 1 >= argc) throw std::runtime_error("missing value after --backbone");
+        backbone_file = argv[++i];
+      }
       else throw std::runtime_error("unknown option " + a);
     } catch (const std::exception& e) {
       std::cerr << "bench_feature_cache: " << e.what()
-                << "\nusage: bench_feature_cache [--reps N] [--site N] [--rounds N] [--epochs N]\n";
+                << "\nusage: bench_feature_cache [--reps N] [--site N] [--rounds N] [--epochs N] "
+                   "[--backbone FILE --size S]\n";
       return 2;
     }
   }
@@ -124,7 +139,22 @@ int main(int argc, char** argv) {
     spec.unfrozen = 1;
     spec.head = HeadType::kLinear;
     spec.num_classes = 5;
-    const std::string backbone = builtin_cnn(spec.input, 3);
+    std::string backbone;
+    std::string backbone_name = "builtin_cnn";
+    if (backbone_file.empty()) {
+      backbone = builtin_cnn(spec.input, 3);
+    } else {
+      if (size <= 0) throw std::runtime_error("--backbone needs --size (the traced input size)");
+      std::ifstream in(backbone_file, std::ios::binary);
+      if (!in) throw std::runtime_error("cannot read " + backbone_file);
+      backbone.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      backbone_name = backbone_file;
+      spec.input.channels = 3;
+      spec.input.height = spec.input.width = size;
+      spec.input.mean = {0.485, 0.456, 0.406};
+      spec.input.std = {0.229, 0.224, 0.225};
+      spec.freeze = Freeze::kAll;
+    }
 
     run(backbone, spec, site, false, 1, 1);  // warm-up both paths
     run(backbone, spec, site, true, 1, 1);
@@ -160,7 +190,11 @@ int main(int argc, char** argv) {
                 {"rounds", rounds},
                 {"epochs", epochs},
                 {"reps", reps},
-                {"data", data_source}};
+                {"data", data_source},
+                {"backbone", backbone_name},
+                {"freeze", to_string(spec.freeze)},
+                {"input", std::to_string(spec.input.channels) + "x" + std::to_string(spec.input.height) + "x" +
+                              std::to_string(spec.input.width)}};
     std::cout << out.dump() << std::endl;
   } catch (const std::exception& e) {
     std::cerr << "bench_feature_cache: " << e.what() << "\n";

@@ -241,6 +241,51 @@ TEST(TransferModel, ProximalTermKeepsWeightsCloserToStart) {
   EXPECT_LT(dist(prox->params()), 0.8 * dist(plain->params()));
 }
 
+// Issue "scale": a linear head trained alone takes the closed-form gradient path; it makes the
+// same updates as autograd and torch.optim (SGD with momentum, weight decay and a proximal
+// term; Adam), to float rounding, over epochs with a ragged last batch; and a warm-up round of
+// a split backbone (its child not trained) takes it too. `closed_form_linear_head = false` is
+// the autograd path itself.
+TEST(TransferModel, ClosedFormLinearHeadMatchesAutograd) {
+  const std::string bb = builtin_cnn(InputSpec{}, 3);
+  const auto data = synthetic_images(70, 1, 28, 28, 4, 5);  // 70 = 2 batches of 32 + 6
+  struct Case {
+    const char* name;
+    const char* freeze;
+    Optimizer optimizer;
+    double momentum, weight_decay, prox_mu;
+  };
+  for (const Case& c : {Case{"sgd", "all", Optimizer::kSgd, 0.0, 0.0, 0.0},
+                        Case{"sgd+momentum+wd+prox", "all", Optimizer::kSgd, 0.9, 1e-3, 0.5},
+                        Case{"adam+wd", "all", Optimizer::kAdam, 0.0, 1e-3, 0.0},
+                        Case{"warm-up of a split backbone", "all_but_last", Optimizer::kSgd, 0.5, 0.0, 0.0}}) {
+    auto closed = TransferModel::create(bb, cnn_spec(c.freeze), 4);
+    auto autograd = TransferModel::create(bb, cnn_spec(c.freeze), 4);
+    if (std::string(c.freeze) != "all") {
+      closed->set_trained_children(0);
+      autograd->set_trained_children(0);
+    }
+    const auto fc = closed->features(data), fa = autograd->features(data);
+    TrainOptions opt;
+    opt.optimizer = c.optimizer;
+    opt.lr = c.optimizer == Optimizer::kAdam ? 0.01 : 0.1;
+    opt.momentum = c.momentum;
+    opt.weight_decay = c.weight_decay;
+    opt.prox_mu = c.prox_mu;
+    opt.epochs = 3;
+    opt.seed = 17;
+    const auto start = closed->params();
+    const TrainStats a = closed->train(*fc, opt);
+    opt.closed_form_linear_head = false;
+    const TrainStats b = autograd->train(*fa, opt);
+    EXPECT_EQ(a.steps, b.steps) << c.name;
+    EXPECT_NEAR(a.loss, b.loss, 1e-5) << c.name;
+    EXPECT_DOUBLE_EQ(a.accuracy, b.accuracy) << c.name;
+    EXPECT_GT(max_abs_diff(closed->params(), start), 1e-3) << c.name << ": nothing trained";
+    EXPECT_LT(max_abs_diff(closed->params(), autograd->params()), 2e-5) << c.name;
+  }
+}
+
 TEST(TransferModel, GreyImagesAreReplicatedAndResizedForAnRgbBackbone) {
   InputSpec rgb;
   rgb.channels = 3;
