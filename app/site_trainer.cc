@@ -29,9 +29,20 @@ ModelPool::~ModelPool() {
   for (auto& t : threads_) t.join();
 }
 
+namespace {
+std::string pool_key(const v1::JobSpec& job) {
+  return job.backbone_sha256() + job.model().SerializeAsString() + job.layout().SerializeAsString();
+}
+}  // namespace
+
+bool ModelPool::holds(const v1::JobSpec& job) const {
+  const std::string key = pool_key(job);
+  std::lock_guard<std::mutex> lock(mu_);
+  return adopted_ && key == key_;
+}
+
 void ModelPool::adopt(const v1::JobSpec& job, const std::string& backbone_bytes) {
-  const std::string key =
-      job.backbone_sha256() + job.model().SerializeAsString() + job.layout().SerializeAsString();
+  const std::string key = pool_key(job);
   std::lock_guard<std::mutex> lock(mu_);
   if (adopted_) {
     if (key != key_) throw ModelError("a simulated site was sent another backbone or model than its peers");
@@ -102,9 +113,14 @@ uint64_t SiteTrainer::prepare(const v1::JobSpec& job, const std::string& backbon
   job_ = job;
   if (same_job) return train_count_;
   if (pool_ && prepared_) throw DataError("this simulated site dropped its images; it cannot take another job");
-  common::ArchiveLimits limits;
-  limits.max_total_bytes = max_backbone_bytes_;
-  common::check_torchscript_archive(backbone_bytes, limits);
+  // A simulated site whose pool already holds this very backbone (checked by the first site;
+  // the same bytes, shared) skips re-reading the archive: per site that was a backbone-sized
+  // transient, and with thousands of sites the heap fragmented around them.
+  if (!pool_ || !pool_->holds(job)) {
+    common::ArchiveLimits limits;
+    limits.max_total_bytes = max_backbone_bytes_;
+    common::check_torchscript_archive(backbone_bytes, limits);
+  }
   if (!loaded_) {
     data_ = loader_(job);
     loaded_ = true;

@@ -36,6 +36,8 @@ class ModelPool {
   // The job every site of the pool runs, with its (verified) backbone: the first call keeps a
   // copy of the bytes; a later call for another backbone or model throws ModelError.
   void adopt(const v1::JobSpec& job, const std::string& backbone_bytes);
+  // Whether the pool adopted this job's backbone and model already (its archive was checked).
+  bool holds(const v1::JobSpec& job) const;
   // Runs fn on a pool thread with that thread's model (built on first use from the adopted
   // job) and waits; rethrows what fn threw. Throws ModelError before adopt().
   void run(const std::function<void(common::model::TransferModel&)>& fn);

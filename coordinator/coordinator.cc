@@ -164,7 +164,7 @@ RoundRecord Coordinator::run_round(uint32_t round, bool validate_only, Validatio
     up0 += s->received();
     down0 += s->sent();
   }
-  publish_sites();
+  publish_sites(/*force=*/true);
   // Only the values trained this round travel (protocols/schedule.h): the layout's suffix.
   const auto sched = protocols::round_schedule(opt_.job, round);
   rec.trainable_params = sched.trained;
@@ -369,6 +369,7 @@ Coordinator::Result Coordinator::run(const std::function<void(const RoundRecord&
     }
   }
   res.params = params_;
+  publish_sites(/*force=*/true);  // the final states
   for (auto& s : sites_) res.sites.push_back(s->info);
   if (dp_) {
     res.epsilon = dp_->accountant.steps() ? dp_->accountant.epsilon(opt_.privacy.delta) : 0.0;

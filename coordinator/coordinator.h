@@ -260,8 +260,10 @@ class Coordinator {
   void collect_site_evaluations(uint32_t round);
   // refused: the site refused the job (a typed Error frame): it will not come back for it.
   void drop(Site& s, const std::string& reason, bool refused = false);
-  // Refreshes every SiteInfo::state and reports them to opt_.on_sites.
-  void publish_sites();
+  // Refreshes every SiteInfo::state and reports them to opt_.on_sites: at once with `force`,
+  // else at most every 200 ms (a change in between shows with the next).
+  void publish_sites(bool force = false);
+  std::chrono::steady_clock::time_point last_publish_{};
   RoundRecord run_round(uint32_t round);
   // The federation's validation figures of one model.
   struct Validation {

@@ -74,15 +74,6 @@ std::optional<Coordinator::Aggregate> Coordinator::plain_aggregate(uint32_t roun
     if (up.num_samples() == 0) throw ProtocolError("update with 0 samples");
     auto delta = protocols::unpack_tensor(up.delta(), length);
     up.clear_delta();
-    double acc[4] = {0, 0, 0, 0};  // four chains: the sum is latency-bound otherwise
-    size_t j = 0;
-    for (; j + 4 <= delta.size(); j += 4)
-      for (size_t k = 0; k < 4; ++k) acc[k] += static_cast<double>(delta[j + k]) * delta[j + k];
-    for (; j < delta.size(); ++j) acc[0] += static_cast<double>(delta[j]) * delta[j];
-    const double sq = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    if (!(std::sqrt(sq) <= max_norm))  // NaN and inf fail this too
-      throw ProtocolError("update of L2 norm " + std::to_string(std::sqrt(sq)) + " exceeds the bound " +
-                          std::to_string(max_norm) + " (server.max_update_norm)");
     uint64_t samples = up.num_samples();
     if (samples > bound) {
       spdlog::warn("round {}: site '{}' claims {} samples; weighted as {} (job.max_samples_per_site)", round,
@@ -90,12 +81,34 @@ std::optional<Coordinator::Aggregate> Coordinator::plain_aggregate(uint32_t roun
       samples = bound;
     }
     uint64_t weight = opt_.equal_weighting ? 1 : samples;
+    auto norm_error = [&](double sq) {
+      return ProtocolError("update of L2 norm " + std::to_string(std::sqrt(sq)) + " exceeds the bound " +
+                           std::to_string(max_norm) + " (server.max_update_norm)");
+    };
     if (dp_) {  // every site counts the same; in central mode the coordinator clips
       weight = 1;
+      double sq = 0;
+      for (float v : delta) sq += static_cast<double>(v) * v;
+      if (!(std::sqrt(sq) <= max_norm)) throw norm_error(sq);  // NaN and inf fail this too
       if (dp_->params.mode == protocols::dp::NoiseMode::kCentral)
         below_clip += protocols::dp::clip_l2(delta, current_clip_norm()) <= current_clip_norm() ? 1 : 0;
+      mean.add(delta, weight);
+    } else {
+      // The norm comes from the pass that folds the update in; one beyond the bound is taken
+      // back out (exactly: the sum is in integers).
+      double sq = 0;
+      try {
+        sq = mean.add(delta, weight);
+      } catch (const ProtocolError&) {  // a value beyond the sum's range (or not finite):
+        for (float v : delta) sq += static_cast<double>(v) * v;
+        if (!(std::sqrt(sq) <= max_norm)) throw norm_error(sq);  // say so as the bound it broke
+        throw;
+      }
+      if (!(std::sqrt(sq) <= max_norm)) {
+        mean.subtract(delta, weight);
+        throw norm_error(sq);
+      }
     }
-    mean.add(delta, weight);
     fig.weight = static_cast<double>(weight);
     fig.train_loss = up.train_loss();
     fig.train_accuracy = up.train_accuracy();

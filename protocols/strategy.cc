@@ -135,7 +135,11 @@ std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
                     "\" (expected fedavg, fedprox, fedadam or fedyogi)");
 }
 
-void WeightedMean::add(const std::vector<float>& delta, uint64_t weight) {
+namespace {
+constexpr double kFastLimit = 0x1p62;  // |scaled| below this: one cvtsd2si, an int64 addend
+}  // namespace
+
+double WeightedMean::add(const std::vector<float>& delta, uint64_t weight) {
   if (delta.size() != sum_.size()) {
     throw ProtocolError("update has " + std::to_string(delta.size()) + " values, expected " +
                         std::to_string(sum_.size()));
@@ -144,32 +148,55 @@ void WeightedMean::add(const std::vector<float>& delta, uint64_t weight) {
     throw ProtocolError("update weight " + std::to_string(weight) + " must be in [1, 2^32]");
   }
   if (count_ >= kMaxUpdates) throw ProtocolError("more than 2^26 updates in one mean");
-  const double w = static_cast<double>(weight);
-  const double limit = std::ldexp(1.0, kMaxMagnitudeBits);
-  // One branch-free pass finds whether any value is out of range (NaN and inf fail `<` too);
-  // only then is the first culprit looked for, to name it.
-  bool bad = false;
-  for (size_t i = 0; i < delta.size(); ++i) bad |= !(std::fabs(w * static_cast<double>(delta[i])) < limit);
-  if (bad) {
-    for (size_t i = 0; i < delta.size(); ++i) {
-      if (!std::isfinite(delta[i]))
-        throw ProtocolError("update value at index " + std::to_string(i) + " is not finite");
-      if (!(std::fabs(w * static_cast<double>(delta[i])) < limit))
-        throw ProtocolError("update value at index " + std::to_string(i) + " times its weight is beyond 2^60");
-    }
-  }
-  const double scale = std::ldexp(w, kFractionBits);
-  const double fast = std::ldexp(1.0, 62);
-  for (size_t i = 0; i < delta.size(); ++i) {
-    const double x = scale * static_cast<double>(delta[i]);  // exact scaling by 2^40: no extra rounding
-    if (std::fabs(x) < fast) {
-      sum_[i] += static_cast<long long>(std::llrint(x));  // the common case: one instruction
+  // One pass: each value is range-checked, scaled, rounded and added, and its square summed.
+  // A bad value stops the pass and what was added is subtracted again, exactly (integers).
+  const double scale = std::ldexp(static_cast<double>(weight), kFractionBits);  // exact: w <= 2^32
+  const double limit = std::ldexp(1.0, kMaxMagnitudeBits + kFractionBits);
+  double sq[4] = {0, 0, 0, 0};  // independent chains (a single sum is latency-bound)
+  const size_t n = delta.size();
+  size_t i = 0;
+  for (; i < n; ++i) {
+    const double v = static_cast<double>(delta[i]);
+    const double x = scale * v;
+    const double ax = std::fabs(x);
+    if (ax < kFastLimit) {
+      sum_[i] += static_cast<long long>(std::llrint(x));
+    } else if (ax < limit) {  // NaN and inf fail this too
+      sum_[i] += static_cast<__int128>(std::nearbyint(x));  // integral already: exact conversion
     } else {
-      sum_[i] += static_cast<__int128>(std::nearbyint(x));  // integral already; exact conversion
+      break;
     }
+    sq[i & 3] += v * v;
+  }
+  if (i < n) {
+    subtract_first(delta, weight, i);
+    if (!std::isfinite(delta[i]))
+      throw ProtocolError("update value at index " + std::to_string(i) + " is not finite");
+    throw ProtocolError("update value at index " + std::to_string(i) + " times its weight is beyond 2^60");
   }
   weight_ += weight;
   ++count_;
+  return (sq[0] + sq[1]) + (sq[2] + sq[3]);
+}
+
+void WeightedMean::subtract_first(const std::vector<float>& delta, uint64_t weight, size_t n) {
+  const double scale = std::ldexp(static_cast<double>(weight), kFractionBits);
+  for (size_t i = 0; i < n; ++i) {
+    const double x = scale * static_cast<double>(delta[i]);
+    if (std::fabs(x) < kFastLimit) {
+      sum_[i] -= static_cast<long long>(std::llrint(x));
+    } else {
+      sum_[i] -= static_cast<__int128>(std::nearbyint(x));
+    }
+  }
+}
+
+void WeightedMean::subtract(const std::vector<float>& delta, uint64_t weight) {
+  if (delta.size() != sum_.size() || count_ == 0 || weight > weight_)
+    throw ProtocolError("subtracting an update that was not added");
+  subtract_first(delta, weight, delta.size());
+  weight_ -= weight;
+  --count_;
 }
 
 std::vector<double> WeightedMean::mean() const {

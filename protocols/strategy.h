@@ -57,16 +57,20 @@ class WeightedMean {
   static constexpr size_t kMaxUpdates = size_t{1} << 26;  // 2^26 * 2^100 < 2^127
 
   explicit WeightedMean(size_t size) : sum_(size, 0) {}
-  // Adds weight * delta. Throws ProtocolError if delta has the wrong size, weight is 0 or
-  // above kMaxWeight, any value is not finite or out of range, or kMaxUpdates were added;
-  // a rejected update leaves no trace.
-  void add(const std::vector<float>& delta, uint64_t weight);
+  // Adds weight * delta and returns Σ delta[j]² (the update's squared L2 norm, from the same
+  // pass: a caller bounding the norm subtracts an update it then rejects). Throws
+  // ProtocolError if delta has the wrong size, weight is 0 or above kMaxWeight, any value is
+  // not finite or out of range, or kMaxUpdates were added; a rejected update leaves no trace.
+  double add(const std::vector<float>& delta, uint64_t weight);
+  // Takes back an update added with the same delta and weight: exactly, as if it never was.
+  void subtract(const std::vector<float>& delta, uint64_t weight);
   double total_weight() const { return static_cast<double>(weight_); }
   size_t count() const { return count_; }
   // Σ w_i Δ_i / Σ w_i. Throws ProtocolError if nothing was added.
   std::vector<double> mean() const;
 
  private:
+  void subtract_first(const std::vector<float>& delta, uint64_t weight, size_t n);
   std::vector<__int128> sum_;
   uint64_t weight_ = 0;
   size_t count_ = 0;

@@ -38,9 +38,9 @@ common::Frame Worker::recv_from_coordinator() {
   }
 }
 
-std::string Worker::receive_backbone(const v1::JobSpec& job) {
+std::shared_ptr<const std::string> Worker::receive_backbone(const v1::JobSpec& job) {
   auto it = opt_.backbone_cache.find(job.backbone_sha256());
-  if (it != opt_.backbone_cache.end()) return *it->second;
+  if (it != opt_.backbone_cache.end()) return it->second;
   std::string bytes;
   // Announced sizes were checked against max_backbone_bytes; reserve no more than the bound
   // anyway (chunks beyond the announced size are refused below).
@@ -62,7 +62,7 @@ std::string Worker::receive_backbone(const v1::JobSpec& job) {
     throw ProtocolError("backbone digest mismatch: received " + got + ", job announced " + job.backbone_sha256());
   }
   if (opt_.on_backbone) opt_.on_backbone(got, bytes);
-  return bytes;
+  return std::make_shared<const std::string>(std::move(bytes));
 }
 
 WorkerResult Worker::run() {
@@ -100,8 +100,9 @@ WorkerResult Worker::run() {
               std::to_string(opt_.max_backbone_bytes) + " (policy.max_backbone_bytes)";
   if (opt_.inspect_only) {
     // Show the job whatever the verdict; download the backbone unless it is beyond the bound.
-    const std::string backbone = job.backbone_bytes() > opt_.max_backbone_bytes ? "" : receive_backbone(job);
-    if (opt_.on_job) opt_.on_job(job, backbone, verdict);
+    const auto backbone = job.backbone_bytes() > opt_.max_backbone_bytes ? std::make_shared<const std::string>()
+                                                                          : receive_backbone(job);
+    if (opt_.on_job) opt_.on_job(job, *backbone, verdict);
     send(protocols::error_frame(protocols::ErrorCode::kLeaving,
                                 "site '" + opt_.site_name + "' only inspected the job and leaves before Ready"));
     WorkerResult inspected;
@@ -133,13 +134,13 @@ WorkerResult Worker::run() {
       throw PolicyError("job '" + job.job_name() + "' refused: " + why);
     }
   }
-  std::string backbone = receive_backbone(job);
-  if (opt_.on_job) opt_.on_job(job, backbone, "");
+  auto backbone = receive_backbone(job);
+  if (opt_.on_job) opt_.on_job(job, *backbone, "");
 
   v1::Ready ready;
   try {
-    num_samples_ = runtime_.prepare(job, backbone);
-    std::string().swap(backbone);  // the runtime keeps what it needs; not held for the whole job
+    num_samples_ = runtime_.prepare(job, *backbone);
+    backbone.reset();  // the runtime keeps what it needs; not held for the whole job
     ready.set_num_samples(num_samples_);
     if (opt_.share_input_stats) *ready.mutable_input_stats() = runtime_.input_stats();
   } catch (const fedtl::Error& e) {

@@ -101,7 +101,8 @@ class Worker {
   WorkerResult run();
 
  private:
-  std::string receive_backbone(const v1::JobSpec& job);
+  // The job's backbone: the cached copy itself (shared, not copied) or the verified download.
+  std::shared_ptr<const std::string> receive_backbone(const v1::JobSpec& job);
   // The next frame from the coordinator within idle_timeout; CoordinatorSilent otherwise.
   common::Frame recv_from_coordinator();
   // The next frame: one set aside by await_round() or a new one from the connection.

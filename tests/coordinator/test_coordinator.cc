@@ -945,24 +945,22 @@ std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>>
   return out;
 }
 
-// Mutual-TLS pairs on loopback with a fresh federation PKI in a temp dir.
-std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>> tls_pairs(const std::string& dir,
-                                                                                           size_t n) {
+// A fresh federation PKI in `dir`: the coordinator's TLS config (admitting `names`) and each
+// site's.
+struct TestPki {
+  common::TlsConfig server;
+  std::vector<common::TlsConfig> clients;
+};
+TestPki make_pki(const std::string& dir, const std::vector<std::string>& names) {
   common::pki_init(dir, "orderfed");
   common::pki_issue(dir, "coordinator", "coordinator", "127.0.0.1:1");
-  std::vector<std::string> names;
-  for (size_t i = 0; i < n; ++i) {
-    names.push_back("site-" + std::to_string(i));
-    common::pki_issue(dir, names.back(), "worker", "127.0.0.1:1");
-  }
+  for (const auto& name : names) common::pki_issue(dir, name, "worker", "127.0.0.1:1");
+  TestPki pki;
   const auto ck = common::load_kit(dir + "/kits/coordinator");
-  common::TlsConfig server;
-  server.ca_cert = ck.ca_cert;
-  server.cert = ck.cert;
-  server.key = ck.key;
-  server.allowed_names = names;
-  auto listener = common::tls_listen("127.0.0.1", 0, server);
-  std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>> out;
+  pki.server.ca_cert = ck.ca_cert;
+  pki.server.cert = ck.cert;
+  pki.server.key = ck.key;
+  pki.server.allowed_names = names;
   for (const auto& name : names) {
     const auto k = common::load_kit(dir + "/kits/" + name);
     common::TlsConfig client;
@@ -970,7 +968,26 @@ std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>>
     client.cert = k.cert;
     client.key = k.key;
     client.expected_server_name = k.coordinator_name;
-    auto site_end = std::async(std::launch::async, [&] { return common::tls_connect("127.0.0.1", listener->port(), client, 5s); });
+    pki.clients.push_back(client);
+  }
+  return pki;
+}
+
+std::vector<std::string> site_names(size_t n) {
+  std::vector<std::string> names;
+  for (size_t i = 0; i < n; ++i) names.push_back("site-" + std::to_string(i));
+  return names;
+}
+
+// Mutual-TLS pairs on loopback with a fresh federation PKI in a temp dir.
+std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>> tls_pairs(const std::string& dir,
+                                                                                           size_t n) {
+  const TestPki pki = make_pki(dir, site_names(n));
+  auto listener = common::tls_listen("127.0.0.1", 0, pki.server);
+  std::vector<std::pair<std::unique_ptr<Connection>, std::unique_ptr<Connection>>> out;
+  for (size_t i = 0; i < n; ++i) {
+    auto site_end = std::async(std::launch::async,
+                               [&] { return common::tls_connect("127.0.0.1", listener->port(), pki.clients[i], 5s); });
     auto coord_end = listener->accept(5s);
     out.emplace_back(std::move(coord_end), site_end.get());
   }
@@ -1110,6 +1127,53 @@ TEST_F(CoordinatorTest, SitesPerRoundDrawsKSitesSeededAndResumable) {
     EXPECT_EQ(resumed.rounds_seen[i], later) << names[i] << " was drawn differently after the resume";
   }
   EXPECT_EQ(resumed.res.params, full.res.params);
+}
+
+// Issue "scale", over TLS: a listed site that completes the TLS handshake and then says
+// nothing does not delay the others' admission (each handshake runs on its own thread).
+TEST_F(CoordinatorTest, ASiteStallingAfterTheTlsHandshakeDoesNotDelayTheOthers) {
+  char tmpl[] = "/tmp/fedtl_stall_XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const auto names = site_names(3);
+  const TestPki pki = make_pki(std::string(tmpl) + "/pki", names);
+  auto listener = common::tls_listen("127.0.0.1", 0, pki.server);
+  const auto t0 = std::chrono::steady_clock::now();
+  // site-0 connects first and stalls: mutual TLS completes, no Hello follows.
+  auto stalled = common::tls_connect("127.0.0.1", listener->port(), pki.clients[0], 5s);
+  std::atomic<int64_t> job_ms[3] = {{-1}, {-1}, {-1}};
+  std::vector<std::thread> honest;
+  for (size_t i = 1; i < 3; ++i) {
+    honest.emplace_back([&, i] {
+      try {
+        auto c = common::tls_connect("127.0.0.1", listener->port(), pki.clients[i], 5s);
+        site_handshake(*c, names[i], 10);
+        job_ms[i] = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+        SiteLog log;
+        answer_rounds(*c, log, [&](const v1::RoundStart& s) {
+          return std::optional<Frame>(update_frame(s.round(), 10, std::vector<float>(kParams, 1.f)));
+        });
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << names[i] << ": " << e.what();
+      }
+    });
+  }
+  auto opt = base_options(1, names, 2);
+  opt.handshake_timeout = 20s;
+  opt.join_timeout = 3s;
+  Coordinator coord(std::move(opt), fedavg(), eval, std::vector<float>(kParams, 0.f));
+  coord.set_listener(listener.get());
+  auto res = coord.run(nullptr);
+  for (auto& t : honest) t.join();
+  for (size_t i = 1; i < 3; ++i) {
+    EXPECT_GE(job_ms[i].load(), 0) << names[i];
+    EXPECT_LT(job_ms[i].load(), 2000) << names[i] << " waited behind the stalled site";
+  }
+  ASSERT_EQ(res.rounds.size(), 1u);
+  EXPECT_EQ(res.rounds[0].sites_reported, 2u);
+  EXPECT_FALSE(site(res, "site-0").active);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 15)
+      << "the job waited out the stalled site's handshake timeout";
+  std::filesystem::remove_all(tmpl);
 }
 
 }  // namespace

@@ -234,6 +234,24 @@ TEST(WeightedMean, RejectsBadInput) {
   EXPECT_EQ(wm.mean(), (std::vector<double>{4.0, 8.0}));
 }
 
+// Contract: add() returns the update's squared norm from the same pass, and subtract() takes
+// an update back exactly (the coordinator does so for one whose norm is beyond its bound); a
+// value out of range mid-update is rolled back, leaving no trace.
+TEST(WeightedMean, AddReturnsTheSquaredNormAndSubtractTakesAnUpdateBackExactly) {
+  WeightedMean alone(3), both(3);
+  const std::vector<float> a = {0.25f, -1e-7f, 3e6f}, b = {1e9f, 2.5f, -7.0f};
+  alone.add(a, 7);
+  EXPECT_DOUBLE_EQ(both.add(a, 7), 0.0625 + 1e-14 + 9e12);
+  EXPECT_NEAR(both.add(b, 1000), 1e18 + 6.25 + 49, 1e3);
+  both.subtract(b, 1000);
+  EXPECT_EQ(both.count(), 1u);
+  EXPECT_EQ(both.total_weight(), 7.0);
+  EXPECT_EQ(both.mean(), alone.mean());
+  EXPECT_THROW(both.add({1.0f, 2.0f, std::nanf("")}, 3), ProtocolError);  // two values in, then rolled back
+  EXPECT_EQ(both.mean(), alone.mean());
+  EXPECT_THROW(both.subtract(b, 1u << 20), ProtocolError);  // more weight than was added
+}
+
 // Issue "scale": the sum is exact, so every order of the same updates gives the same bits,
 // where a double accumulation does not (the data is chosen so: values 2^40 apart cancel).
 // Large values (beyond the int64 fast path) and tiny ones are in range.
