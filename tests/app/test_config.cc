@@ -197,6 +197,36 @@ TEST(Config, OverridesAndTheWireAreCheckedBeforeNarrowing) {
   }
 }
 
+// Issue "scale": job.sites_per_round is a count (an integer) or a fraction (a float); it
+// resolves against the federation's size, and with DP the accountant's sampling rate and the
+// expected sites follow it. Setting it beside privacy.sampling_rate, or below min_sites'
+// reach, is refused.
+TEST(Config, SitesPerRoundIsACountOrAFractionAndDrivesTheDpSamplingRate) {
+  auto count = app::parse_job_config("[job]\nsites = 40\nsites_per_round = 10\n", "j.toml");
+  EXPECT_EQ(app::sites_per_round_count(count, 40), 10u);
+  EXPECT_EQ(app::sites_per_round_count(count, 4), 4u);  // more than there are: all of them
+  auto frac = app::parse_job_config("[job]\nsites = 40\nsites_per_round = 0.25\n", "j.toml");
+  EXPECT_EQ(app::sites_per_round_count(frac, 40), 10u);
+  EXPECT_EQ(app::sites_per_round_count(frac, 2), 1u);  // at least one
+  auto all = app::parse_job_config("[job]\nsites = 40\n", "j.toml");
+  EXPECT_EQ(app::sites_per_round_count(all, 40), 0u);
+  auto whole = app::parse_job_config("[job]\nsites = 40\nsites_per_round = 1.0\n", "j.toml");
+  EXPECT_EQ(app::sites_per_round_count(whole, 40), 0u);  // the fraction 1: every site
+  for (const char* bad : {"sites_per_round = 0", "sites_per_round = -3", "sites_per_round = 1.5",
+                          "sites_per_round = 0.0", "sites_per_round = \"half\""}) {
+    EXPECT_THROW(app::parse_job_config(std::string("[job]\nsites = 40\n") + bad + "\n", "j.toml"), ConfigError) << bad;
+  }
+  EXPECT_THROW(app::parse_job_config("[job]\nsites = 40\nsites_per_round = 10\n[privacy]\nmode = \"central\"\n"
+                                     "noise_multiplier = 1.0\nsampling_rate = 0.5\n",
+                                     "j.toml"),
+               ConfigError);
+  auto dp = app::parse_job_config(
+      "[job]\nsites = 40\nsites_per_round = 10\n[privacy]\nmode = \"central\"\nnoise_multiplier = 1.0\n", "j.toml");
+  const v1::JobSpec spec = app::make_job_spec(dp, std::string(64, '0'), 1, {}, 40);
+  EXPECT_DOUBLE_EQ(spec.privacy().sampling_rate(), 0.25);
+  EXPECT_EQ(spec.privacy().expected_sites(), 10u);
+}
+
 TEST(Config, SecondsToMillisecondsSaturatesInsteadOfOverflowing) {
   using std::chrono::milliseconds;
   EXPECT_EQ(app::seconds_to_ms(1.5), milliseconds(1500));
