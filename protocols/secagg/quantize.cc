@@ -50,7 +50,16 @@ void quantise(const float* x, size_t m, const QuantSpec& spec, const Secret32& r
     return std::min(b, std::max(-b, v)) * s;
   };
   if (spec.rounding == Rounding::kDeterministic) {
-    for (size_t i = 0; i < m; ++i) out[i] = static_cast<uint32_t>(static_cast<int64_t>(std::llround(clipped(i))));
+    // llround (half away from zero) without the libm call per value (2.4% of a secure demo
+    // run's CPU): truncate, then step away from zero when the remainder reaches a half. Exact
+    // for |y| < 2^52, which the clip guarantees (|y| <= b * s < 2^31).
+    for (size_t i = 0; i < m; ++i) {
+      const double y = clipped(i);
+      int64_t r = static_cast<int64_t>(y);
+      const double f = y - static_cast<double>(r);
+      r += (f >= 0.5) - (f <= -0.5);
+      out[i] = static_cast<uint32_t>(r);
+    }
     return;
   }
   MaskStream rng(rounding_seed);
