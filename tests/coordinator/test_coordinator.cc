@@ -903,7 +903,10 @@ std::vector<float> order_sensitive_delta(size_t site) {
   const float big[] = {1e9f, -1e9f, 3.5e-4f, 7.25e8f, -2.5f};
   const float small[] = {3.1e-5f, 0.1f, -1e6f, 2.2e-7f, 1e-3f};
   std::vector<float> d(kParams);
-  for (size_t j = 0; j < kParams; ++j) d[j] = (j % 2 ? big : small)[(site + j) % 5] * static_cast<float>(j + 1);
+  for (size_t j = 0; j < kParams; ++j) {
+    const size_t k = (site + j) % 5;
+    d[j] = (j % 2 ? big[k] : small[k]) * static_cast<float>(j + 1);
+  }
   return d;
 }
 
