@@ -75,11 +75,7 @@ void ModelPool::serve() {
     queue_.pop_front();
     lock.unlock();
     try {
-      if (!model) {
-        model = site_model(job_, backbone_);  // job_ and backbone_ do not change once adopted
-        std::lock_guard<std::mutex> count(mu_);
-        ++built_;
-      }
+      if (!model) model = site_model(job_, backbone_);  // job_ and backbone_ do not change once adopted
       (*task->fn)(*model);
     } catch (...) {
       task->error = std::current_exception();
@@ -88,11 +84,6 @@ void ModelPool::serve() {
     task->done = true;
     cv_.notify_all();
   }
-}
-
-size_t ModelPool::built() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return built_;
 }
 
 void SiteTrainer::with_model(const std::function<void(common::model::TransferModel&)>& fn) {

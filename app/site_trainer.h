@@ -1,15 +1,14 @@
 // The LibTorch-backed SiteRuntime: a site's model, its cached features and local training.
 #pragma once
-#include <functional>
-#include <memory>
 #include <condition_variable>
 #include <deque>
+#include <functional>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <optional>
 
 #include "common/compute_slots.h"
 #include "common/data/image_set.h"
@@ -41,7 +40,6 @@ class ModelPool {
   // Runs fn on a pool thread with that thread's model (built on first use from the adopted
   // job) and waits; rethrows what fn threw. Throws ModelError before adopt().
   void run(const std::function<void(common::model::TransferModel&)>& fn);
-  size_t built() const;  // models built so far (at most `threads`)
 
  private:
   struct Task;
@@ -54,7 +52,6 @@ class ModelPool {
   std::string key_;  // backbone digest + model spec + layout of the adopted job
   v1::JobSpec job_;
   std::string backbone_;
-  size_t built_ = 0;
   std::vector<std::thread> threads_;
 };
 

@@ -196,8 +196,9 @@ bool Coordinator::await_ready(Site& s, milliseconds timeout, bool drop_on_timeou
   try {
     // A site may beat while it prepares (a simulated site waiting for a compute slot does).
     const auto until_tp = Clock::now() + std::min<milliseconds>(timeout, std::chrono::hours(24 * 365));
-    common::Frame f = s.conn->recv(timeout);
-    while (f.type == MessageType::kHeartbeat) f = s.conn->recv(until(until_tp));
+    common::Frame f;
+    do f = s.conn->recv(until(until_tp));
+    while (f.type == MessageType::kHeartbeat);
     auto ready = from_frame<v1::Ready>(f);
     if (ready.num_samples() == 0) throw ProtocolError("site reports 0 training samples");
     s.info.num_samples = ready.num_samples();

@@ -81,14 +81,18 @@ std::optional<Coordinator::Aggregate> Coordinator::plain_aggregate(uint32_t roun
       samples = bound;
     }
     uint64_t weight = opt_.equal_weighting ? 1 : samples;
+    auto squared_norm = [&] {
+      double sq = 0;
+      for (float v : delta) sq += static_cast<double>(v) * v;
+      return sq;
+    };
     auto norm_error = [&](double sq) {
       return ProtocolError("update of L2 norm " + std::to_string(std::sqrt(sq)) + " exceeds the bound " +
                            std::to_string(max_norm) + " (server.max_update_norm)");
     };
     if (dp_) {  // every site counts the same; in central mode the coordinator clips
       weight = 1;
-      double sq = 0;
-      for (float v : delta) sq += static_cast<double>(v) * v;
+      const double sq = squared_norm();
       if (!(std::sqrt(sq) <= max_norm)) throw norm_error(sq);  // NaN and inf fail this too
       if (dp_->params.mode == protocols::dp::NoiseMode::kCentral)
         below_clip += protocols::dp::clip_l2(delta, current_clip_norm()) <= current_clip_norm() ? 1 : 0;
@@ -100,7 +104,7 @@ std::optional<Coordinator::Aggregate> Coordinator::plain_aggregate(uint32_t roun
       try {
         sq = mean.add(delta, weight);
       } catch (const ProtocolError&) {  // a value beyond the sum's range (or not finite):
-        for (float v : delta) sq += static_cast<double>(v) * v;
+        sq = squared_norm();
         if (!(std::sqrt(sq) <= max_norm)) throw norm_error(sq);  // say so as the bound it broke
         throw;
       }

@@ -136,7 +136,12 @@ std::unique_ptr<Strategy> make_strategy(const StrategySpec& spec) {
 }
 
 namespace {
-constexpr double kFastLimit = 0x1p62;  // |scaled| below this: one cvtsd2si, an int64 addend
+// A scaled value (|x| < 2^100) as the integer it rounds to (to nearest, ties to even). Below
+// 2^62 one cvtsd2si does it; above, x is integral already and converts exactly.
+__int128 to_fixed(double x) {
+  if (std::fabs(x) < 0x1p62) return static_cast<long long>(std::llrint(x));
+  return static_cast<__int128>(std::nearbyint(x));
+}
 }  // namespace
 
 double WeightedMean::add(const std::vector<float>& delta, uint64_t weight) {
@@ -158,14 +163,8 @@ double WeightedMean::add(const std::vector<float>& delta, uint64_t weight) {
   for (; i < n; ++i) {
     const double v = static_cast<double>(delta[i]);
     const double x = scale * v;
-    const double ax = std::fabs(x);
-    if (ax < kFastLimit) {
-      sum_[i] += static_cast<long long>(std::llrint(x));
-    } else if (ax < limit) {  // NaN and inf fail this too
-      sum_[i] += static_cast<__int128>(std::nearbyint(x));  // integral already: exact conversion
-    } else {
-      break;
-    }
+    if (!(std::fabs(x) < limit)) break;  // NaN and inf fail this too
+    sum_[i] += to_fixed(x);
     sq[i & 3] += v * v;
   }
   if (i < n) {
@@ -181,14 +180,7 @@ double WeightedMean::add(const std::vector<float>& delta, uint64_t weight) {
 
 void WeightedMean::subtract_first(const std::vector<float>& delta, uint64_t weight, size_t n) {
   const double scale = std::ldexp(static_cast<double>(weight), kFractionBits);
-  for (size_t i = 0; i < n; ++i) {
-    const double x = scale * static_cast<double>(delta[i]);
-    if (std::fabs(x) < kFastLimit) {
-      sum_[i] -= static_cast<long long>(std::llrint(x));
-    } else {
-      sum_[i] -= static_cast<__int128>(std::nearbyint(x));
-    }
-  }
+  for (size_t i = 0; i < n; ++i) sum_[i] -= to_fixed(scale * static_cast<double>(delta[i]));
 }
 
 void WeightedMean::subtract(const std::vector<float>& delta, uint64_t weight) {

@@ -500,7 +500,6 @@ TrainStats train_linear_head_closed_form(Tensor& w, Tensor& b, const Tensor& f_i
   std::mt19937_64 rng(opt.seed);
   TrainStats st;
   st.samples = n;
-  int64_t step = 0;
   const double b1 = 0.9, b2 = 0.999, eps = 1e-8;  // torch::optim::AdamOptions defaults
   for (int64_t e = 0; e < opt.epochs; ++e) {
     std::shuffle(order.begin(), order.end(), rng);
@@ -551,7 +550,7 @@ TrainStats train_linear_head_closed_form(Tensor& w, Tensor& b, const Tensor& f_i
           grad[static_cast<size_t>(k * d + c)] += gc;
         }
       }
-      ++step;
+      const int64_t step = ++st.steps;
       const double bc1 = 1 - std::pow(b1, static_cast<double>(step)), bc2 = 1 - std::pow(b2, static_cast<double>(step));
       for (size_t i = 0; i < np; ++i) {
         float& p = i < kd ? W[i] : B[i - kd];
@@ -571,9 +570,7 @@ TrainStats train_linear_head_closed_form(Tensor& w, Tensor& b, const Tensor& f_i
           p -= static_cast<float>(opt.lr) * gi;
         }
       }
-      ++st.steps;
       loss_sum += batch_loss;  // the batch mean times the batch size
-      (void)bs;
     }
     st.loss = loss_sum / static_cast<double>(n);
     st.accuracy = static_cast<double>(correct) / static_cast<double>(n);

@@ -17,6 +17,7 @@
 #include "common/files.h"
 #include "common/model/transfer_model.h"
 #include "common/sha256.h"
+#include "tests/fedtl_process.h"
 
 #if defined(__has_feature)
 #if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
@@ -87,23 +88,11 @@ TEST(HostileBackbone, ZipBombIsRefusedBeforeLoadingWithPeakRssUnder500MB) {
   const std::string job = (dir / "job.toml").string();
   std::ofstream(job) << "[job]\nname = \"bomb\"\nrounds = 1\nout = \"" << (dir / "out").string()
                      << "\"\n[backbone]\npath = \"" << bomb << "\"\npretrain_if_missing = false\n";
-  const std::string log = (dir / "stderr.log").string();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    freopen(log.c_str(), "w", stderr);
-    freopen("/dev/null", "w", stdout);
-    const std::string bin = std::string(FEDTL_BINARY_DIR) + "/fedtl";
-    execl(bin.c_str(), bin.c_str(), "simulate", "--config", job.c_str(), nullptr);
-    _exit(127);
-  }
-  int status = 0;
-  rusage usage{};
-  ASSERT_EQ(wait4(pid, &status, 0, &usage), pid);
-  std::stringstream err;
-  err << std::ifstream(log).rdbuf();
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_NE(WEXITSTATUS(status), 0) << err.str();
-  EXPECT_NE(err.str().find("zip bomb"), std::string::npos) << err.str();
+  const auto run = test_support::run_fedtl({"simulate", "--config", job}, (dir / "stderr.log").string());
+  const rusage& usage = run.usage;
+  ASSERT_TRUE(WIFEXITED(run.status));
+  EXPECT_NE(WEXITSTATUS(run.status), 0) << run.log;
+  EXPECT_NE(run.log.find("zip bomb"), std::string::npos) << run.log;
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || FEDTL_CLANG_SANITIZED
   // Sanitizer builds add hundreds of MB of shadow memory to any process (714 MB measured for
   // this refusal under ASan): the bound is checked in the normal build only.

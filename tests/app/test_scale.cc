@@ -6,19 +6,17 @@
 // buffers. Measured on this machine after the change: 0.6-0.8 GB at 200 sites, about
 // 0.7 MB per extra site (the feature cache is 0.4 MB of it).
 #include <gtest/gtest.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 #include <string>
 
 #include "common/data/datasets.h"
 #include "common/files.h"
 #include "common/model/transfer_model.h"
+#include "tests/fedtl_process.h"
 
 namespace fs = std::filesystem;
 
@@ -26,20 +24,9 @@ namespace {
 
 // Peak RSS (MB) of `fedtl simulate --config job`; fails the test when it does not exit 0.
 long simulate_peak_rss_mb(const fs::path& job, const fs::path& log) {
-  const pid_t pid = fork();
-  if (pid == 0) {
-    if (!freopen(log.c_str(), "w", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
-    const std::string bin = std::string(FEDTL_BINARY_DIR) + "/fedtl";
-    execl(bin.c_str(), bin.c_str(), "simulate", "--config", job.c_str(), "--force", nullptr);
-    _exit(127);
-  }
-  int status = 0;
-  rusage usage{};
-  EXPECT_EQ(wait4(pid, &status, 0, &usage), pid);
-  std::stringstream err;
-  err << std::ifstream(log).rdbuf();
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << err.str().substr(0, 3000);
-  return usage.ru_maxrss / 1024;
+  const auto run = fedtl::test_support::run_fedtl({"simulate", "--config", job.string(), "--force"}, log.string());
+  EXPECT_TRUE(WIFEXITED(run.status) && WEXITSTATUS(run.status) == 0) << run.log.substr(0, 3000);
+  return run.usage.ru_maxrss / 1024;
 }
 
 }  // namespace
