@@ -22,6 +22,10 @@
 //   bench_tls write-cnn PATH [SEED]
 //     Writes the built-in CNN backbone, randomly initialised from SEED (the load test's job).
 //
+//   bench_tls blas-core
+//     Prints the OPENBLAS_CORETYPE this process runs with (empty: OpenBLAS's own choice), for
+//     scripts/bench to hand the Python peers the kernels fedtl uses (common/blas_kernels.h).
+//
 // One JSON object on stdout; progress and absolute times on stderr.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -585,10 +589,14 @@ int main(int argc, char** argv) {
     } else if (mode == "write-cnn" && argc >= 3) {
       const uint64_t seed = argc >= 4 ? std::strtoull(argv[3], nullptr, 10) : 1;
       common::write_file_atomic(argv[2], common::model::builtin_cnn(common::model::InputSpec{}, seed));
+    } else if (mode == "blas-core") {
+      const char* core = std::getenv("OPENBLAS_CORETYPE");
+      std::cout << (core ? core : "") << "\n";
     } else {
       std::cerr << "usage: bench_tls backbone_distribution [--reps N] [--mb M] [--workers W]\n"
                    "       bench_tls wire_overhead [--rounds R] [--params P] [--sites N]\n"
-                   "       bench_tls write-cnn PATH [SEED]\n";
+                   "       bench_tls write-cnn PATH [SEED]\n"
+                   "       bench_tls blas-core\n";
       return 2;
     }
   } catch (const std::exception& e) {

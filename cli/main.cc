@@ -16,6 +16,9 @@
 #endif
 
 #include "cli/commands.h"
+#ifdef FEDTL_CLI_LAUNCHER
+#include "common/blas_kernels.h"
+#endif
 #include "common/errors.h"
 #include "common/transport/framing.h"
 
@@ -35,6 +38,9 @@ int exec_engine(char** argv) {
     return 1;
   }
   const std::string engine = (self.parent_path() / "fedtl-engine").string();
+  // The engine's OpenBLAS kernels (common/blas_kernels.h): named here so it starts only once.
+  if (const char* core = fedtl::common::blas_core_override(/*loaded_only=*/false))
+    ::setenv("OPENBLAS_CORETYPE", core, 0);
   ::execv(engine.c_str(), argv);
   std::cerr << "fedtl: error: cannot start " << engine << ": " << std::strerror(errno)
             << " (fedtl-engine is built and installed beside fedtl)\n";

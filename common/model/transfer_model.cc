@@ -20,6 +20,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/blas_kernels.h"
 #include "common/errors.h"
 #include "common/seeds.h"
 #include "common/files.h"
@@ -28,6 +29,11 @@
 
 namespace fedtl::common::model {
 namespace {
+
+// common/blas_kernels.h: a process with LibTorch loaded whose OpenBLAS fell back to its generic
+// kernels starts again with better ones named. An ELF constructor of the program runs after the
+// shared libraries' (OpenBLAS has chosen by then) and before main; glibc passes it argv.
+__attribute__((constructor)) void choose_blas_kernels(int, char** argv, char**) { reexec_with_blas_core(argv); }
 
 using torch::Tensor;
 using Clock = std::chrono::steady_clock;
