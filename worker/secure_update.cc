@@ -1,7 +1,10 @@
-// The site's side of secure aggregation: keys and encrypted shares are exchanged before local
-// training (so training overlaps nothing the others wait for), then the quantised [w, w·Δ]
-// goes out masked, and the site reveals the shares the coordinator may legitimately ask for.
+// The site's side of secure aggregation: keys and encrypted shares are exchanged while local
+// training runs (the exchange waits on every site, training on none), then the quantised
+// [w, w·Δ] goes out masked, and the site reveals the shares the coordinator may legitimately
+// ask for.
 #include <spdlog/spdlog.h>
+
+#include <future>
 
 #include "common/errors.h"
 #include "protocols/messages.h"
@@ -66,6 +69,18 @@ bool Worker::secure_steps(const v1::JobSpec& job, const v1::RoundStart& start, c
   sa::ClientSession client(
       protocols::secagg_round_config(job, round, (validate_only ? 0 : global.size()) + 1 + protocols::kSecureMetrics),
       site, opt_.signer.get(), opt_.verifier.get());
+  // Training needs nothing of the key exchange, whose two message rounds wait on every site
+  // (on the demo, 8 sites on 2 cores, the shares were all in 15-17 ms after RoundStart, time no
+  // site trained). Training runs on its own thread (heartbeats included) while this one relays
+  // keys and shares. Every way out of this function waits for it: the
+  // future of std::async joins in its destructor, so nothing it uses goes out of scope early.
+  std::future<LocalUpdate> training = std::async(std::launch::async, [&] {
+    if (!validate_only) return train_with_heartbeats(start, global, nullptr);
+    LocalUpdate v;
+    v.validation = runtime_.validate(round, global);
+    v.num_samples = num_samples_;
+    return v;
+  });
   send(to_frame(client.advertise_keys()));
   auto keys = await_round<v1::SecAggKeyList>(round);
   if (!keys) return false;
@@ -73,13 +88,7 @@ bool Worker::secure_steps(const v1::JobSpec& job, const v1::RoundStart& start, c
   auto shares = await_round<v1::SecAggShareList>(round);
   if (!shares) return false;
 
-  LocalUpdate up;
-  if (validate_only) {
-    up.validation = runtime_.validate(round, global);
-    up.num_samples = num_samples_;
-  } else {
-    up = train_with_heartbeats(start, global, nullptr);
-  }
+  LocalUpdate up = training.get();
   // Under differential privacy every site counts the same (weight 1): the sensitivity bound
   // is per site, not per sample.
   const double weight =
