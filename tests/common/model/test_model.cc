@@ -1,4 +1,5 @@
 // Model layer: backbone loading and splitting, the feature cache, training, export.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +9,7 @@
 #include <fstream>
 #include <random>
 
+#include "common/blas_kernels.h"
 #include "common/errors.h"
 #include "common/torchscript_archive.h"
 #include "common/model/transfer_model.h"
@@ -491,4 +493,21 @@ TEST(BackboneOperators, BuiltinAndTorchvisionBackbonesUseOnlyAllowedOperators) {
     for (const auto& use : uses) EXPECT_TRUE(operator_allowed(use.op)) << name << ": " << use.op << " in " << use.where;
   }
   fs::remove_all(dir);
+}
+
+// common/blas_kernels.h: a process with LibTorch loaded does not multiply on OpenBLAS's generic
+// fallback kernels where the CPU runs better ones (this test binary is such a process; on a CPU
+// OpenBLAS 0.3.21 does not know it fails without the re-exec in transfer_model.cc).
+TEST(BlasKernels, ALibTorchProcessDoesNotRunOnTheGenericFallback) {
+  using CoreName = char* (*)();
+  auto core_name = reinterpret_cast<CoreName>(::dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (core_name == nullptr) GTEST_SKIP() << "LibTorch's BLAS here is not OpenBLAS";
+  __builtin_cpu_init();
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) GTEST_SKIP() << "the CPU has no AVX2 and FMA";
+  const char* named = std::getenv("OPENBLAS_CORETYPE");
+  if (named != nullptr && std::string(named) != "SkylakeX" && std::string(named) != "Haswell")
+    GTEST_SKIP() << "OPENBLAS_CORETYPE=" << named << " was set by hand";
+  EXPECT_STRNE(core_name(), "Prescott");
+  // Nothing is left to override in this process, so a second look must not ask for a re-exec.
+  EXPECT_EQ(blas_core_override(/*loaded_only=*/true), nullptr);
 }
