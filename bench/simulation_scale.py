@@ -63,7 +63,9 @@ def thousand_site_job(job, out_dir):
 def run_once(fedtl, job, out_dir):
     with tempfile.TemporaryFile(mode="w+") as log:
         t0 = time.perf_counter()
-        p = subprocess.Popen([fedtl, "simulate", "-c", job, "--out", out_dir], stdout=subprocess.DEVNULL, stderr=log)
+        # --force: every rep (and every later run of the benchmark) overwrites the last one's outputs
+        p = subprocess.Popen([fedtl, "simulate", "-c", job, "--out", out_dir, "--force"], stdout=subprocess.DEVNULL,
+                             stderr=log)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
