@@ -72,8 +72,9 @@ bool Worker::secure_steps(const v1::JobSpec& job, const v1::RoundStart& start, c
   // Training needs nothing of the key exchange, whose two message rounds wait on every site
   // (on the demo, 8 sites on 2 cores, the shares were all in 15-17 ms after RoundStart, time no
   // site trained). Training runs on its own thread (heartbeats included) while this one relays
-  // keys and shares. Every way out of this function waits for it: the
-  // future of std::async joins in its destructor, so nothing it uses goes out of scope early.
+  // keys and shares. Every way out of this function waits for it (std::async's future joins in
+  // its destructor, so nothing it uses goes out of scope early): a round abandoned during the
+  // exchange still finishes its training, and discards it.
   std::future<LocalUpdate> training = std::async(std::launch::async, [&] {
     if (!validate_only) return train_with_heartbeats(start, global, nullptr);
     LocalUpdate v;

@@ -32,8 +32,11 @@ namespace {
 
 // common/blas_kernels.h: a process with LibTorch loaded whose OpenBLAS fell back to its generic
 // kernels starts again with better ones named. An ELF constructor of the program runs after the
-// shared libraries' (OpenBLAS has chosen by then) and before main; glibc passes it argv.
+// shared libraries' (OpenBLAS has chosen by then) and before main; glibc passes it argv (other C
+// libraries do not, hence the guard).
+#ifdef __GLIBC__
 __attribute__((constructor)) void choose_blas_kernels(int, char** argv, char**) { reexec_with_blas_core(argv); }
+#endif
 
 using torch::Tensor;
 using Clock = std::chrono::steady_clock;
