@@ -22,23 +22,27 @@
 
 namespace fedtl::common {
 
+// The kernels the OpenBLAS found through `handle` runs on (OpenBLAS's core name), or nullptr
+// where it has no OpenBLAS. RTLD_DEFAULT: the one this process has loaded already.
+inline const char* openblas_core_name(void* handle = RTLD_DEFAULT) {
+  using CoreName = char* (*)();
+  auto core_name = reinterpret_cast<CoreName>(::dlsym(handle, "openblas_get_corename"));
+  return core_name != nullptr ? core_name() : nullptr;
+}
+
 // The core to name in OPENBLAS_CORETYPE, or nullptr to leave OpenBLAS's choice alone.
 // `loaded_only`: ask the OpenBLAS this process already has loaded (a LibTorch process), else
 // load it to ask (the launcher; its detection is the same code the engine will run).
 inline const char* blas_core_override(bool loaded_only) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return nullptr;
-  using CoreName = char* (*)();
-  auto core_name = reinterpret_cast<CoreName>(::dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  void* handle = nullptr;
-  if (core_name == nullptr && !loaded_only) {
-    handle = ::dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
-    if (handle != nullptr) core_name = reinterpret_cast<CoreName>(::dlsym(handle, "openblas_get_corename"));
+  const char* core = openblas_core_name();
+  if (core == nullptr && !loaded_only) {
+    // The library stays loaded: unloading OpenBLAS with its thread pool running is not safe,
+    // and the process is about to exec anyway.
+    if (void* handle = ::dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL)) core = openblas_core_name(handle);
   }
-  const bool fell_back = core_name != nullptr && std::strcmp(core_name(), "Prescott") == 0;
-  // The library stays loaded: unloading OpenBLAS with its thread pool running is not safe, and
-  // the process is about to exec anyway.
-  if (!fell_back) return nullptr;
+  if (core == nullptr || std::strcmp(core, "Prescott") != 0) return nullptr;  // not the fallback
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))

@@ -1,5 +1,4 @@
 // Model layer: backbone loading and splitting, the feature cache, training, export.
-#include <dlfcn.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -499,15 +498,14 @@ TEST(BackboneOperators, BuiltinAndTorchvisionBackbonesUseOnlyAllowedOperators) {
 // fallback kernels where the CPU runs better ones (this test binary is such a process; on a CPU
 // OpenBLAS 0.3.21 does not know it fails without the re-exec in transfer_model.cc).
 TEST(BlasKernels, ALibTorchProcessDoesNotRunOnTheGenericFallback) {
-  using CoreName = char* (*)();
-  auto core_name = reinterpret_cast<CoreName>(::dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  if (core_name == nullptr) GTEST_SKIP() << "LibTorch's BLAS here is not OpenBLAS";
+  const char* core = openblas_core_name();
+  if (core == nullptr) GTEST_SKIP() << "LibTorch's BLAS here is not OpenBLAS";
   __builtin_cpu_init();
   if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) GTEST_SKIP() << "the CPU has no AVX2 and FMA";
   const char* named = std::getenv("OPENBLAS_CORETYPE");
   if (named != nullptr && std::string(named) != "SkylakeX" && std::string(named) != "Haswell")
     GTEST_SKIP() << "OPENBLAS_CORETYPE=" << named << " was set by hand";
-  EXPECT_STRNE(core_name(), "Prescott");
+  EXPECT_STRNE(core, "Prescott");
   // Nothing is left to override in this process, so a second look must not ask for a re-exec.
   EXPECT_EQ(blas_core_override(/*loaded_only=*/true), nullptr);
 }
