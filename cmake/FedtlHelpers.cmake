@@ -11,6 +11,9 @@ endfunction()
 
 # fedtl_gtest(NAME dir LIBS ...): one gtest executable per test folder; each test case is a
 # ctest entry (discovered when ctest runs, so building does not execute test binaries).
+# DISCOVERY_TIMEOUT: listing the tests starts the binary, and one linked with LibTorch loads it
+# (twice where common/blas_kernels.h re-executes it); under ThreadSanitizer on a slow machine
+# that took longer than CMake's default 5 s, and a timed-out listing fails the whole ctest run.
 function(fedtl_gtest name dir)
   cmake_parse_arguments(ARG "" "" "LIBS" ${ARGN})
   file(GLOB srcs CONFIGURE_DEPENDS ${dir}/*.cc)
@@ -24,7 +27,7 @@ function(fedtl_gtest name dir)
   target_compile_definitions(${name} PRIVATE FEDTL_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
     FEDTL_BINARY_DIR="${CMAKE_BINARY_DIR}")
   include(GoogleTest)
-  gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST
+  gtest_discover_tests(${name} DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 120
     WORKING_DIRECTORY ${CMAKE_BINARY_DIR} PROPERTIES TIMEOUT 600)
 endfunction()
 
