@@ -91,6 +91,9 @@ void pack_tensor(const float* values, size_t n, v1::Tensor* out);
 // Throws ProtocolError if the byte length disagrees with count or with `expected_count`
 // (when non-zero).
 std::vector<float> unpack_tensor(const v1::Tensor& t, uint64_t expected_count = 0);
+// True when none of the n values is infinite or NaN. Branch-free over the bits (an exponent of
+// all ones), so it vectorises: a site checks every global model it is sent with it.
+bool all_finite(const float* values, size_t n);
 
 // A site's input statistics (common/data/input_stats.h) to and from Ready.input_stats. From
 // the wire they are a peer's claim: nullopt unless they hold together (grey + colour = images,

@@ -172,8 +172,8 @@ WorkerResult Worker::run() {
     try {  // the global model must match the job's layout and be finite before it is trained on
       // The round's trained values only (protocols/schedule.h).
       global = protocols::unpack_tensor(start.params(), protocols::round_schedule(job, start.round()).trained);
-      for (float v : global)
-        if (!std::isfinite(v)) throw ProtocolError("the global parameters hold a non-finite value");
+      if (!protocols::all_finite(global.data(), global.size()))
+        throw ProtocolError("the global parameters hold a non-finite value");
       if (!std::isfinite(start.deadline_seconds()) || start.deadline_seconds() < 0 ||
           start.deadline_seconds() > opt_.max_round_seconds)
         throw ProtocolError("its deadline of " + std::to_string(start.deadline_seconds()) +

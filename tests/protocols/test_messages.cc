@@ -346,5 +346,26 @@ TEST(Tensor, UnpackValidatesSizes) {
   EXPECT_THROW(unpack_tensor(ragged), ProtocolError);
 }
 
+TEST(Tensor, AllFiniteAgreesWithIsfiniteAtEveryPosition) {
+  using L = std::numeric_limits<float>;
+  const std::vector<float> finite = {0.0f, -0.0f, L::denorm_min(), -L::denorm_min(), L::min(), L::max(),
+                                     L::lowest(), 1.0f, -3.5e30f};
+  const std::vector<float> bad = {L::infinity(), -L::infinity(), L::quiet_NaN(), -L::quiet_NaN(),
+                                  L::signaling_NaN()};
+  EXPECT_TRUE(all_finite(nullptr, 0));
+  // 37 values: past any vector width, with a tail the vector loop does not cover.
+  std::vector<float> v(37);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = finite[i % finite.size()];
+  EXPECT_TRUE(all_finite(v.data(), v.size()));
+  for (float b : bad) {
+    for (size_t pos = 0; pos < v.size(); ++pos) {
+      std::vector<float> w = v;
+      w[pos] = b;
+      EXPECT_FALSE(all_finite(w.data(), w.size())) << "value " << b << " at " << pos;
+      EXPECT_TRUE(all_finite(w.data(), pos)) << "the values before " << pos;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fedtl::protocols
