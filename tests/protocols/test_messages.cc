@@ -346,7 +346,7 @@ TEST(Tensor, UnpackValidatesSizes) {
   EXPECT_THROW(unpack_tensor(ragged), ProtocolError);
 }
 
-TEST(Tensor, AllFiniteAgreesWithIsfiniteAtEveryPosition) {
+TEST(Tensor, AllFiniteFindsEveryNonFiniteValueAtEveryPosition) {
   using L = std::numeric_limits<float>;
   const std::vector<float> finite = {0.0f, -0.0f, L::denorm_min(), -L::denorm_min(), L::min(), L::max(),
                                      L::lowest(), 1.0f, -3.5e30f};
